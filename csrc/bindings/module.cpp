@@ -1,0 +1,337 @@
+// The one pybind11 module, inferline._core: convert, check, release the GIL, call.
+// Adapters that exist only for Python are named Class_Method and live here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inferline/backend.h"
+#include "inferline/completion.h"
+#include "inferline/model.h"
+
+namespace py = pybind11;
+using namespace inferline;
+
+namespace {
+
+// ---- errors: a non-OK Status becomes an inferline.errors exception ----------
+struct StatusError {
+  Status status;
+};
+
+[[noreturn]] void Throw(const Status& st) { throw StatusError{st}; }
+
+void TranslateStatusError(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const StatusError& e) {
+    py::object errors = py::module_::import("inferline.errors");
+    py::object exc = errors.attr("from_status")(static_cast<int>(e.status.code()), e.status.message());
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  }
+}
+
+// ---- dtypes and arrays --------------------------------------------------------
+bool DataTypeOf(const py::dtype& dt, DataType* out) {
+  char kind = dt.kind();
+  ssize_t size = dt.itemsize();
+  std::string name = kind == 'b' ? "bool" : kind == 'f' ? "float" : kind == 'i' ? "int" : kind == 'u' ? "uint" : "";
+  if (name.empty()) return false;
+  if (kind != 'b') name += std::to_string(size * 8);
+  return ParseDataType(name, out);
+}
+
+py::dtype NumpyDtype(DataType dt) {
+  static const char* kNames[] = {"bool",  "uint8", "uint16", "uint32",  "uint64",  "int8",
+                                 "int16", "int32", "int64",  "float16", "float32", "float64"};
+  return py::dtype(kNames[static_cast<int>(dt)]);
+}
+
+// A NumPy array over a tensor's bytes, keeping them alive; no copy.
+py::array ToNumpy(const Tensor& t) {
+  std::vector<ssize_t> shape(t.shape.dims, t.shape.dims + t.shape.rank);
+  auto* keep = new std::shared_ptr<void>(t.owner);
+  py::capsule base(keep, [](void* p) { delete static_cast<std::shared_ptr<void>*>(p); });
+  return py::array(NumpyDtype(t.dtype), shape, {}, t.data, base);
+}
+
+// Shares ownership of a NumPy array's buffer with the core.
+Tensor FromNumpy(const py::array& arr) {
+  Tensor t;
+  if (!DataTypeOf(arr.dtype(), &t.dtype)) throw std::invalid_argument("unsupported dtype " + std::string(py::str(arr.dtype())));
+  if (arr.ndim() > Shape::kMaxRank) throw std::invalid_argument("more than 8 dimensions");
+  t.shape.rank = static_cast<int32_t>(arr.ndim());
+  for (ssize_t d = 0; d < arr.ndim(); ++d) t.shape.dims[d] = arr.shape(d);
+  t.data = const_cast<void*>(arr.data());
+  auto* ref = new py::object(arr);
+  t.owner = std::shared_ptr<void>(ref, [](void* p) {
+    if (!Py_IsInitialized()) return;  // interpreter gone: leak rather than crash
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
+  return t;
+}
+
+// ---- config: plain Python dicts -> ModelConfig ------------------------------
+TensorSpec SpecFromPy(const py::handle& h) {
+  auto d = h.cast<py::dict>();
+  TensorSpec s;
+  s.name = d["name"].cast<std::string>();
+  std::string dt = d["dtype"].cast<std::string>();
+  if (!ParseDataType(dt, &s.dtype)) Throw(InvalidArgument("tensor '" + s.name + "': unknown dtype '" + dt + "'"));
+  auto dims = d["shape"].cast<std::vector<int64_t>>();
+  if (dims.size() > Shape::kMaxRank) Throw(InvalidArgument("tensor '" + s.name + "': more than 8 dimensions"));
+  s.shape.rank = static_cast<int32_t>(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) s.shape.dims[i] = dims[i];
+  return s;
+}
+
+PreprocessSpec PreprocessFromPy(const py::handle& h) {
+  PreprocessSpec p;
+  if (h.is_none()) return p;
+  auto d = h.cast<py::dict>();
+  auto kind = d["kind"].cast<std::string>();
+  if (kind == "tabular") {
+    p.kind = PreprocessSpec::Kind::kTabular;
+    p.tabular.mean = d["mean"].cast<std::vector<float>>();
+    p.tabular.std = d["std"].cast<std::vector<float>>();
+    p.tabular.nan_fill = d["nan_fill"].cast<float>();
+    p.tabular.clip_lo = d["clip_lo"].cast<float>();
+    p.tabular.clip_hi = d["clip_hi"].cast<float>();
+  } else if (kind == "image") {
+    p.kind = PreprocessSpec::Kind::kImage;
+    p.image.out_h = d["height"].cast<int32_t>();
+    p.image.out_w = d["width"].cast<int32_t>();
+    p.image.mean = d["mean"].cast<std::vector<float>>();
+    p.image.std = d["std"].cast<std::vector<float>>();
+  } else if (kind != "none") {
+    Throw(InvalidArgument("preprocessing.kind must be 'none', 'tabular' or 'image', got '" + kind + "'"));
+  }
+  return p;
+}
+
+ModelConfig ConfigFromPy(const py::dict& d) {
+  ModelConfig c;
+  c.name = d["name"].cast<std::string>();
+  c.version = d["version"].cast<int64_t>();
+  for (auto s : d["inputs"]) c.inputs.push_back(SpecFromPy(s));
+  for (auto s : d["outputs"]) c.outputs.push_back(SpecFromPy(s));
+  for (auto p : d["preprocessing"]) c.preprocessing.push_back(PreprocessFromPy(p));
+  auto b = d["batching"].cast<py::dict>();
+  c.batching.max_batch_size = b["max_batch_size"].cast<uint32_t>();
+  c.batching.max_queue_delay_us = b["max_queue_delay_us"].cast<uint64_t>();
+  c.batching.preferred_batch_sizes = b["preferred_batch_sizes"].cast<std::vector<uint32_t>>();
+  c.batching.deadline_slack_us = b["deadline_slack_us"].cast<uint64_t>();
+  auto mode = b["mode"].cast<std::string>();
+  if (mode == "deadline_aware") c.batching.mode = BatchingMode::kDeadlineAware;
+  else if (mode == "fixed_delay") c.batching.mode = BatchingMode::kFixedDelay;
+  else Throw(InvalidArgument(c.Describe() + ": batching.mode must be 'deadline_aware' or 'fixed_delay', got '" + mode + "'"));
+  c.instances = d["instances"].cast<uint32_t>();
+  c.queue_capacity = d["queue_capacity"].cast<uint32_t>();
+  c.priority_levels = d["priority_levels"].cast<uint32_t>();
+  return c;
+}
+
+// ---- a Python callable as a backend ------------------------------------------
+// Called once per batch with {input name: zero-copy array}; returns {output name:
+// array} or a sequence of arrays in declared output order. The GIL is held only
+// for the call and the conversions.
+class PyCallableBackend final : public Backend {
+ public:
+  PyCallableBackend(py::object fn, std::vector<std::string> output_names)
+      : fn_(std::move(fn)), output_names_(std::move(output_names)) {}
+  ~PyCallableBackend() override {
+    py::gil_scoped_acquire gil;
+    fn_ = py::object();
+  }
+
+  Status Run(const std::vector<NamedTensor>& inputs, std::vector<NamedTensor>* outputs) override {
+    py::gil_scoped_acquire gil;
+    try {
+      py::dict args;
+      for (const auto& in : inputs) args[py::str(in.name)] = ToNumpy(in.tensor);
+      py::object result = fn_(args);
+      return Collect(result, outputs);
+    } catch (py::error_already_set& e) {
+      return Internal(std::string(e.what()));
+    } catch (const std::exception& e) {
+      return Internal(e.what());
+    }
+  }
+
+ private:
+  Status Collect(const py::object& result, std::vector<NamedTensor>* outputs) {
+    bool is_map = py::isinstance<py::dict>(result);
+    bool is_seq = py::isinstance<py::list>(result) || py::isinstance<py::tuple>(result);
+    if (!is_map && !is_seq && output_names_.size() == 1) {
+      outputs->push_back(NamedTensor{output_names_[0], FromNumpy(py::array::ensure(result, py::array::c_style))});
+      return Status::Ok();
+    }
+    if (is_seq && py::len(result) != output_names_.size()) {
+      return Internal("backend returned " + std::to_string(py::len(result)) + " outputs, expected " +
+                      std::to_string(output_names_.size()));
+    }
+    for (size_t k = 0; k < output_names_.size(); ++k) {
+      const std::string& name = output_names_[k];
+      py::object obj;
+      if (is_map) {
+        auto m = result.cast<py::dict>();
+        if (!m.contains(name)) return Internal("backend returned no output '" + name + "'");
+        obj = m[py::str(name)];
+      } else if (is_seq) {
+        obj = result.cast<py::sequence>()[k];
+      } else {
+        return Internal("backend must return a dict or a sequence of arrays");
+      }
+      py::array arr = py::array::ensure(obj, py::array::c_style);
+      if (!arr) return Internal("backend output '" + name + "' is not array-like");
+      outputs->push_back(NamedTensor{name, FromNumpy(arr)});
+    }
+    return Status::Ok();
+  }
+
+  py::object fn_;
+  std::vector<std::string> output_names_;
+};
+
+// ---- Model adapters -------------------------------------------------------------
+struct ModelDeleter {
+  void operator()(Model* m) const {
+    py::gil_scoped_release nogil;  // executors may need the GIL to finish
+    delete m;
+  }
+};
+using ModelPtr = std::unique_ptr<Model, ModelDeleter>;
+
+ModelPtr Model_Create(const py::dict& config, std::shared_ptr<Backend> backend) {
+  auto made = Model::Create(ConfigFromPy(config), std::move(backend));
+  if (!made.ok()) Throw(made.status());
+  return ModelPtr(std::move(made).value().release());
+}
+
+// inputs: {name: C-contiguous ndarray}. The arrays must stay alive until the
+// answer arrives (the Python engine keeps them with the pending future).
+void Model_Submit(Model& m, const py::dict& inputs, uint64_t tag, PollableSink& sink, uint32_t priority,
+                  uint64_t deadline_us) {
+  const ModelConfig& c = m.config();
+  InferRequest req;
+  req.tag = tag;
+  req.sink = &sink;
+  req.priority = priority;
+  req.deadline_us = deadline_us;
+  req.inputs.resize(c.inputs.size());
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    PyObject* obj = PyDict_GetItemString(inputs.ptr(), c.inputs[i].name.c_str());
+    std::string where = c.Describe() + " input '" + c.inputs[i].name + "'";
+    if (obj == nullptr) Throw(InvalidArgument(where + ": missing from the request"));
+    if (!py::isinstance<py::array>(obj)) Throw(InvalidArgument(where + ": expected a numpy array"));
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (!(arr.flags() & py::array::c_style)) Throw(InvalidArgument(where + ": array must be C-contiguous"));
+    TensorView& v = req.inputs[i];
+    if (!DataTypeOf(arr.dtype(), &v.dtype)) {
+      Throw(InvalidArgument(where + ": expected " + DataTypeName(c.inputs[i].dtype) + ", got numpy " +
+                            std::string(py::str(arr.dtype()))));
+    }
+    if (arr.ndim() > Shape::kMaxRank) Throw(InvalidArgument(where + ": more than 8 dimensions"));
+    v.shape.rank = static_cast<int32_t>(arr.ndim());
+    for (ssize_t d = 0; d < arr.ndim(); ++d) v.shape.dims[d] = arr.shape(d);
+    v.data = arr.data();
+  }
+  if (py::len(inputs) != c.inputs.size()) {
+    for (auto item : inputs) {
+      std::string name = py::str(item.first);
+      bool known = false;
+      for (const auto& s : c.inputs) known = known || s.name == name;
+      if (!known) Throw(InvalidArgument(c.Describe() + ": unknown input '" + name + "'"));
+    }
+  }
+  // Submit never blocks, so the GIL stays held (releasing it costs more).
+  Status st = m.Submit(req);
+  if (!st.ok()) Throw(st);
+}
+
+py::dict HistogramToPy(const HistogramSnapshot& h) {
+  py::dict d;
+  d["count"] = h.count;
+  d["mean"] = h.Mean();
+  d["max"] = h.max;
+  d["p50"] = h.Percentile(0.50);
+  d["p90"] = h.Percentile(0.90);
+  d["p99"] = h.Percentile(0.99);
+  d["p999"] = h.Percentile(0.999);
+  return d;
+}
+
+py::dict Model_Stats(const Model& m) {
+  StatsSnapshot s = m.Stats();
+  py::dict d;
+  d["requests"] = s.requests;
+  d["rows"] = s.rows;
+  d["batches"] = s.batches;
+  d["rejected"] = s.rejected;
+  d["deadline_missed"] = s.deadline_missed;
+  d["errors"] = s.errors;
+  d["cancelled"] = s.cancelled;
+  d["queue_us"] = HistogramToPy(s.queue_us);
+  d["compute_us"] = HistogramToPy(s.compute_us);
+  d["end_to_end_us"] = HistogramToPy(s.end_to_end_us);
+  d["batch_size_counts"] = s.batch_size_counts;
+  d["mean_batch_size"] = s.mean_batch_size();
+  d["fill_ratio"] = s.fill_ratio();
+  d["max_batch_size"] = s.max_batch_size;
+  return d;
+}
+
+// [(tag, status_code, message or None, (outputs...), queue_us, compute_us)]
+py::list PollableSink_Drain(PollableSink& sink) {
+  std::vector<InferResult> results;
+  sink.Drain(&results);
+  py::list out(results.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    InferResult& r = results[i];
+    py::tuple outs(r.outputs.size());
+    for (size_t k = 0; k < r.outputs.size(); ++k) outs[k] = ToNumpy(r.outputs[k]);
+    py::object msg = r.status.ok() ? py::object(py::none()) : py::object(py::str(r.status.message()));
+    out[i] = py::make_tuple(r.tag, static_cast<int>(r.status.code()), msg, outs, r.queue_us, r.compute_us);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "inferline native core";
+  py::register_exception_translator(&TranslateStatusError);
+
+  py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend");
+  m.def("echo_backend", [](std::vector<std::string> outputs) -> std::shared_ptr<Backend> {
+    return std::make_shared<EchoBackend>(std::move(outputs));
+  }, "Native backend copying input i to output i (measures the engine's own overhead).");
+  m.def("python_backend", [](py::object fn, std::vector<std::string> outputs) -> std::shared_ptr<Backend> {
+    return std::make_shared<PyCallableBackend>(std::move(fn), std::move(outputs));
+  }, "Backend calling fn({input: array}) once per batch.");
+
+  py::class_<PollableSink>(m, "Sink")
+      .def(py::init<>())
+      .def_property_readonly("fd", &PollableSink::fd)
+      .def("drain", &PollableSink_Drain)
+      .def("wait", &PollableSink::WaitReadable, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>());
+
+  py::class_<Model, ModelPtr>(m, "Model")
+      .def(py::init(&Model_Create), py::arg("config"), py::arg("backend"))
+      .def("submit", &Model_Submit, py::arg("inputs"), py::arg("tag"), py::arg("sink"), py::arg("priority") = 0,
+           py::arg("deadline_us") = 0)
+      .def("shutdown", &Model::Shutdown, py::arg("drain") = true, py::call_guard<py::gil_scoped_release>())
+      .def("wake", &Model::Wake)
+      .def("now_us", &Model::NowUs)
+      .def("stats", &Model_Stats);
+
+  m.attr("STATUS_NAMES") = [] {
+    py::dict d;
+    for (int c = 0; c <= 16; ++c) d[py::int_(c)] = StatusCodeName(static_cast<StatusCode>(c));
+    return d;
+  }();
+}

@@ -1,0 +1,74 @@
+// inferline/completion.h — how answers get back to callers.
+//
+// Every accepted request is answered exactly once, through the CompletionSink
+// named in its InferRequest: with outputs, or with a non-OK status
+// (DEADLINE_EXCEEDED, CANCELLED at shutdown, the backend's error, ...).
+// The engine delivers all of one batch's answers for one sink in ONE Deliver
+// call, so a sink can wake its consumer once per batch, not once per request.
+//
+// Sinks provided:
+//   CallbackSink  runs a function per answer on the executor thread.
+//   PollableSink  queues answers and signals an eventfd that an event loop (or
+//                 WaitReadable) watches; Drain() takes everything queued.
+// A sink must outlive every request submitted with it (Model::Shutdown answers
+// all of them before it returns).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+#include "inferline/status.h"
+#include "inferline/tensor.h"
+
+namespace inferline {
+
+struct InferResult {
+  uint64_t tag = 0;             // InferRequest::tag, echoed
+  Status status;                // non-OK: outputs is empty
+  std::vector<Tensor> outputs;  // one per declared output, in config order; dim 0 = the request's rows
+  uint64_t queue_us = 0;        // enqueue -> batch start
+  uint64_t compute_us = 0;      // the batch's gather + backend + scatter time
+};
+
+class CompletionSink {
+ public:
+  virtual ~CompletionSink() = default;
+  // Called from executor threads (or from Model::Shutdown); may be called
+  // concurrently for different batches. The sink may move out of `results`.
+  virtual void Deliver(InferResult* results, size_t count) noexcept = 0;
+};
+
+class CallbackSink final : public CompletionSink {
+ public:
+  explicit CallbackSink(std::function<void(InferResult&&)> fn) : fn_(std::move(fn)) {}
+  void Deliver(InferResult* results, size_t count) noexcept override;
+
+ private:
+  std::function<void(InferResult&&)> fn_;
+};
+
+// Linux eventfd-backed queue of answers. Thread-safe.
+class PollableSink final : public CompletionSink {
+ public:
+  PollableSink();  // throws std::system_error if no eventfd can be made
+  ~PollableSink() override;
+  PollableSink(const PollableSink&) = delete;
+  PollableSink& operator=(const PollableSink&) = delete;
+
+  void Deliver(InferResult* results, size_t count) noexcept override;
+  // Readable while answers are queued. Level-triggered until Drain() empties it.
+  int fd() const noexcept { return fd_; }
+  // Moves every queued answer to the end of `out`; returns how many.
+  size_t Drain(std::vector<InferResult>* out);
+  // Blocks until answers are queued or `timeout_ms` passes (-1 = forever).
+  bool WaitReadable(int timeout_ms) const noexcept;
+
+ private:
+  int fd_ = -1;
+  std::mutex mu_;
+  std::vector<InferResult> ready_;  // requires mu_
+};
+
+}  // namespace inferline

@@ -1,0 +1,100 @@
+// inferline/model.h — one loaded model version: its queue, batch assembler and executors.
+//
+//   Submit ──▶ per-priority lock-free queues ──▶ assembler (DecideBatch) ──▶ executor:
+//              gather + preprocess into one aligned buffer per input ──▶ Backend::Run
+//              ──▶ scatter (zero-copy row slices of the outputs) ──▶ CompletionSink
+//
+// Executors follow a leader/follower scheme: an idle executor takes the
+// assembler role, forms one batch, gives the role up and runs the batch, so a
+// batch is closed exactly when an instance is free to compute it.
+//
+// Guarantees:
+//  - Submit never blocks. A full queue is refused with RESOURCE_EXHAUSTED; a
+//    model that is shutting down refuses with UNAVAILABLE; a malformed request
+//    is refused with INVALID_ARGUMENT naming the model, version and input.
+//    A refused request is not answered through its sink (Submit's status is
+//    the answer); an accepted request is answered through its sink exactly once.
+//  - A request whose deadline passes before its batch starts is answered with
+//    DEADLINE_EXCEEDED and never computed.
+//  - A backend error isolates the failing rows: the batch is re-run in halves
+//    until the failing requests are found; only they get the error.
+//  - Requests with more rows than max_batch_size are split into batches and
+//    their outputs reassembled; other requests' rows are never split.
+//  - Shutdown(drain) answers every accepted request (computed, or CANCELLED).
+//
+// Thread-safety: Submit, Stats, Wake, NowUs are safe from any thread.
+// Shutdown is safe from any thread but must not race with destruction.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inferline/backend.h"
+#include "inferline/batch_policy.h"
+#include "inferline/clock.h"
+#include "inferline/completion.h"
+#include "inferline/preprocess.h"
+#include "inferline/stats.h"
+#include "inferline/status.h"
+#include "inferline/tensor.h"
+
+namespace inferline {
+
+struct ModelConfig {
+  std::string name;
+  int64_t version = 1;
+  std::vector<TensorSpec> inputs;             // what callers send (dim 0 = -1, the rows)
+  std::vector<TensorSpec> outputs;            // what the backend returns (dim 0 = -1)
+  std::vector<PreprocessSpec> preprocessing;  // empty, or one per input (kNone where unused)
+  BatchPolicy batching;
+  uint32_t instances = 1;         // executors running batches in parallel
+  uint32_t queue_capacity = 4096; // requests waiting per priority level
+  uint32_t priority_levels = 2;   // priorities 0..levels-1; higher is served first
+
+  // "model 'name' version N"
+  std::string Describe() const;
+};
+
+struct InferRequest {
+  // One per declared input, in config order, all with the same dim 0 (rows >= 1).
+  // The memory must stay valid until the request is answered.
+  std::vector<TensorView> inputs;
+  uint32_t priority = 0;         // clamped to priority_levels - 1
+  uint64_t deadline_us = 0;      // absolute on the model's clock (NowUs()); 0 = none
+  uint64_t tag = 0;              // echoed in InferResult::tag
+  CompletionSink* sink = nullptr;
+};
+
+class Model {
+ public:
+  // Validates the config (INVALID_ARGUMENT naming the field) and starts the
+  // executors. `clock` defaults to SteadyClock and must outlive the model.
+  static Expected<std::unique_ptr<Model>> Create(ModelConfig config, std::shared_ptr<Backend> backend,
+                                                 Clock* clock = nullptr);
+  ~Model();  // Shutdown(true)
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  Status Submit(const InferRequest& request);
+  // Stops accepting, then answers everything queued: computed when `drain`,
+  // else CANCELLED. Idempotent; returns when every executor has stopped.
+  void Shutdown(bool drain = true);
+  // Makes the assembler re-evaluate now (after moving a ManualClock).
+  void Wake();
+
+  StatsSnapshot Stats() const;
+  uint64_t NowUs() const noexcept;
+  const ModelConfig& config() const noexcept;
+  // Inputs as the backend sees them (after preprocessing).
+  const std::vector<TensorSpec>& backend_inputs() const noexcept;
+
+  class Impl;
+
+ private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace inferline

@@ -1,0 +1,234 @@
+// Model: configuration checks, Submit, Shutdown. Assembly is in assembler.cpp,
+// batch execution in executor.cpp, oversize requests in split_request.cpp.
+#include <algorithm>
+#include <set>
+
+#include "model_impl.h"
+
+namespace inferline {
+
+std::string ModelConfig::Describe() const {
+  return "model '" + name + "' version " + std::to_string(version);
+}
+
+namespace {
+
+Status CheckSpec(const TensorSpec& spec, const std::string& where) {
+  if (spec.name.empty()) return InvalidArgument(where + " has an empty name");
+  if (spec.shape.rank < 1 || spec.shape.dims[0] != -1) {
+    return InvalidArgument(where + " '" + spec.name + "': shape " + spec.shape.ToString() +
+                           " must start with -1, the batch dimension");
+  }
+  for (int d = 1; d < spec.shape.rank; ++d) {
+    if (spec.shape.dims[d] == 0 || spec.shape.dims[d] < -1) {
+      return InvalidArgument(where + " '" + spec.name + "': dim " + std::to_string(d) + " of shape " +
+                             spec.shape.ToString() + " must be >= 1 or -1");
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckUniqueNames(const std::vector<TensorSpec>& specs, const std::string& where) {
+  std::set<std::string> seen;
+  for (const auto& s : specs) {
+    if (!seen.insert(s.name).second) return InvalidArgument(where + " '" + s.name + "' is declared twice");
+  }
+  return Status::Ok();
+}
+
+Status CheckScheduling(const ModelConfig& c, const std::string& ctx) {
+  if (c.instances < 1 || c.instances > 64) {
+    return InvalidArgument(ctx + ": instances = " + std::to_string(c.instances) + " must be in [1, 64]");
+  }
+  if (c.queue_capacity < 1) return InvalidArgument(ctx + ": queue_capacity must be >= 1");
+  if (c.priority_levels < 1 || c.priority_levels > 16) {
+    return InvalidArgument(ctx + ": priority_levels = " + std::to_string(c.priority_levels) + " must be in [1, 16]");
+  }
+  return c.batching.Validate(ctx);
+}
+
+// Validates `c` and computes the backend-facing input signature.
+Expected<std::vector<TensorSpec>> ResolveConfig(ModelConfig& c) {
+  const std::string ctx = c.Describe();
+  if (c.name.empty()) return InvalidArgument("model config: name is empty");
+  if (c.inputs.empty()) return InvalidArgument(ctx + ": declares no inputs");
+  if (c.outputs.empty()) return InvalidArgument(ctx + ": declares no outputs");
+  for (const auto& s : c.inputs) INFERLINE_RETURN_IF_ERROR(CheckSpec(s, ctx + ": input"));
+  for (const auto& s : c.outputs) INFERLINE_RETURN_IF_ERROR(CheckSpec(s, ctx + ": output"));
+  INFERLINE_RETURN_IF_ERROR(CheckUniqueNames(c.inputs, ctx + ": input"));
+  INFERLINE_RETURN_IF_ERROR(CheckUniqueNames(c.outputs, ctx + ": output"));
+  INFERLINE_RETURN_IF_ERROR(CheckScheduling(c, ctx));
+  if (c.preprocessing.empty()) c.preprocessing.resize(c.inputs.size());
+  if (c.preprocessing.size() != c.inputs.size()) {
+    return InvalidArgument(ctx + ": preprocessing has " + std::to_string(c.preprocessing.size()) +
+                           " entries for " + std::to_string(c.inputs.size()) + " inputs");
+  }
+  std::vector<TensorSpec> resolved;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    std::string where = ctx + " input '" + c.inputs[i].name + "'";
+    auto r = ResolvePreprocess(c.preprocessing[i], c.inputs[i], where);
+    if (!r.ok()) return r.status();
+    for (int d = 1; d < r->shape.rank; ++d) {
+      if (r->shape.dims[d] < 1) {
+        return InvalidArgument(where + ": dim " + std::to_string(d) + " of " + c.inputs[i].shape.ToString() +
+                               " is free; only dim 0 (the rows) may be -1 unless image preprocessing fixes the size");
+      }
+    }
+    resolved.push_back(std::move(r.value()));
+  }
+  return resolved;
+}
+
+}  // namespace
+
+Expected<std::unique_ptr<Model>> Model::Create(ModelConfig config, std::shared_ptr<Backend> backend, Clock* clock) {
+  if (!backend) return InvalidArgument(config.Describe() + ": no backend given");
+  auto resolved = ResolveConfig(config);
+  if (!resolved.ok()) return resolved.status();
+  auto impl = std::make_unique<Impl>(std::move(config), std::move(resolved.value()), std::move(backend),
+                                     clock != nullptr ? clock : &SteadyClock::Instance());
+  impl->Start();
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() { impl_->Shutdown(true); }
+Status Model::Submit(const InferRequest& request) { return impl_->Submit(request); }
+void Model::Shutdown(bool drain) { impl_->Shutdown(drain); }
+void Model::Wake() { impl_->Wake(); }
+StatsSnapshot Model::Stats() const { return impl_->stats_.Snapshot(); }
+uint64_t Model::NowUs() const noexcept { return impl_->clock_->NowUs(); }
+const ModelConfig& Model::config() const noexcept { return impl_->config_; }
+const std::vector<TensorSpec>& Model::backend_inputs() const noexcept { return impl_->backend_inputs_; }
+
+Model::Impl::Impl(ModelConfig config, std::vector<TensorSpec> backend_inputs, std::shared_ptr<Backend> backend,
+                  Clock* clock)
+    : config_(std::move(config)),
+      backend_inputs_(std::move(backend_inputs)),
+      context_(config_.Describe()),
+      backend_(std::move(backend)),
+      clock_(clock),
+      stats_(config_.batching.max_batch_size) {
+  for (uint32_t l = 0; l < config_.priority_levels; ++l) {
+    queues_.push_back(std::make_unique<MpmcQueue<Request*>>(config_.queue_capacity));
+  }
+  pending_.resize(config_.priority_levels);
+  pending_rows_.assign(config_.priority_levels, 0);
+}
+
+Model::Impl::~Impl() { Shutdown(true); }
+
+void Model::Impl::Start() {
+  for (uint32_t i = 0; i < config_.instances; ++i) executors_.emplace_back([this] { ExecutorLoop(); });
+}
+
+Status Model::Impl::CheckRequest(const InferRequest& request, uint32_t* rows) const {
+  if (request.sink == nullptr) return InvalidArgument(context_ + ": request has no completion sink");
+  if (request.inputs.size() != config_.inputs.size()) {
+    return InvalidArgument(context_ + ": expected " + std::to_string(config_.inputs.size()) + " inputs, got " +
+                           std::to_string(request.inputs.size()));
+  }
+  int64_t n = -1;
+  for (size_t i = 0; i < request.inputs.size(); ++i) {
+    const TensorSpec& spec = config_.inputs[i];
+    const TensorView& v = request.inputs[i];
+    std::string where = context_ + " input '" + spec.name + "'";
+    if (v.dtype != spec.dtype) {
+      return InvalidArgument(where + ": expected " + DataTypeName(spec.dtype) + ", got " + DataTypeName(v.dtype));
+    }
+    bool shape_ok = v.shape.rank == spec.shape.rank && v.shape.dims[0] >= 1;
+    for (int d = 1; shape_ok && d < v.shape.rank; ++d) {
+      shape_ok = spec.shape.dims[d] == -1 ? v.shape.dims[d] >= 1 : v.shape.dims[d] == spec.shape.dims[d];
+    }
+    if (!shape_ok) {
+      return InvalidArgument(where + ": expected shape " + spec.shape.ToString() + " with at least one row, got " +
+                             v.shape.ToString());
+    }
+    if (n >= 0 && v.shape.dims[0] != n) {
+      return InvalidArgument(where + ": has " + std::to_string(v.shape.dims[0]) + " rows but input '" +
+                             config_.inputs[0].name + "' has " + std::to_string(n));
+    }
+    n = v.shape.dims[0];
+    if (v.data == nullptr) return InvalidArgument(where + ": data is null");
+    INFERLINE_RETURN_IF_ERROR(CheckPreprocessInput(config_.preprocessing[i], v, where));
+  }
+  if (n > UINT32_MAX) return InvalidArgument(context_ + ": too many rows in one request");
+  *rows = static_cast<uint32_t>(n);
+  return Status::Ok();
+}
+
+Status Model::Impl::Submit(const InferRequest& request) {
+  uint32_t rows = 0;
+  INFERLINE_RETURN_IF_ERROR(CheckRequest(request, &rows));
+  if (request.deadline_us != 0 && request.deadline_us <= clock_->NowUs()) {
+    stats_.AddDeadlineMissed(1);
+    return Status(StatusCode::kDeadlineExceeded, context_ + ": deadline passed before the request was queued");
+  }
+  if (rows > config_.batching.max_batch_size) return SubmitSplit(request, rows);
+  auto* r = new Request{request, rows, 0, false};
+  r->req.priority = std::min(request.priority, config_.priority_levels - 1);
+  Status st = Enqueue(r);
+  if (!st.ok()) {
+    delete r;
+    if (st.code() == StatusCode::kResourceExhausted) stats_.AddRejected(1);
+    return st;
+  }
+  stats_.AddRequests(1, rows);
+  return st;
+}
+
+// On OK the queue owns `r`; otherwise the caller still does.
+Status Model::Impl::Enqueue(Request* r) {
+  submitters_.fetch_add(1, std::memory_order_seq_cst);  // S1, pairs with D1 in Shutdown
+  if (stopping_.load(std::memory_order_seq_cst)) {
+    submitters_.fetch_sub(1, std::memory_order_release);
+    return Unavailable(context_ + ": model is shutting down");
+  }
+  r->enqueue_us = clock_->NowUs();
+  bool pushed = queues_[r->req.priority]->try_push(r);
+  submitters_.fetch_sub(1, std::memory_order_release);  // S2, pairs with D2
+  if (!pushed) {
+    return Status(StatusCode::kResourceExhausted, context_ + ": queue full (capacity " +
+                                                      std::to_string(config_.queue_capacity) + " at priority " +
+                                                      std::to_string(r->req.priority) + ")");
+  }
+  NotifyAssembler();
+  return Status::Ok();
+}
+
+void Model::Impl::NotifyAssembler() noexcept {
+  // W1: the push above must be visible before we read sleeping_; pairs with W2.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_relaxed)) Wake();
+}
+
+void Model::Impl::Wake() {
+  {
+    std::lock_guard<std::mutex> lock(wake_mu_);
+    wake_flag_ = true;
+  }
+  wake_cv_.notify_all();
+}
+
+void Model::Impl::Shutdown(bool drain) {
+  std::lock_guard<std::mutex> lock(shutdown_mu_);
+  if (executors_.empty()) return;
+  drain_.store(drain, std::memory_order_relaxed);
+  stopping_.store(true, std::memory_order_seq_cst);  // D1
+  while (submitters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();  // D2
+  released_.store(true, std::memory_order_release);
+  Wake();
+  for (auto& t : executors_) t.join();
+  executors_.clear();
+}
+
+void RecordOutcome(ModelStats& stats, const Status& status, uint64_t queue_us, uint64_t end_to_end_us) {
+  switch (status.code()) {
+    case StatusCode::kOk: stats.RecordRequest(queue_us, end_to_end_us); break;
+    case StatusCode::kDeadlineExceeded: stats.AddDeadlineMissed(1); break;
+    case StatusCode::kCancelled: stats.AddCancelled(1); break;
+    default: stats.AddErrors(1); break;
+  }
+}
+
+}  // namespace inferline

@@ -1,0 +1,111 @@
+// Private: the state behind Model. See model.h for the guarantees.
+//
+// Threads: callers run Submit; `instances` executor threads each loop
+// "assemble one batch (holding assemble_mu_), run it (holding nothing)".
+// Ownership: a Request is allocated by Submit, owned by its queue slot, then by
+// the assembler's pending lists, then by one executor's Batch, and deleted after
+// its answer is delivered.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "inferline/model.h"
+#include "inferline/mpmc_queue.h"
+
+namespace inferline {
+
+class SplitRequest;
+
+struct Request {
+  InferRequest req;
+  uint32_t rows = 0;
+  uint64_t enqueue_us = 0;
+  bool is_part = false;  // one part of a request larger than max_batch_size; req.sink is its SplitRequest
+};
+
+struct Batch {
+  std::vector<Request*> requests;  // to compute, in dispatch order
+  uint32_t rows = 0;
+  std::vector<Request*> expired;    // answer DEADLINE_EXCEEDED
+  std::vector<Request*> cancelled;  // answer CANCELLED
+  void Clear() { requests.clear(); rows = 0; expired.clear(); cancelled.clear(); }
+};
+
+class Model::Impl {
+ public:
+  Impl(ModelConfig config, std::vector<TensorSpec> backend_inputs, std::shared_ptr<Backend> backend, Clock* clock);
+  ~Impl();
+
+  Status Submit(const InferRequest& request);
+  void Shutdown(bool drain);
+  void Wake();
+  void Start();
+
+  ModelConfig config_;
+  std::vector<TensorSpec> backend_inputs_;
+  std::string context_;  // "model 'x' version 1", for messages
+  std::shared_ptr<Backend> backend_;
+  Clock* clock_;
+  ModelStats stats_;
+  ComputeEstimator estimator_;
+
+ private:
+  Status CheckRequest(const InferRequest& request, uint32_t* rows) const;
+  Status Enqueue(Request* r);
+  Status SubmitSplit(const InferRequest& request, uint32_t rows);
+  void NotifyAssembler() noexcept;
+
+  // ---- assembler (assembler.cpp); every method requires assemble_mu_ ----
+  bool Assemble(Batch* batch);
+  void DrainQueues(bool unbounded);
+  void CollectExpired(uint64_t now_us, std::vector<Request*>* out);
+  void TakeFront(size_t count, Batch* batch);
+  size_t FirstFit(uint32_t max_rows) const;
+  BatchDecision Decide(uint64_t now_us);
+  bool PendingEmpty() const;
+  void SleepUpTo(uint64_t wait_us);
+  void ExecutorLoop();
+
+  // ---- execution (executor.cpp); called by one executor, no lock held ----
+  void RunBatch(Batch& batch);
+  std::vector<NamedTensor> Gather(const Batch& batch);
+  void RunRange(const std::vector<NamedTensor>& inputs, Request* const* requests, size_t count,
+                uint32_t row_begin, uint32_t rows, bool top_level, uint64_t start_us);
+  Status RunBackend(const std::vector<NamedTensor>& inputs, uint32_t rows, std::vector<Tensor>* outputs,
+                    bool* backend_failed);
+
+  std::vector<std::unique_ptr<MpmcQueue<Request*>>> queues_;  // one per priority level
+
+  std::atomic<bool> stopping_{false};   // no new submissions
+  std::atomic<bool> released_{false};   // every accepted submission is in a queue
+  std::atomic<bool> drain_{true};
+  std::atomic<int64_t> submitters_{0};  // Submit calls between the stop check and the push
+  std::mutex shutdown_mu_;              // serialises Shutdown callers
+
+  std::mutex assemble_mu_;
+  std::vector<std::deque<Request*>> pending_;  // requires assemble_mu_
+  std::vector<uint32_t> pending_rows_;         // requires assemble_mu_
+  std::vector<PendingItem> view_items_;        // requires assemble_mu_
+
+  std::atomic<bool> sleeping_{false};  // the assembler may be waiting on wake_cv_
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  bool wake_flag_ = false;  // requires wake_mu_
+
+  std::vector<std::thread> executors_;
+};
+
+// Answers requests that were never computed (expired, cancelled, refused parts).
+void AnswerWithStatus(Model::Impl& model, std::vector<Request*>& requests, const Status& status);
+
+// Records the stats of one final answer (not of a part of a split request).
+void RecordOutcome(ModelStats& stats, const Status& status, uint64_t queue_us, uint64_t end_to_end_us);
+
+}  // namespace inferline

@@ -1,0 +1,5 @@
+"""The in-process engine: load model versions, infer blocking, by future or asyncio."""
+
+from .engine import Engine, ModelHandle
+
+__all__ = ["Engine", "ModelHandle"]
