@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs ALL tests: C++ (GoogleTest via ctest)
+# and Python (pytest). Exits non-zero when any test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! dpkg -s libgtest-dev >/dev/null 2>&1 || ! command -v g++ >/dev/null; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq libgtest-dev g++ >/dev/null
+fi
+command -v cmake >/dev/null && command -v ninja >/dev/null || python3 -m pip install -q cmake ninja
+
+python3 -m pip install -q ".[test]"
+
+cmake -S . -B build/tests -G Ninja -DINFERLINE_BUILD_TESTS=ON -DINFERLINE_BUILD_PYTHON=OFF >/dev/null
+cmake --build build/tests
+ctest --test-dir build/tests --output-on-failure -j2
+
+python3 -m pytest tests/python -q
