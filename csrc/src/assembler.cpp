@@ -39,19 +39,21 @@ void Model::Impl::ExecutorLoop() {
 // executor should exit (shutdown and nothing left).
 bool Model::Impl::Assemble(Batch* batch) {
   for (;;) {
-    bool stop = released_.load(std::memory_order_acquire);
+    const bool stop = released_.load(std::memory_order_acquire);
+    // Shutdown(false) has begun: start nothing new, even before released_ (drain_
+    // is written before stopping_, so it is visible once stopping_ is).
+    const bool cancel = (stop || stopping_.load(std::memory_order_acquire)) && !drain_.load(std::memory_order_relaxed);
     DrainQueues(stop);
-    uint64_t now = clock_->NowUs();
-    CollectExpired(now, &batch->expired);
+    const uint64_t now = clock_->NowUs();
+    const uint64_t next_expiry = CollectExpired(now, &batch->expired);
+    if (cancel) {
+      CancelPending(batch);
+      if (stop) return false;
+      if (!batch->cancelled.empty() || !batch->expired.empty()) return true;
+      SleepUpTo(BatchDecision::kForever);  // until released_ (Shutdown wakes us) or a late push
+      continue;
+    }
     if (stop) {
-      if (!drain_.load(std::memory_order_relaxed)) {
-        for (auto& level : pending_) {
-          batch->cancelled.insert(batch->cancelled.end(), level.begin(), level.end());
-          level.clear();
-        }
-        std::fill(pending_rows_.begin(), pending_rows_.end(), 0);
-        return false;
-      }
       if (PendingEmpty()) return false;
       TakeFront(FirstFit(config_.batching.max_batch_size), batch);
       return true;
@@ -62,26 +64,40 @@ bool Model::Impl::Assemble(Batch* batch) {
       TakeFront(d.take, batch);
       return true;
     }
-    SleepUpTo(d.wait_us);
+    // Also wake when the next pending deadline passes, so a request that can no
+    // longer be served (fixed-delay mode, or outside the batch prefix) is answered
+    // at its deadline rather than at the next dispatch.
+    SleepUpTo(std::min(d.wait_us, next_expiry - now));
   }
+}
+
+void Model::Impl::CancelPending(Batch* batch) {
+  for (auto& level : pending_) {
+    batch->cancelled.insert(batch->cancelled.end(), level.begin(), level.end());
+    level.clear();
+  }
+  std::fill(pending_rows_.begin(), pending_rows_.end(), 0);
 }
 
 void Model::Impl::DrainQueues(bool unbounded) {
   const uint32_t bound = config_.batching.max_batch_size;
   for (size_t l = 0; l < queues_.size(); ++l) {
     Request* r;
-    while ((unbounded || pending_rows_[l] < bound) && queues_[l]->try_pop(r)) {
+    while ((unbounded || pending_rows_[l] < bound) && queues_[l]->Pop(r)) {
       pending_[l].push_back(r);
       pending_rows_[l] += r->rows;
     }
   }
 }
 
-void Model::Impl::CollectExpired(uint64_t now_us, std::vector<Request*>* out) {
+uint64_t Model::Impl::CollectExpired(uint64_t now_us, std::vector<Request*>* out) {
+  uint64_t next = UINT64_MAX;
   for (size_t l = 0; l < pending_.size(); ++l) {
     auto& level = pending_[l];
     auto keep = std::stable_partition(level.begin(), level.end(), [&](const Request* r) {
-      return r->req.deadline_us == 0 || r->req.deadline_us > now_us;
+      const uint64_t dl = r->req.deadline_us;
+      if (dl != 0 && dl > now_us) next = std::min(next, dl);
+      return dl == 0 || dl > now_us;
     });
     for (auto it = keep; it != level.end(); ++it) {
       pending_rows_[l] -= (*it)->rows;
@@ -89,6 +105,7 @@ void Model::Impl::CollectExpired(uint64_t now_us, std::vector<Request*>* out) {
     }
     level.erase(keep, level.end());
   }
+  return next;
 }
 
 bool Model::Impl::PendingEmpty() const {

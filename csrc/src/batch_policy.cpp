@@ -22,7 +22,10 @@ Status BatchPolicy::Validate(const std::string& context) const {
 
 uint64_t ComputeModel::EstimateUs(uint32_t rows) const noexcept {
   double t = fixed_us + per_row_us * rows;
-  return t <= 0 ? 0 : static_cast<uint64_t>(std::ceil(t));
+  if (!(t > 0)) return 0;  // also NaN
+  t = std::ceil(t);
+  // Casting a double >= 2^64 to uint64_t is undefined; saturate instead.
+  return t >= 18446744073709551616.0 ? UINT64_MAX : static_cast<uint64_t>(t);
 }
 
 namespace {
@@ -31,6 +34,8 @@ bool IsPreferred(const BatchPolicy& policy, uint32_t rows) {
   const auto& p = policy.preferred_batch_sizes;
   return std::find(p.begin(), p.end(), rows) != p.end();
 }
+
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; }
 
 BatchDecision Dispatch(size_t take, uint32_t rows) {
   BatchDecision d;
@@ -58,9 +63,10 @@ BatchDecision DecideBatch(const PendingView& pending, const BatchPolicy& policy,
   if (rows >= policy.max_batch_size || take < pending.count) return Dispatch(take, rows);  // rule 2
   if (IsPreferred(policy, rows)) return Dispatch(take, rows);                               // rule 3
 
-  uint64_t close_at = pending.oldest_enqueue_us + policy.max_queue_delay_us;  // rule 4
-  if (policy.mode == BatchingMode::kDeadlineAware && tightest != 0) {         // rule 5
-    uint64_t need = compute.EstimateUs(rows) + policy.deadline_slack_us;
+  // rule 4 (saturating: a huge delay means "never", not a wrap-around to "now")
+  uint64_t close_at = SaturatingAdd(pending.oldest_enqueue_us, policy.max_queue_delay_us);
+  if (policy.mode == BatchingMode::kDeadlineAware && tightest != 0) {  // rule 5
+    uint64_t need = SaturatingAdd(compute.EstimateUs(rows), policy.deadline_slack_us);
     uint64_t latest_start = tightest > need ? tightest - need : 0;
     close_at = std::min(close_at, latest_start);
   }
@@ -88,8 +94,8 @@ ComputeModel ComputeEstimator::Current() const noexcept {
   double mean_n = sn_ / w_, mean_t = st_ / w_;
   double var_n = snn_ / w_ - mean_n * mean_n;
   if (var_n < 1e-6 * std::max(1.0, mean_n * mean_n)) {
-    // One batch size seen so far: assume the observed time for any size up to
-    // it (conservative for smaller batches) and proportional growth above.
+    // One batch size seen so far: no slope can be fitted, so assume the
+    // observed time for every size (conservative for smaller batches).
     m.fixed_us = mean_t;
     m.per_row_us = 0.0;
     return m;

@@ -88,12 +88,17 @@ Status Model::Impl::RunBackend(const std::vector<NamedTensor>& inputs, uint32_t 
                                std::vector<Tensor>* outputs, bool* backend_failed) {
   std::vector<NamedTensor> produced;
   Status st;
+  // A returned error is worth bisecting (it may come from some rows); an
+  // exception breaks the Backend contract, so the whole batch gets INTERNAL and
+  // the backend is not called again for it (backend.h).
   try {
     st = backend_->Run(inputs, &produced);
   } catch (const std::exception& e) {
-    st = Internal(std::string("backend threw: ") + e.what());
+    *backend_failed = false;
+    return Internal(context_ + ": backend threw: " + e.what());
   } catch (...) {
-    st = Internal("backend threw a non-standard exception");
+    *backend_failed = false;
+    return Internal(context_ + ": backend threw a non-standard exception");
   }
   *backend_failed = !st.ok();
   if (!st.ok()) return Status(st.code(), context_ + ": backend failed: " + st.message());
@@ -102,13 +107,19 @@ Status Model::Impl::RunBackend(const std::vector<NamedTensor>& inputs, uint32_t 
     auto it = std::find_if(produced.begin(), produced.end(), [&](const NamedTensor& t) { return t.name == spec.name; });
     if (it == produced.end()) return Internal(context_ + ": backend returned no output '" + spec.name + "'");
     const Tensor& t = it->tensor;
-    bool ok = t.dtype == spec.dtype && t.shape.rank == spec.shape.rank && t.shape.dims[0] == rows &&
-              (t.data != nullptr || t.ByteSize() == 0);
-    for (int d = 1; ok && d < t.shape.rank; ++d) ok = spec.shape.dims[d] == -1 || spec.shape.dims[d] == t.shape.dims[d];
+    bool ok = t.dtype == spec.dtype && t.shape.rank == spec.shape.rank && t.shape.dims[0] == rows;
+    for (int d = 1; ok && d < t.shape.rank; ++d) {
+      ok = spec.shape.dims[d] == -1 ? t.shape.dims[d] >= 0 : spec.shape.dims[d] == t.shape.dims[d];
+    }
     if (!ok) {
       return Internal(context_ + ": backend output '" + spec.name + "' is " + DataTypeName(t.dtype) + " " +
                       t.shape.ToString() + " for " + std::to_string(rows) + " rows; declared " +
                       DataTypeName(spec.dtype) + " " + spec.shape.ToString());
+    }
+    // Callers get slices that outlive the batch: the tensor must own its bytes.
+    if (t.ByteSize() != 0 && (t.data == nullptr || t.owner == nullptr)) {
+      return Internal(context_ + ": backend output '" + spec.name + "' " +
+                      (t.data == nullptr ? "has no data" : "does not own its memory (Tensor::owner is empty)"));
     }
     outputs->push_back(t);
   }

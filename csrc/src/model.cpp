@@ -13,9 +13,19 @@ std::string ModelConfig::Describe() const {
 
 namespace {
 
+// Shape::ToString reads `rank` dims: only call it on a rank the Shape can hold.
+std::string ShapeText(const Shape& s) {
+  if (s.rank < 0 || s.rank > Shape::kMaxRank) return "<rank " + std::to_string(s.rank) + ">";
+  return s.ToString();
+}
+
 Status CheckSpec(const TensorSpec& spec, const std::string& where) {
   if (spec.name.empty()) return InvalidArgument(where + " has an empty name");
-  if (spec.shape.rank < 1 || spec.shape.dims[0] != -1) {
+  if (spec.shape.rank < 1 || spec.shape.rank > Shape::kMaxRank) {  // (ToString would read past dims)
+    return InvalidArgument(where + " '" + spec.name + "': shape rank " + std::to_string(spec.shape.rank) +
+                           " must be in [1, " + std::to_string(Shape::kMaxRank) + "]");
+  }
+  if (spec.shape.dims[0] != -1) {
     return InvalidArgument(where + " '" + spec.name + "': shape " + spec.shape.ToString() +
                            " must start with -1, the batch dimension");
   }
@@ -110,7 +120,7 @@ Model::Impl::Impl(ModelConfig config, std::vector<TensorSpec> backend_inputs, st
       clock_(clock),
       stats_(config_.batching.max_batch_size) {
   for (uint32_t l = 0; l < config_.priority_levels; ++l) {
-    queues_.push_back(std::make_unique<MpmcQueue<Request*>>(config_.queue_capacity));
+    queues_.push_back(std::make_unique<LevelQueue>(config_.queue_capacity));
   }
   pending_.resize(config_.priority_levels);
   pending_rows_.assign(config_.priority_levels, 0);
@@ -142,7 +152,7 @@ Status Model::Impl::CheckRequest(const InferRequest& request, uint32_t* rows) co
     }
     if (!shape_ok) {
       return InvalidArgument(where + ": expected shape " + spec.shape.ToString() + " with at least one row, got " +
-                             v.shape.ToString());
+                             ShapeText(v.shape));
     }
     if (n >= 0 && v.shape.dims[0] != n) {
       return InvalidArgument(where + ": has " + std::to_string(v.shape.dims[0]) + " rows but input '" +
@@ -158,39 +168,70 @@ Status Model::Impl::CheckRequest(const InferRequest& request, uint32_t* rows) co
 }
 
 Status Model::Impl::Submit(const InferRequest& request) {
+  // Fast refusal; Admit re-checks inside the submitters_ window. Keeping late
+  // callers out of the window lets Shutdown's wait for it end under load.
+  if (stopping_.load(std::memory_order_acquire)) return Unavailable(context_ + ": model is shutting down");
   uint32_t rows = 0;
   INFERLINE_RETURN_IF_ERROR(CheckRequest(request, &rows));
   if (request.deadline_us != 0 && request.deadline_us <= clock_->NowUs()) {
     stats_.AddDeadlineMissed(1);
     return Status(StatusCode::kDeadlineExceeded, context_ + ": deadline passed before the request was queued");
   }
-  if (rows > config_.batching.max_batch_size) return SubmitSplit(request, rows);
-  auto* r = new Request{request, rows, 0, false};
-  r->req.priority = std::min(request.priority, config_.priority_levels - 1);
-  Status st = Enqueue(r);
-  if (!st.ok()) {
-    delete r;
-    if (st.code() == StatusCode::kResourceExhausted) stats_.AddRejected(1);
-    return st;
+  const uint32_t level = std::min(request.priority, config_.priority_levels - 1);
+  // Allocate before admission: once slots are reserved, nothing may fail.
+  std::vector<Request*> requests;
+  if (rows > config_.batching.max_batch_size) {
+    requests = MakeParts(request, rows);
+  } else {
+    requests.push_back(new Request{request, rows, 0, false});
   }
-  stats_.AddRequests(1, rows);
+  for (Request* r : requests) r->req.priority = level;
+  Status st = Admit(requests, level, rows);
+  if (!st.ok()) DiscardParts(requests);
   return st;
 }
 
-// On OK the queue owns `r`; otherwise the caller still does.
-Status Model::Impl::Enqueue(Request* r) {
-  submitters_.fetch_add(1, std::memory_order_seq_cst);  // S1, pairs with D1 in Shutdown
-  if (stopping_.load(std::memory_order_seq_cst)) {
-    submitters_.fetch_sub(1, std::memory_order_release);
+namespace {
+
+// Marks one Submit between its stop check and its last push (S1 ... S2).
+class SubmitterScope {
+ public:
+  explicit SubmitterScope(std::atomic<int64_t>& n) : n_(n) { n_.fetch_add(1, std::memory_order_seq_cst); }  // S1
+  ~SubmitterScope() { n_.fetch_sub(1, std::memory_order_release); }  // S2, pairs with D2
+  SubmitterScope(const SubmitterScope&) = delete;
+  SubmitterScope& operator=(const SubmitterScope&) = delete;
+
+ private:
+  std::atomic<int64_t>& n_;
+};
+
+}  // namespace
+
+// On OK the queue owns every request (and a split request's parts may already
+// be answered and freed); otherwise the caller still owns them all. Counting,
+// pushing and the wake-up all happen inside the submitters_ window, so once
+// Shutdown sees no submitter, every accepted request is queued and counted.
+Status Model::Impl::Admit(const std::vector<Request*>& requests, uint32_t level, uint32_t rows) {
+  SubmitterScope scope(submitters_);
+  if (stopping_.load(std::memory_order_seq_cst)) {  // pairs with D1 in Shutdown
     return Unavailable(context_ + ": model is shutting down");
   }
-  r->enqueue_us = clock_->NowUs();
-  bool pushed = queues_[r->req.priority]->try_push(r);
-  submitters_.fetch_sub(1, std::memory_order_release);  // S2, pairs with D2
-  if (!pushed) {
-    return Status(StatusCode::kResourceExhausted, context_ + ": queue full (capacity " +
-                                                      std::to_string(config_.queue_capacity) + " at priority " +
-                                                      std::to_string(r->req.priority) + ")");
+  LevelQueue& queue = *queues_[level];
+  if (!queue.Reserve(requests.size())) {
+    stats_.AddRejected(1);
+    std::string what = requests.size() == 1
+                           ? "queue full"
+                           : "queue has no room for the " + std::to_string(requests.size()) + " parts of a " +
+                                 std::to_string(rows) + "-row request";
+    return Status(StatusCode::kResourceExhausted, context_ + ": " + what + " (capacity " +
+                                                      std::to_string(queue.capacity()) + " at priority " +
+                                                      std::to_string(level) + ")");
+  }
+  stats_.AddRequests(1, rows);  // before the push: no answer can precede its count
+  const uint64_t now = clock_->NowUs();
+  for (Request* r : requests) {
+    r->enqueue_us = now;
+    queue.Push(r);  // may be answered and freed from here on
   }
   NotifyAssembler();
   return Status::Ok();
@@ -215,7 +256,9 @@ void Model::Impl::Shutdown(bool drain) {
   if (executors_.empty()) return;
   drain_.store(drain, std::memory_order_relaxed);
   stopping_.store(true, std::memory_order_seq_cst);  // D1
-  while (submitters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();  // D2
+  // D2: seq_cst, so this load and the store D1 are ordered against S1 and the
+  // stop check (Dekker); acquire pairs with S2, making the pushes visible.
+  while (submitters_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   released_.store(true, std::memory_order_release);
   Wake();
   for (auto& t : executors_) t.join();

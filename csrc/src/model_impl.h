@@ -30,6 +30,48 @@ struct Request {
   bool is_part = false;  // one part of a request larger than max_batch_size; req.sink is its SplitRequest
 };
 
+// One priority level's queue, with admission by reservation: Submit reserves
+// every slot a request needs (one, or one per part of a split request) before
+// pushing, so a request is accepted whole or refused whole, and the assembler
+// releases a slot after each pop.
+// Why a reserved push always finds its slot free: pops happen only under
+// assemble_mu_, so they complete one at a time in ticket order, and a slot is
+// released (R2) only after its pop has handed the slot back (MpmcQueue C5).
+// With at most `capacity` reservations outstanding, the producer of ticket t
+// therefore finds ticket t - capacity fully popped.
+class LevelQueue {
+ public:
+  explicit LevelQueue(uint32_t capacity) : queue_(capacity), capacity_(capacity) {}
+
+  // Claims `n` slots; false (claiming none) if fewer than `n` are free.
+  bool Reserve(uint64_t n) noexcept {
+    uint64_t cur = reserved_.load(std::memory_order_relaxed);
+    do {
+      if (n > capacity_ - cur) return false;
+      // R1 (acquire), pairs with R2: the slots released by pops are free for our push.
+    } while (!reserved_.compare_exchange_weak(cur, cur + n, std::memory_order_acquire, std::memory_order_relaxed));
+    return true;
+  }
+  // Requires a reservation made by this caller.
+  void Push(Request* r) noexcept {
+    // Cannot fail (see above); the loop only keeps the invariant local to this class.
+    while (!queue_.try_push(r)) std::this_thread::yield();
+  }
+  // Requires assemble_mu_ (the single consumer).
+  bool Pop(Request*& r) noexcept {
+    if (!queue_.try_pop(r)) return false;
+    reserved_.fetch_sub(1, std::memory_order_release);  // R2, pairs with R1
+    return true;
+  }
+  size_t size() const noexcept { return queue_.size(); }
+  uint64_t capacity() const noexcept { return capacity_; }
+
+ private:
+  MpmcQueue<Request*> queue_;
+  const uint64_t capacity_;
+  std::atomic<uint64_t> reserved_{0};  // pushed or about to be pushed, not yet popped
+};
+
 struct Batch {
   std::vector<Request*> requests;  // to compute, in dispatch order
   uint32_t rows = 0;
@@ -58,14 +100,20 @@ class Model::Impl {
 
  private:
   Status CheckRequest(const InferRequest& request, uint32_t* rows) const;
-  Status Enqueue(Request* r);
-  Status SubmitSplit(const InferRequest& request, uint32_t rows);
+  // Queues all of `requests` at `level`, or none (then the caller still owns them).
+  Status Admit(const std::vector<Request*>& requests, uint32_t level, uint32_t rows);
+  // split_request.cpp: the parts of an oversize request, answered through one
+  // SplitRequest sink; DiscardParts frees parts that were never queued.
+  std::vector<Request*> MakeParts(const InferRequest& request, uint32_t rows);
+  static void DiscardParts(std::vector<Request*>& parts);
   void NotifyAssembler() noexcept;
 
   // ---- assembler (assembler.cpp); every method requires assemble_mu_ ----
   bool Assemble(Batch* batch);
   void DrainQueues(bool unbounded);
-  void CollectExpired(uint64_t now_us, std::vector<Request*>* out);
+  // Returns the earliest deadline still pending (UINT64_MAX if none).
+  uint64_t CollectExpired(uint64_t now_us, std::vector<Request*>* out);
+  void CancelPending(Batch* batch);
   void TakeFront(size_t count, Batch* batch);
   size_t FirstFit(uint32_t max_rows) const;
   BatchDecision Decide(uint64_t now_us);
@@ -81,7 +129,7 @@ class Model::Impl {
   Status RunBackend(const std::vector<NamedTensor>& inputs, uint32_t rows, std::vector<Tensor>* outputs,
                     bool* backend_failed);
 
-  std::vector<std::unique_ptr<MpmcQueue<Request*>>> queues_;  // one per priority level
+  std::vector<std::unique_ptr<LevelQueue>> queues_;  // one per priority level
 
   std::atomic<bool> stopping_{false};   // no new submissions
   std::atomic<bool> released_{false};   // every accepted submission is in a queue

@@ -2,6 +2,7 @@
 // max_batch_size rows, each queued as its own request, and reassembled here.
 // The SplitRequest is the parts' completion sink; the last part to be answered
 // delivers the whole answer to the caller's sink and deletes the SplitRequest.
+#include <algorithm>
 #include <cstring>
 
 #include "model_impl.h"
@@ -53,7 +54,8 @@ class SplitRequest final : public CompletionSink {
     for (size_t k = 0; k < outputs_.size(); ++k) {
       const Tensor& src = part.outputs[k];
       Tensor& dst = outputs_[k];
-      bool same_row = src.dtype == dst.dtype && src.RowBytes() == dst.RowBytes();
+      bool same_row = src.dtype == dst.dtype && src.shape.rank == dst.shape.rank;
+      for (int d = 1; same_row && d < src.shape.rank; ++d) same_row = src.shape.dims[d] == dst.shape.dims[d];
       if (!same_row || part.tag + src.shape.dims[0] > rows_) {
         status_ = Internal(model_.context_ + ": parts of a split request returned outputs of different shapes");
         return;
@@ -74,40 +76,29 @@ class SplitRequest final : public CompletionSink {
   uint64_t queue_us_ = 0, compute_us_ = 0;
 };
 
-Status Model::Impl::SubmitSplit(const InferRequest& request, uint32_t rows) {
+std::vector<Request*> Model::Impl::MakeParts(const InferRequest& request, uint32_t rows) {
   const uint32_t part_rows = config_.batching.max_batch_size;
-  const size_t parts = (rows + part_rows - 1) / part_rows;
+  const size_t parts = (size_t{rows} + part_rows - 1) / part_rows;
+  std::vector<Request*> out;
+  out.reserve(parts);
   auto* split = new SplitRequest(*this, request, rows, parts);
-  size_t queued = 0;
-  Status refused;
-  for (uint32_t begin = 0; begin < rows; begin += part_rows) {
+  for (uint32_t begin = 0; begin < rows; begin += std::min(part_rows, rows - begin)) {
     auto* r = new Request{request, std::min(part_rows, rows - begin), 0, true};
     r->req.tag = begin;
     r->req.sink = split;
-    r->req.priority = std::min(request.priority, config_.priority_levels - 1);
     for (TensorView& v : r->req.inputs) {
-      v.data = static_cast<const char*>(v.data) + begin * v.RowBytes();
+      v.data = static_cast<const char*>(v.data) + size_t{begin} * v.RowBytes();
       v.shape.dims[0] = r->rows;
     }
-    refused = Enqueue(r);
-    if (!refused.ok()) {
-      delete r;
-      break;
-    }
-    ++queued;
+    out.push_back(r);
   }
-  if (queued == 0) {  // nothing accepted: refuse the whole request now
-    delete split;
-    if (refused.code() == StatusCode::kResourceExhausted) stats_.AddRejected(1);
-    return refused;
-  }
-  stats_.AddRequests(1, rows);
-  if (queued < parts) {  // some parts accepted: the answer will carry the refusal
-    std::vector<InferResult> missing(parts - queued);
-    for (auto& m : missing) m.status = refused;
-    split->Deliver(missing.data(), missing.size());
-  }
-  return Status::Ok();
+  return out;
+}
+
+void Model::Impl::DiscardParts(std::vector<Request*>& parts) {
+  if (!parts.empty() && parts.front()->is_part) delete parts.front()->req.sink;  // the SplitRequest
+  for (Request* r : parts) delete r;
+  parts.clear();
 }
 
 }  // namespace inferline
