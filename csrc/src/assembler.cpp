@@ -3,9 +3,15 @@
 // and asks DecideBatch whether to close a batch now or sleep.
 //
 // Wake protocol (no lost wake-ups, no lock on Submit while the assembler runs):
-//   W1 (Submit):    push; seq_cst fence; read sleeping_      -> Wake() if set
-//   W2 (assembler): sleeping_ = true; seq_cst fence; re-check the queues; wait
-// One of the two sides always sees the other's write.
+//   W0 (assembler): publish the wake conditions, then sleeping_ = true (release)
+//   W2 (assembler): seq_cst fence; re-check the queues; wait
+//   W1 (Submit):    push; seq_cst fence; read sleeping_ (acquire, W3)
+//                   -> if set and the arrival meets the wake conditions: Wake()
+// One of W1/W2 always sees the other's write. The wake conditions are what could
+// change DecideBatch's answer before the assembler's own timer fires: enough rows
+// to fill the batch or reach a preferred size, or a deadline earlier than the
+// planned wake-up plus one batch's compute time. Other arrivals do not wake it,
+// so a filling batch costs no wake-up per request.
 #include <algorithm>
 
 #include "model_impl.h"
@@ -67,7 +73,8 @@ bool Model::Impl::Assemble(Batch* batch) {
     // Also wake when the next pending deadline passes, so a request that can no
     // longer be served (fixed-delay mode, or outside the batch prefix) is answered
     // at its deadline rather than at the next dispatch.
-    SleepUpTo(std::min(d.wait_us, next_expiry - now));
+    const uint64_t wait = std::min(d.wait_us, next_expiry - now);
+    SleepForBatch(now, wait);
   }
 }
 
@@ -161,9 +168,32 @@ void Model::Impl::TakeFront(size_t count, Batch* batch) {
   }
 }
 
-void Model::Impl::SleepUpTo(uint64_t wait_us) {
+// Sleeps while a batch fills. Requires the view built by the last Decide().
+void Model::Impl::SleepForBatch(uint64_t now_us, uint64_t wait_us) {
+  const BatchPolicy& policy = config_.batching;
+  uint64_t rows = 0;
+  for (const PendingItem& it : view_items_) rows += it.rows;
+  uint64_t need = 1;
+  if (rows > 0 && rows < policy.max_batch_size) {
+    need = policy.max_batch_size - rows;
+    for (uint32_t p : policy.preferred_batch_sizes) {
+      if (p > rows) need = std::min<uint64_t>(need, p - rows);
+    }
+  }
+  uint64_t horizon = wait_us >= UINT64_MAX - now_us ? UINT64_MAX : now_us + wait_us;
+  if (policy.mode == BatchingMode::kDeadlineAware && horizon != UINT64_MAX) {
+    uint64_t ahead = estimator_.Current().EstimateUs(policy.max_batch_size) + policy.deadline_slack_us;
+    horizon = ahead >= UINT64_MAX - horizon ? UINT64_MAX : horizon + ahead;
+  }
+  SleepUpTo(wait_us, need, horizon);
+}
+
+void Model::Impl::SleepUpTo(uint64_t wait_us, uint64_t wake_rows, uint64_t wake_deadline_before) {
   if (wait_us == 0) return;
-  sleeping_.store(true, std::memory_order_relaxed);
+  wake_rows_.store(wake_rows, std::memory_order_relaxed);
+  wake_deadline_before_.store(wake_deadline_before, std::memory_order_relaxed);
+  arrived_rows_.store(0, std::memory_order_relaxed);
+  sleeping_.store(true, std::memory_order_release);  // W0, pairs with W3
   std::atomic_thread_fence(std::memory_order_seq_cst);  // W2, pairs with W1
   bool has_work = released_.load(std::memory_order_acquire);
   for (const auto& q : queues_) has_work = has_work || q->size() > 0;

@@ -229,18 +229,25 @@ Status Model::Impl::Admit(const std::vector<Request*>& requests, uint32_t level,
   }
   stats_.AddRequests(1, rows);  // before the push: no answer can precede its count
   const uint64_t now = clock_->NowUs();
+  const uint64_t deadline_us = requests.front()->req.deadline_us;  // read before the push hands it over
   for (Request* r : requests) {
     r->enqueue_us = now;
     queue.Push(r);  // may be answered and freed from here on
   }
-  NotifyAssembler();
+  NotifyAssembler(rows, deadline_us);
   return Status::Ok();
 }
 
-void Model::Impl::NotifyAssembler() noexcept {
+void Model::Impl::NotifyAssembler(uint32_t rows, uint64_t deadline_us) noexcept {
   // W1: the push above must be visible before we read sleeping_; pairs with W2.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleeping_.load(std::memory_order_relaxed)) Wake();
+  if (!sleeping_.load(std::memory_order_acquire)) return;  // W3, pairs with W0: the wake conditions
+  // Wake only when this arrival may change the assembler's decision: enough rows
+  // to close a batch by size, or a deadline that may need an earlier close.
+  // Anything else is picked up when the assembler wakes on its own timer.
+  uint64_t arrived = arrived_rows_.fetch_add(rows, std::memory_order_relaxed) + rows;
+  bool urgent = deadline_us != 0 && deadline_us < wake_deadline_before_.load(std::memory_order_relaxed);
+  if (arrived >= wake_rows_.load(std::memory_order_relaxed) || urgent) Wake();
 }
 
 void Model::Impl::Wake() {

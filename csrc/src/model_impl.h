@@ -106,7 +106,7 @@ class Model::Impl {
   // SplitRequest sink; DiscardParts frees parts that were never queued.
   std::vector<Request*> MakeParts(const InferRequest& request, uint32_t rows);
   static void DiscardParts(std::vector<Request*>& parts);
-  void NotifyAssembler() noexcept;
+  void NotifyAssembler(uint32_t rows, uint64_t deadline_us) noexcept;
 
   // ---- assembler (assembler.cpp); every method requires assemble_mu_ ----
   bool Assemble(Batch* batch);
@@ -118,7 +118,9 @@ class Model::Impl {
   size_t FirstFit(uint32_t max_rows) const;
   BatchDecision Decide(uint64_t now_us);
   bool PendingEmpty() const;
-  void SleepUpTo(uint64_t wait_us);
+  // Sleeps up to wait_us, or until an arrival meets the wake conditions.
+  void SleepUpTo(uint64_t wait_us, uint64_t wake_rows = 1, uint64_t wake_deadline_before = UINT64_MAX);
+  void SleepForBatch(uint64_t now_us, uint64_t wait_us);
   void ExecutorLoop();
 
   // ---- execution (executor.cpp); called by one executor, no lock held ----
@@ -143,6 +145,10 @@ class Model::Impl {
   std::vector<PendingItem> view_items_;        // requires assemble_mu_
 
   std::atomic<bool> sleeping_{false};  // the assembler may be waiting on wake_cv_
+  // What makes a sleeping assembler worth waking (set before sleeping_, W0):
+  std::atomic<uint64_t> wake_rows_{1};           // rows arriving that could close a batch by size
+  std::atomic<uint64_t> wake_deadline_before_{0};  // a deadline earlier than this may close it earlier
+  std::atomic<uint64_t> arrived_rows_{0};        // rows pushed since the assembler went to sleep
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
   bool wake_flag_ = false;  // requires wake_mu_
