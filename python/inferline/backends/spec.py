@@ -1,0 +1,70 @@
+"""Backend settings from a model package, and the by-name registry of runtimes.
+
+A model package names its runtime (``onnxruntime`` or ``torchscript``) and the
+runtime's settings; ``make_backend(spec, artifact_path)`` returns a backend
+factory (an object with ``create(config) -> _core.Backend``) that the engine
+calls once per loaded version. New runtimes register with ``register_runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+from ..errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str = "onnxruntime"
+    """Runtime: "onnxruntime" or "torchscript"."""
+    threads: Optional[int] = None
+    """Intra-op threads (None: the runtime's default)."""
+    inter_op_threads: Optional[int] = None
+    """Inter-op threads (None: the runtime's default)."""
+    providers: tuple = ()
+    """ONNX Runtime execution providers in order of preference (empty: CPU). Providers the
+    installed onnxruntime lacks are refused at load, naming them."""
+    device: str = "cpu"
+    """"cpu", "cuda" or "cuda:N" (TorchScript; ONNX Runtime uses providers)."""
+    graph_optimization: str = "all"
+    """ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all"."""
+    options: dict = field(default_factory=dict)
+    """Extra runtime-specific options (ONNX Runtime session config entries)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "providers", tuple(self.providers))
+        if self.threads is not None and int(self.threads) < 1:
+            raise InvalidArgument(f"backend.threads must be >= 1, got {self.threads}")
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise InvalidArgument(f"backend.graph_optimization must be disable|basic|extended|all, "
+                                  f"got {self.graph_optimization!r}")
+
+
+_RUNTIMES: Dict[str, Callable] = {}
+
+
+def register_runtime(name: str, factory: Callable) -> None:
+    """factory(spec: BackendSpec, artifact_path: str) -> backend factory with create(config)."""
+    _RUNTIMES[name] = factory
+
+
+def runtime_names() -> tuple:
+    _load_builtin()
+    return tuple(sorted(_RUNTIMES))
+
+
+def make_backend(spec: BackendSpec, artifact_path: str):
+    _load_builtin()
+    factory = _RUNTIMES.get(spec.name)
+    if factory is None:
+        raise InvalidArgument(f"backend.name: unknown backend {spec.name!r} (known: {', '.join(runtime_names())})")
+    return factory(spec, artifact_path)
+
+
+def _load_builtin() -> None:
+    # Imported lazily: each runtime library is optional until a model needs it.
+    if "onnxruntime" not in _RUNTIMES:
+        from . import onnxruntime as _ort  # noqa: F401  (registers itself)
+    if "torchscript" not in _RUNTIMES:
+        from . import torchscript as _ts  # noqa: F401  (registers itself)

@@ -1,0 +1,173 @@
+"""Loading a model version: backend -> warm-up -> golden check -> determinism fingerprint.
+
+Fetching the artifact and verifying its sha256 is the store's job
+(``Registry.fetch``); this module takes a local package and makes it serve.
+A version that fails any step is unloaded again and the error says which step
+and why; the caller records it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from .. import __version__
+from ..backends.spec import make_backend
+from ..config import ModelConfig
+from ..engine import Engine, ModelHandle
+from ..errors import FailedPrecondition, InferlineError
+from .package import ModelPackage
+
+
+class GoldenMismatch(FailedPrecondition):
+    """The golden inputs did not produce the golden outputs."""
+
+
+class LoadFailed(FailedPrecondition):
+    """A step of loading failed; ``step`` names it."""
+
+    def __init__(self, message: str, step: str):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    model_load_time_s: float
+    fingerprint: dict
+    runtime_env: dict
+
+
+def load_package(engine: Engine, package: ModelPackage, version: int, *, root: Optional[str] = None):
+    """Loads `package` as `version` into `engine`. `root`: where its files are (default: package.files).
+
+    Returns (handle, LoadReport). Raises LoadFailed naming the step at fault.
+    """
+    config = dataclasses.replace(package.config, version=int(version))
+    where = config.where
+    artifact = os.path.join(root, package.artifact) if root else package.artifact_path
+    t0 = time.perf_counter()
+    try:
+        factory = make_backend(package.backend, artifact)
+        handle = engine.load(config, factory)
+    except InferlineError as e:
+        raise LoadFailed(f"{where}: create backend: {e}", "backend") from e
+    try:
+        step = "warm-up"
+        warm_up(handle)
+        step = "golden"
+        golden = package.golden_arrays(root)
+        if golden is not None:
+            check_golden(handle, golden[0], golden[1], package.golden)
+        step = "fingerprint"
+        fp = fingerprint(handle, golden[0] if golden is not None else None)
+    except InferlineError as e:
+        engine.unload(config.name, config.version)
+        raise LoadFailed(f"{where}: {step}: {e}", step) from e
+    env = runtime_env(factory)
+    return handle, LoadReport(time.perf_counter() - t0, fp, env)
+
+
+def synthetic_inputs(config: ModelConfig, rows: int, seed: int = 0) -> dict:
+    """Seeded inputs that fit the signature (free inner dims become 16)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in config.inputs:
+        shape = (rows,) + tuple(16 if d == -1 else d for d in spec.shape[1:])
+        dt = np.dtype(spec.dtype)
+        if dt.kind == "f":
+            out[spec.name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b":
+            out[spec.name] = rng.random(shape) < 0.5
+        elif dt == np.uint8:
+            out[spec.name] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        else:
+            out[spec.name] = rng.integers(0, 16, size=shape).astype(dt)
+    return out
+
+
+def warm_up(handle: ModelHandle) -> None:
+    """Runs one batch of every configured size (1, the preferred sizes, the max)."""
+    b = handle.config.batching
+    for size in sorted({1, b.max_batch_size, *b.preferred_batch_sizes}):
+        handle.infer(synthetic_inputs(handle.config, size, seed=size))
+
+
+def check_golden(handle: ModelHandle, inputs: dict, expected: dict, spec) -> None:
+    got = handle.infer(inputs)
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape or have.dtype != want.dtype:
+            raise GoldenMismatch(f"golden output {name!r}: got {have.dtype} {list(have.shape)}, "
+                                 f"expected {want.dtype} {list(want.shape)}")
+        if spec.bitwise:
+            same = have.tobytes() == want.tobytes()
+        else:
+            same = np.allclose(have, want, rtol=spec.rtol, atol=spec.atol, equal_nan=True)
+        if not same:
+            diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
+            bad = int(np.count_nonzero(have != want))
+            raise GoldenMismatch(f"golden output {name!r} differs{' bitwise' if spec.bitwise else ''}: {bad} of "
+                                 f"{have.size} values, max abs diff {float(np.nanmax(diff)):.3g}")
+
+
+def fingerprint(handle: ModelHandle, inputs: Optional[dict] = None, rows: int = 8) -> dict:
+    """Runs a fixed input set alone and packed inside larger batches at several positions.
+
+    Returns {"sha256": hash of the outputs of each row run alone, "batch_invariant": whether
+    every packed run gave the same bytes, "rows": n, "positions": [...], "hardware": ...}.
+    Two loads of one version on the same hardware class give the same sha256.
+    """
+    config = handle.config
+    max_batch = config.batching.max_batch_size
+    if inputs is None:
+        inputs = synthetic_inputs(config, rows, seed=20240229)
+    n = min(len(next(iter(inputs.values()))), max_batch)
+    inputs = {k: np.ascontiguousarray(v[:n]) for k, v in inputs.items()}
+    alone = [handle.infer({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(n)]
+    digest = hashlib.sha256()
+    for row in alone:
+        for name in config.output_names:
+            digest.update(np.ascontiguousarray(row[name]).tobytes())
+
+    filler = synthetic_inputs(config, max_batch, seed=7)
+    positions = sorted({0, 1, (max_batch - n) // 2, max_batch - n} & set(range(max_batch - n + 1)))
+    invariant = True
+    for pos in positions:
+        packed = {k: np.concatenate([filler[k][:pos], inputs[k], filler[k][:max_batch - n - pos]]) for k in inputs}
+        out = handle.infer(packed)
+        for i in range(n):
+            for name in config.output_names:
+                invariant &= out[name][pos + i].tobytes() == alone[i][name][0].tobytes()
+    return {"sha256": digest.hexdigest(), "batch_invariant": bool(invariant), "rows": n,
+            "positions": positions, "hardware": hardware_class()}
+
+
+def hardware_class() -> str:
+    """CPU model and architecture: what bitwise reproducibility is promised across."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model}".strip()
+
+
+def runtime_env(factory) -> dict:
+    env = {"python": sys.version.split()[0], "numpy": np.__version__, "inferline": __version__,
+           "platform": f"{platform.system()} {platform.machine()}"}
+    describe = getattr(factory, "describe", None)
+    if callable(describe):
+        env.update(describe())
+    return env

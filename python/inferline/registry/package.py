@@ -1,0 +1,232 @@
+"""Model packages: a directory with the artifact and a config file, or a bare .onnx file.
+
+    my-model/
+      model.onnx | model.pt     the artifact (ONNX, or TorchScript for backend torchscript)
+      model.yaml | model.json   the config, validated against PACKAGE_SCHEMA
+      golden.npz                optional golden inputs/outputs ("inputs/<name>", "outputs/<name>")
+
+The config holds the model's signature, backend and its settings, batching,
+preprocessing, fallback reference (name[:version]), golden settings and labels.
+A bare ``.onnx`` file is a package too: its signature is read from the graph
+(dim 0 -> -1) and defaults fill the rest. The version is not part of the
+package: the registry assigns it at push.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..backends.spec import BackendSpec
+from ..config import ModelConfig
+from ..errors import InvalidArgument
+
+CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
+ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_TENSOR = {
+    "type": "object", "additionalProperties": False, "required": ["name", "dtype", "shape"],
+    "properties": {"name": {"type": "string", "minLength": 1}, "dtype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 1}},
+}
+_NUMS = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+PACKAGE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["inputs", "outputs"],
+    "properties": {
+        "name": {"type": "string"},
+        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+        "outputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+        "backend": {"type": "object", "additionalProperties": False, "properties": {
+            "name": {"enum": ["onnxruntime", "torchscript"]}, "threads": {"type": ["integer", "null"], "minimum": 1},
+            "inter_op_threads": {"type": ["integer", "null"], "minimum": 1},
+            "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
+            "graph_optimization": {"enum": ["disable", "basic", "extended", "all"]},
+            "options": {"type": "object"}}},
+        "batching": {"type": "object", "additionalProperties": False, "properties": {
+            "max_batch_size": {"type": "integer", "minimum": 1},
+            "max_queue_delay_us": {"type": "integer", "minimum": 0},
+            "preferred_batch_sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "mode": {"enum": ["deadline_aware", "fixed_delay"]},
+            "deadline_slack_us": {"type": "integer", "minimum": 0}}},
+        "preprocessing": {"type": "object", "additionalProperties": {"oneOf": [
+            {"type": "object", "additionalProperties": False, "required": ["kind", "mean", "std"],
+             "properties": {"kind": {"const": "tabular"}, "mean": _NUMS, "std": _NUMS, "nan_fill": {"type": "number"},
+                            "clip_lo": {"type": "number"}, "clip_hi": {"type": "number"}}},
+            {"type": "object", "additionalProperties": False, "required": ["kind", "height", "width", "mean", "std"],
+             "properties": {"kind": {"const": "image"}, "height": {"type": "integer", "minimum": 1},
+                            "width": {"type": "integer", "minimum": 1}, "mean": _NUMS, "std": _NUMS}}]}},
+        "instances": {"type": "integer", "minimum": 1, "maximum": 64},
+        "queue_capacity": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+        "priority_levels": {"type": "integer", "minimum": 1, "maximum": 16},
+        "fallback": {"type": ["string", "null"]},
+        "golden": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {
+            "file": {"type": "string"}, "bitwise": {"type": "boolean"},
+            "rtol": {"type": "number", "minimum": 0}, "atol": {"type": "number", "minimum": 0}}},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    file: str
+    """Name of the .npz inside the package."""
+    bitwise: bool = False
+    """Outputs must match bit for bit (else within rtol/atol)."""
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    name: str
+    config: ModelConfig
+    """The config with version 1; the registry's version replaces it at load."""
+    backend: BackendSpec
+    artifact: str
+    """Relative name of the artifact inside the package."""
+    files: dict
+    """Relative name -> local path of every file that belongs to the package."""
+    data: dict
+    """The validated config as plain data (stored with the version)."""
+    fallback: Optional[str] = None
+    golden: Optional[GoldenSpec] = None
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def artifact_path(self) -> str:
+        return self.files[self.artifact]
+
+    def golden_arrays(self, root: Optional[str] = None):
+        """(inputs, outputs) dicts from the golden .npz, or None."""
+        if self.golden is None:
+            return None
+        path = os.path.join(root, self.golden.file) if root else self.files[self.golden.file]
+        return read_golden(path, self.config, where=f"model {self.name!r}: golden.file")
+
+
+def check_name(name: str, field_name: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise InvalidArgument(f"{field_name}: {name!r} is not a valid model name (letters, digits, '.', '_', '-'; "
+                              f"no path separators or '..'; at most 128 characters)")
+    return name
+
+
+def parse_ref(ref: str, field_name: str = "fallback"):
+    """'name' or 'name:version' -> (name, version or None)."""
+    name, _, version = str(ref).partition(":")
+    check_name(name, field_name)
+    if version == "":
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"{field_name}: version in {ref!r} must be a positive integer")
+    return name, int(version)
+
+
+def load_package(path: str, name: Optional[str] = None) -> ModelPackage:
+    """Reads and validates a package directory or a bare .onnx file."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise InvalidArgument(f"package path {path!r} does not exist")
+    if os.path.isfile(path):
+        if not path.endswith(".onnx"):
+            raise InvalidArgument(f"package path {path!r}: a file must be a bare .onnx model; otherwise give a "
+                                  f"directory with {' or '.join(CONFIG_NAMES)}")
+        return _bare_onnx(path, name)
+    return _directory(path, name)
+
+
+def _bare_onnx(path: str, name: Optional[str]) -> ModelPackage:
+    from ..backends.onnxruntime import signature_from_onnx
+
+    name = check_name(name or os.path.splitext(os.path.basename(path))[0], "--name")
+    inputs, outputs = signature_from_onnx(path)
+    data = {"name": name, "inputs": [s.to_core() for s in inputs], "outputs": [s.to_core() for s in outputs],
+            "backend": {"name": "onnxruntime"}}
+    return _build(data, name, {"model.onnx": path}, "model.onnx")
+
+
+def _directory(root: str, name: Optional[str]) -> ModelPackage:
+    found = [n for n in CONFIG_NAMES if os.path.isfile(os.path.join(root, n))]
+    if not found:
+        raise InvalidArgument(f"package {root!r}: no config file ({', '.join(CONFIG_NAMES)})")
+    data = _read_config(os.path.join(root, found[0]))
+    backend_name = data.get("backend", {}).get("name", "onnxruntime")
+    artifact = ARTIFACT_BY_BACKEND[backend_name]
+    files = {found[0]: os.path.join(root, found[0])}
+    for rel in [artifact] + ([data["golden"]["file"]] if "golden" in data else []):
+        if os.path.basename(rel) != rel or rel in ("", ".", ".."):
+            raise InvalidArgument(f"package {root!r}: golden.file {rel!r} must be a plain file name in the package")
+        full = os.path.join(root, rel)
+        if not os.path.isfile(full):
+            what = "artifact" if rel == artifact else "golden.file"
+            raise InvalidArgument(f"package {root!r}: {what} {rel!r} is missing (backend {backend_name} needs "
+                                  f"{artifact})")
+        files[rel] = full
+    pkg_name = check_name(name or data.get("name") or os.path.basename(root.rstrip(os.sep)),
+                          "--name" if name else "name")
+    return _build(data, pkg_name, files, artifact)
+
+
+def _read_config(path: str) -> dict:
+    import jsonschema
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith(".json"):
+                data = json.load(f)
+            else:
+                import yaml
+                data = yaml.safe_load(f)
+    except Exception as e:  # a parse error of any kind: report where
+        raise InvalidArgument(f"{path}: cannot parse: {e}") from e
+    try:
+        jsonschema.validate(data, PACKAGE_SCHEMA)
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise InvalidArgument(f"{path}: field {where}: {e.message}") from None
+    return data
+
+
+def _build(data: dict, name: str, files: dict, artifact: str) -> ModelPackage:
+    where = f"model {name!r}"
+    keys = ("inputs", "outputs", "batching", "preprocessing", "instances", "queue_capacity", "priority_levels")
+    config = ModelConfig.from_dict({"name": name, **{k: data[k] for k in keys if k in data}})
+    backend = BackendSpec(**data.get("backend", {}))
+    fallback = data.get("fallback")
+    if fallback is not None:
+        fb_name, _ = parse_ref(fallback)
+        if fb_name == name:
+            raise InvalidArgument(f"{where}: fallback {fallback!r} refers to the model itself")
+    golden = GoldenSpec(**data["golden"]) if "golden" in data else None
+    pkg = ModelPackage(name=name, config=config, backend=backend, artifact=artifact, files=dict(files),
+                       data={**data, "name": name}, fallback=fallback, golden=golden,
+                       labels=dict(data.get("labels", {})))
+    if golden is not None:
+        pkg.golden_arrays()  # validates the file now
+    return pkg
+
+
+def read_golden(path: str, config: ModelConfig, where: str):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise InvalidArgument(f"{where}: cannot read {os.path.basename(path)}: {e}") from e
+    inputs = {n: arrays.get(f"inputs/{n}") for n in config.input_names}
+    outputs = {n: arrays.get(f"outputs/{n}") for n in config.output_names}
+    missing = [f"inputs/{k}" for k, v in inputs.items() if v is None] + \
+              [f"outputs/{k}" for k, v in outputs.items() if v is None]
+    if missing:
+        raise InvalidArgument(f"{where}: {os.path.basename(path)} lacks {', '.join(missing)}")
+    return inputs, outputs
+
+
+def write_golden(path: str, inputs: dict, outputs: dict) -> None:
+    np.savez(path, **{f"inputs/{k}": v for k, v in inputs.items()}, **{f"outputs/{k}": v for k, v in outputs.items()})
