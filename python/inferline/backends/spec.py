@@ -26,7 +26,8 @@ class BackendSpec:
     """ONNX Runtime execution providers in order of preference (empty: CPU). Providers the
     installed onnxruntime lacks are refused at load, naming them."""
     device: str = "cpu"
-    """"cpu", "cuda" or "cuda:N" (TorchScript; ONNX Runtime uses providers)."""
+    """"cpu", "cuda" or "cuda:N". ONNX Runtime uses it only when providers is empty ("cuda:N" then
+    means CUDAExecutionProvider on device N, CPU for the rest)."""
     graph_optimization: str = "all"
     """ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all"."""
     options: dict = field(default_factory=dict)
@@ -34,8 +35,10 @@ class BackendSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "providers", tuple(self.providers))
-        if self.threads is not None and int(self.threads) < 1:
-            raise InvalidArgument(f"backend.threads must be >= 1, got {self.threads}")
+        for key in ("threads", "inter_op_threads"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise InvalidArgument(f"backend.{key} must be >= 1, got {value}")
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise InvalidArgument(f"backend.graph_optimization must be disable|basic|extended|all, "
                                   f"got {self.graph_optimization!r}")

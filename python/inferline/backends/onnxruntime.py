@@ -1,0 +1,294 @@
+"""ONNX Runtime backend: one InferenceSession per loaded version, run once per batch.
+
+    backend = make_backend(BackendSpec("onnxruntime", threads=2), "model.onnx")
+    engine.load(config, backend)
+
+At ``create`` the session is built from the BackendSpec (threads, graph
+optimisation level, session config entries, execution providers) and the
+declared signature is checked against the graph, so a wrong config is refused
+at load instead of failing every batch. Each batch is one ``session.run``,
+which releases the GIL while it computes.
+
+Batch dimension: the graph's dim 0 must be symbolic (or unknown) for inputs and
+outputs, since batches have any number of rows up to max_batch_size. A graph
+exported with a fixed batch dim is refused, except a fixed 1 when the config
+sets ``batching.max_batch_size = 1`` (every batch then has one row).
+
+``onnxruntime`` (and ``onnx``, for ``signature_from_onnx``) are imported when
+needed, so this module imports without them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Mapping, Tuple
+
+import numpy as np
+
+from .. import _core
+from ..config import ModelConfig, TensorSpec
+from ..errors import FailedPrecondition, InvalidArgument
+from .signature import backend_inputs, describe, preprocess_note, shape_text
+from .spec import BackendSpec, register_runtime
+
+# ONNX element type names (TensorProto.DataType names, lower case, as in ORT's
+# "tensor(float)") -> NumPy dtype names the core supports.
+_ONNX_TYPES = {
+    "float": "float32", "double": "float64", "float16": "float16", "bool": "bool",
+    "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
+    "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+}
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+_CPU = "CPUExecutionProvider"
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise FailedPrecondition("the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
+                                 "(or pip install 'inferline[onnx]')") from e
+    return onnxruntime
+
+
+class OnnxRuntimeBackend:
+    """Backend factory for an ONNX model file; ``create(config)`` builds a session per load."""
+
+    name = "onnxruntime"
+
+    def __init__(self, spec: BackendSpec, artifact_path):
+        self.spec = spec
+        self.artifact_path = os.fspath(artifact_path)
+        self.session = None
+        """The session of the latest create() (for inspection), None before."""
+
+    def create(self, config: ModelConfig) -> _core.Backend:
+        ort = _import_ort()
+        where = config.where
+        providers = _providers(ort, self.spec, where)
+        options = _session_options(ort, self.spec, where)
+        session = _open_session(ort, self.artifact_path, options, providers, where)
+        check_signature(config, session.get_inputs(), session.get_outputs(),
+                        os.path.basename(self.artifact_path))
+        self.session = session
+        names = list(config.output_names)
+        run = session.run
+
+        def run_batch(inputs):  # inputs: {name: array}, exactly the graph's inputs
+            return run(names, inputs)
+
+        return _core.python_backend(run_batch, names)
+
+    def describe(self) -> dict:
+        """runtime_env facts. providers: those the session uses (requested ones before create())."""
+        ort = _import_ort()
+        if self.session is not None:
+            providers = list(self.session.get_providers())
+        else:
+            providers = [p if isinstance(p, str) else p[0] for p in _providers(ort, self.spec, "onnxruntime backend")]
+        return {"backend": self.name, "onnxruntime": ort.__version__, "providers": providers,
+                "numpy": np.__version__}
+
+
+# ---- session ----------------------------------------------------------------------
+def _providers(ort, spec: BackendSpec, where: str) -> list:
+    """ORT's providers argument: names, or (name, options) pairs, checked against what is installed.
+
+    No providers: CPU, or CUDA (device_id N, then CPU) when spec.device is "cuda[:N]".
+    """
+    wanted = list(spec.providers)
+    if not wanted:
+        if spec.device == "cpu":
+            wanted = [_CPU]
+        elif spec.device == "cuda" or spec.device.startswith("cuda:"):
+            index = spec.device.partition(":")[2] or "0"
+            wanted = [("CUDAExecutionProvider", {"device_id": index}), _CPU]
+        else:
+            raise InvalidArgument(f"{where}: backend.device must be 'cpu', 'cuda' or 'cuda:N', got {spec.device!r}")
+    entries = [_provider_entry(p, where) for p in wanted]
+    available = list(ort.get_available_providers())
+    missing = [name for name, _ in entries if name not in available]
+    if missing:
+        raise InvalidArgument(f"{where}: backend.providers: {', '.join(missing)} not available in this "
+                              f"onnxruntime {ort.__version__} (available: {', '.join(available)})")
+    return [name if opts is None else (name, opts) for name, opts in entries]
+
+
+def _provider_entry(p: Any, where: str) -> Tuple[str, Any]:
+    if isinstance(p, str):
+        return p, None
+    if isinstance(p, Mapping) and isinstance(p.get("name"), str) and set(p) <= {"name", "options"}:
+        return p["name"], {str(k): str(v) for k, v in dict(p.get("options") or {}).items()}
+    if isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping):
+        return p[0], {str(k): str(v) for k, v in p[1].items()}
+    raise InvalidArgument(f"{where}: backend.providers entries are names, (name, options) pairs or "
+                          f"{{name, options}} mappings, got {p!r}")
+
+
+def _session_options(ort, spec: BackendSpec, where: str):
+    so = ort.SessionOptions()
+    if spec.threads is not None:
+        so.intra_op_num_threads = int(spec.threads)
+    if spec.inter_op_threads is not None:
+        so.inter_op_num_threads = int(spec.inter_op_threads)
+        if spec.inter_op_threads > 1:  # inter-op threads only run in parallel execution mode
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[spec.graph_optimization])
+    for key, value in dict(spec.options).items():
+        text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        try:
+            so.add_session_config_entry(str(key), text)
+        except Exception as e:  # ORT raises its own exception types
+            raise InvalidArgument(f"{where}: backend.options.{key} = {value!r} refused by onnxruntime: {e}") from e
+    return so
+
+
+def _open_session(ort, path: str, options, providers: list, where: str):
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"{where}: ONNX model {path} does not exist")
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=providers)
+    except Exception as e:  # InvalidProtobuf, Fail, NotImplemented, ... from onnxruntime
+        raise InvalidArgument(f"{where}: onnxruntime {ort.__version__} cannot load {path}: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+# ---- signature ----------------------------------------------------------------------
+def check_signature(config: ModelConfig, graph_inputs, graph_outputs, artifact: str) -> None:
+    """Refuses a config whose inputs/outputs differ from the graph's (names, dtypes, ranks, fixed dims).
+
+    graph_inputs/graph_outputs: objects with .name, .type ("tensor(float)") and .shape (ints,
+    strings for symbolic dims, None for unknown ones), as ORT's NodeArg. Inputs are compared in
+    their backend-facing form (after preprocessing). Extra graph outputs are allowed (not fetched);
+    every graph input must be declared, since ONNX Runtime needs them all.
+    """
+    problems: List[str] = []
+    batch_one_ok = config.batching.max_batch_size == 1
+    by_name = {a.name: a for a in graph_inputs}
+    for spec in backend_inputs(config):
+        arg = by_name.pop(spec.name, None)
+        label = f"input {spec.name!r}{preprocess_note(config, spec.name)}"
+        if arg is None:
+            problems.append(f"{label} is not an input of {artifact} "
+                            f"(its inputs: {', '.join(a.name for a in graph_inputs)})")
+        else:
+            problems += _compare(label, spec, arg, artifact, batch_one_ok)
+    for arg in by_name.values():
+        problems.append(f"{artifact} input {arg.name!r} ({_arg_text(arg)}) is not declared in the config")
+    outs = {a.name: a for a in graph_outputs}
+    for spec in config.outputs:
+        arg = outs.get(spec.name)
+        if arg is None:
+            problems.append(f"output {spec.name!r} is not an output of {artifact} "
+                            f"(its outputs: {', '.join(a.name for a in graph_outputs)})")
+        else:
+            problems += _compare(f"output {spec.name!r}", spec, arg, artifact, batch_one_ok)
+    if problems:
+        raise InvalidArgument(f"{config.where}: " + "; ".join(problems))
+
+
+def _compare(label: str, spec: TensorSpec, arg, artifact: str, batch_one_ok: bool) -> List[str]:
+    mismatch = f"{label} is {describe(spec.dtype, spec.shape)} in the config but {_arg_text(arg)} in {artifact}"
+    dtype = _onnx_dtype(arg.type)
+    shape = arg.shape  # None: rank unknown to the graph, nothing more to check
+    if dtype != spec.dtype or (shape is not None and len(shape) != len(spec.shape)):
+        return [mismatch]
+    if shape is None:
+        return []
+    batch = shape[0] if shape else None
+    if _fixed(batch) and not (batch == 1 and batch_one_ok):
+        return [f"{label} has a fixed batch dim {batch} in {artifact} ({_arg_text(arg)}): re-export it with a "
+                f"symbolic first dim (e.g. dynamic_axes), or, for a fixed 1, set batching.max_batch_size = 1"]
+    for want, got in zip(spec.shape[1:], shape[1:]):
+        if want != -1 and _fixed(got) and want != got:
+            return [mismatch]
+    return []
+
+
+def _fixed(dim) -> bool:
+    return isinstance(dim, (int, np.integer)) and dim > 0
+
+
+def _onnx_dtype(type_text: str):
+    """'tensor(float)' -> 'float32'; None for non-tensors and element types the core lacks."""
+    if not isinstance(type_text, str) or not type_text.startswith("tensor(") or not type_text.endswith(")"):
+        return None
+    return _ONNX_TYPES.get(type_text[len("tensor("):-1])
+
+
+def _arg_text(arg) -> str:
+    dtype = _onnx_dtype(arg.type)
+    return f"{dtype or arg.type} {shape_text(arg.shape)}"
+
+
+# ---- signature of a bare .onnx file ---------------------------------------------------
+def signature_from_onnx(path) -> Tuple[list, list]:
+    """(inputs, outputs) of an ONNX model as TensorSpec lists: dim 0 -> -1, symbolic/unknown dims -> -1.
+
+    Reads the graph with the ``onnx`` package when installed (no session, weights left on disk
+    when external), else from an onnxruntime CPU session's metadata. Non-batch dims that are
+    symbolic come back as -1; the core accepts those for outputs only (inputs need fixed sizes).
+    """
+    path = os.fspath(path)
+    where = f"ONNX model {path}"
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"{where} does not exist")
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        args_in, args_out = _graph_args_onnx(onnx, path, where)
+    else:
+        ort = _import_ort()
+        session = _open_session(ort, path, ort.SessionOptions(), [_CPU], where)
+        args_in, args_out = session.get_inputs(), session.get_outputs()
+    return ([_spec_from_arg(a, where, "input") for a in args_in],
+            [_spec_from_arg(a, where, "output") for a in args_out])
+
+
+class _Arg:
+    """A graph input/output in ORT NodeArg's terms (name, "tensor(float)", dims)."""
+
+    def __init__(self, name: str, type_text: str, shape):
+        self.name, self.type, self.shape = name, type_text, shape
+
+
+def _graph_args_onnx(onnx, path: str, where: str):
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # DecodeError and friends
+        raise InvalidArgument(f"{where} is not a readable ONNX model: {type(e).__name__}: {e}") from e
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}  # listed as inputs by IR < 4 exporters
+    return ([_arg_from_value_info(onnx, v) for v in graph.input if v.name not in initializers],
+            [_arg_from_value_info(onnx, v) for v in graph.output])
+
+
+def _arg_from_value_info(onnx, vi) -> _Arg:
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return _Arg(vi.name, str(vi.type.WhichOneof("value")), None)
+    tt = vi.type.tensor_type
+    type_text = f"tensor({onnx.TensorProto.DataType.Name(tt.elem_type).lower()})"
+    if not tt.HasField("shape"):
+        return _Arg(vi.name, type_text, None)
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return _Arg(vi.name, type_text, dims)
+
+
+def _spec_from_arg(arg, where: str, kind: str) -> TensorSpec:
+    dtype = _onnx_dtype(arg.type)
+    if dtype is None:
+        raise InvalidArgument(f"{where}: {kind} {arg.name!r} is {arg.type}, which inferline cannot serve "
+                              f"(supported: tensors of {', '.join(sorted(set(_ONNX_TYPES.values())))})")
+    if arg.shape is None or len(arg.shape) == 0:
+        what = "has no declared shape" if arg.shape is None else "is a scalar (no batch dim)"
+        raise InvalidArgument(f"{where}: {kind} {arg.name!r} {what}; declare the signature in a config file")
+    dims = [-1] + [int(d) if _fixed(d) else -1 for d in arg.shape[1:]]
+    return TensorSpec(arg.name, dtype, tuple(dims))
+
+
+register_runtime("onnxruntime", OnnxRuntimeBackend)
