@@ -67,4 +67,30 @@ bool PollableSink::WaitReadable(int timeout_ms) const noexcept {
   return rc > 0 && (p.revents & POLLIN);
 }
 
+PromiseSink* PromiseSink::Create(std::future<InferResult>* future) noexcept {
+  PromiseSink* sink = nullptr;
+  try {
+    sink = new PromiseSink();
+    *future = sink->promise_.get_future();
+    return sink;
+  } catch (...) {  // bad_alloc (the sink, or the promise's shared state)
+    delete sink;
+    return nullptr;
+  }
+}
+
+void PromiseSink::Deliver(InferResult* results, size_t count) noexcept {
+  try {
+    if (count > 0) {
+      promise_.set_value(std::move(results[0]));
+    } else {
+      promise_.set_value(InferResult{0, Status(StatusCode::kInternal, "PromiseSink: delivered no result"), {}, 0, 0});
+    }
+  } catch (...) {  // std::future_error cannot happen (one set); bad_alloc copying the Status
+  }
+  delete this;
+}
+
+void PromiseSink::Abandon() noexcept { delete this; }
+
 }  // namespace inferline

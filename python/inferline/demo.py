@@ -17,17 +17,39 @@ from .config import BatchingConfig, ModelConfig, TabularPreprocess
 from .engine import Engine
 
 
-def demo_model(seed: int = 7):
-    """(config, backend) of the demo MLP. Each row is computed on its own, so
-    results are bitwise identical whatever batch a row rides in."""
+def demo_weights(seed: int = 7):
+    """(w1 [64, 128], w2 [128, 10]) float32: the demo MLP's fixed weights."""
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((64, 128)).astype(np.float32) * np.float32(0.125)
     w2 = rng.standard_normal((128, 10)).astype(np.float32) * np.float32(0.09)
+    return w1, w2
+
+
+def dense_sequential(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [B, n] @ w [n, m] in float32 with an explicit arithmetic order: for each
+    output, acc = x0*w0, then acc = acc + xi*wi for i = 1..n-1, every multiply and
+    add rounded to float32 on its own (no FMA, no pairwise or blocked sums).
+    A C++ loop in the same order with plain float ops (-ffp-contract=off) gives
+    the same bits (csrc/examples/host/dense_mlp.cpp)."""
+    acc = x[:, 0:1] * w[0]
+    for i in range(1, w.shape[0]):
+        acc = acc + x[:, i:i + 1] * w[i]
+    return acc
+
+
+def demo_model(seed: int = 7):
+    """(config, backend) of the demo MLP: logits = relu(x @ w1) @ w2, each dense
+    layer summed in a fixed order (dense_sequential) and relu(v) = v if v > 0
+    else +0. Each row is computed on its own, so results are bitwise identical
+    whatever batch a row rides in."""
+    w1, w2 = demo_weights(seed)
+    zero = np.float32(0)
 
     def mlp(inputs):
         x = inputs["pixels"]
-        h = np.maximum(np.einsum("bi,ij->bj", x, w1, optimize=False), np.float32(0))
-        logits = np.einsum("bj,jk->bk", h, w2, optimize=False)
+        h = dense_sequential(x, w1)
+        h = np.where(h > zero, h, zero)
+        logits = dense_sequential(h, w2)
         return {"logits": logits, "label": np.argmax(logits, axis=1).astype(np.int64)[:, None]}
 
     config = ModelConfig(

@@ -10,12 +10,15 @@
 //   CallbackSink  runs a function per answer on the executor thread.
 //   PollableSink  queues answers and signals an eventfd that an event loop (or
 //                 WaitReadable) watches; Drain() takes everything queued.
+//   PromiseSink   one-shot, for ONE request: fulfils a std::promise with its
+//                 answer, then deletes itself (Engine::SubmitForFuture uses it).
 // A sink must outlive every request submitted with it (Model::Shutdown answers
 // all of them before it returns).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <vector>
 
@@ -69,6 +72,29 @@ class PollableSink final : public CompletionSink {
   int fd_ = -1;
   std::mutex mu_;
   std::vector<InferResult> ready_;  // requires mu_
+};
+
+// A heap-allocated, self-deleting sink for exactly one request. Lifecycle:
+//   std::future<InferResult> f;
+//   PromiseSink* sink = PromiseSink::Create(&f);   // nullptr if out of memory
+//   req.sink = sink;
+//   Status st = model.Submit(req);
+//   if (!st.ok()) sink->Abandon();   // refused: never answered, so free it here
+//   // accepted: Deliver fulfils f and deletes the sink (maybe before Submit returns,
+//   // so do not touch `sink` after an OK Submit)
+// Deliver and Abandon are each called at most once, and never both.
+class PromiseSink final : public CompletionSink {
+ public:
+  static PromiseSink* Create(std::future<InferResult>* future) noexcept;
+  // Sets the promise to results[0] (count is 1 for a one-request sink), then `delete this`.
+  void Deliver(InferResult* results, size_t count) noexcept override;
+  // Deletes the sink without an answer; its future reports broken_promise.
+  void Abandon() noexcept;
+
+ private:
+  PromiseSink() = default;
+  ~PromiseSink() override = default;
+  std::promise<InferResult> promise_;
 };
 
 }  // namespace inferline
