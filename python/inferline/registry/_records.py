@@ -1,0 +1,244 @@
+"""Registry records and their rules: names, refs, version records, the SQLite schema.
+
+Plain data and checks with no I/O; ``store.Registry`` applies them inside its transactions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import operator
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, Mapping, Optional, Tuple
+
+from ..errors import InvalidArgument, ModelNotFound
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the metadata file; newer files are refused."""
+STATES = ("staged", "canary", "live", "retired", "failed")
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA_RE = re.compile(r"[0-9a-f]{64}")
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,17}")
+
+
+class VersionNotFound(ModelNotFound):
+    """The model exists but not the requested version (or it has no live version)."""
+
+
+def check_name(name: Any, field: str = "name") -> str:
+    """Returns ``name`` if it is a valid model name, else raises InvalidArgument naming ``field``.
+
+    Valid: 1-128 characters from ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, and no
+    ``..`` (names become path components in the repository).
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"{field}: invalid model name {name!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..' or path separators")
+    return name
+
+
+def check_version(version: Any, field: str = "version") -> int:
+    """Returns ``version`` as an int if it is a positive integer, else raises InvalidArgument."""
+    try:
+        v = None if isinstance(version, bool) else operator.index(version)
+    except TypeError:
+        v = None
+    if v is None or v < 1:
+        raise InvalidArgument(f"{field}: version must be a positive integer, got {version!r}")
+    return v
+
+
+def parse_ref(ref: Any, field: str = "ref") -> Tuple[str, Optional[int]]:
+    """Splits ``"name[:version]"`` into (name, version or None), checking both."""
+    if not isinstance(ref, str):
+        raise InvalidArgument(f"{field}: expected 'NAME[:VERSION]', got {ref!r}")
+    name, sep, ver = ref.partition(":")
+    check_name(name, field)
+    if not sep:
+        return name, None
+    if not _VERSION_RE.fullmatch(ver):
+        raise InvalidArgument(f"{field}: version in {ref!r} must be a positive integer")
+    return name, int(ver)
+
+
+def check_sha(sha256: Any, field: str = "sha256") -> str:
+    if not isinstance(sha256, str) or not SHA_RE.fullmatch(sha256):
+        raise InvalidArgument(f"{field}: expected 64 lowercase hex digits, got {sha256!r}")
+    return sha256
+
+
+def to_json(value: Any, field: str, allow_none: bool = False) -> Optional[str]:
+    """A mapping as canonical JSON text, else InvalidArgument naming ``field``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{field}: expected a mapping, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"{field}: not JSON-serialisable: {e}") from None
+
+
+def check_seconds(value: Any, field: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InvalidArgument(f"{field}: expected seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def check_failure(failure: Any) -> Optional[str]:
+    if failure is not None and (not isinstance(failure, str) or not failure.strip()):
+        raise InvalidArgument(f"failure: expected a non-empty message, got {failure!r}")
+    return failure
+
+
+def initial_state(state: Optional[str], failure: Optional[str],
+                  live: Optional[bool]) -> Tuple[Optional[str], Optional[bool]]:
+    """(state to store, or None for "live or staged"; the live wish) from add_version's arguments."""
+    if live not in (None, True, False):
+        raise InvalidArgument(f"live: expected True, False or None, got {live!r}")
+    if failure is not None:
+        if state not in (None, "failed"):
+            raise InvalidArgument(f"state: a version that failed to load is 'failed', not {state!r}")
+        if live:
+            raise InvalidArgument("live: a failed version is never live")
+        return "failed", False
+    if state == "failed":
+        raise InvalidArgument("failure: a failed version must record its cause")
+    if state == "live":
+        if live is False:
+            raise InvalidArgument("live: False contradicts state 'live'")
+        return None, True
+    if state not in (None, "staged", "canary"):
+        raise InvalidArgument(f"state: a new version is staged, canary, live or failed, not {state!r}")
+    if state is not None and live:
+        raise InvalidArgument(f"live: True contradicts state {state!r}")
+    return state, (False if state is not None else live)
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version of one model, as stored in the registry's metadata."""
+
+    name: str
+    """Model name."""
+    version: int
+    """Version number, increasing per model, never reused."""
+    model_uri: str
+    """Where the package was stored: a local directory or ``URL/<name>/<sha256>``."""
+    sha256: str
+    """Content hash of the package (see ``package_sha256``)."""
+    runtime_env: dict
+    """Backend and library versions captured at push; immutable."""
+    config: dict
+    """The package's model config, as plain data; immutable."""
+    labels: dict
+    """Free-form labels; immutable."""
+    state: str
+    """One of staged, canary, live, retired, failed."""
+    is_live: bool
+    """True for the one version that serves the model's traffic (exactly when state is live)."""
+    fallback_id: Optional[str]
+    """``"name:version"``, ``"name"`` (that model's live version when used) or None."""
+    created_at: float
+    """Unix time of the push."""
+    model_load_time_s: Optional[float] = None
+    """Seconds the last recorded load took."""
+    fingerprint: Optional[dict] = None
+    """Determinism fingerprint of the last recorded load."""
+    failure: Optional[str] = None
+    """Why the version failed to load, if it did."""
+
+    @property
+    def ref(self) -> str:
+        """``"name:version"``."""
+        return f"{self.name}:{self.version}"
+
+    @property
+    def where(self) -> str:
+        """``"model 'name' version N"``, the prefix of error messages about this version."""
+        return f"model {self.name!r} version {self.version}"
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-serialisable), with ``created_at`` also as ISO-8601 UTC."""
+        d = asdict(self)
+        d["created_at_iso"] = datetime.datetime.fromtimestamp(
+            self.created_at, datetime.timezone.utc).isoformat(timespec="seconds")
+        return d
+
+
+@dataclass
+class GcReport:
+    """What ``gc`` removed."""
+
+    versions: List[str] = field(default_factory=list)
+    """Deleted versions, as ``"name:version"``."""
+    packages: List[str] = field(default_factory=list)
+    """Deleted package URIs (of deleted versions, orphans and uploads that never committed)."""
+    temp: List[str] = field(default_factory=list)
+    """Deleted temp directories of interrupted local pushes."""
+
+
+COLUMNS = ("name, version, model_uri, sha256, runtime_env, config, labels, state, is_live, "
+           "fallback_id, created_at, model_load_time_s, fingerprint, failure")
+
+
+def record_from_row(row: tuple) -> VersionRecord:
+    """A VersionRecord from a ``SELECT {COLUMNS}`` row."""
+    (name, version, uri, sha, env, config, labels, state, is_live, fallback, created, load_s, fp,
+     failure) = row
+    return VersionRecord(name=name, version=version, model_uri=uri, sha256=sha,
+                         runtime_env=json.loads(env), config=json.loads(config),
+                         labels=json.loads(labels), state=state, is_live=bool(is_live),
+                         fallback_id=fallback, created_at=created, model_load_time_s=load_s,
+                         fingerprint=json.loads(fp) if fp is not None else None, failure=failure)
+
+
+SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",  # 'repository' -> its URL/path
+    """CREATE TABLE models (
+  name TEXT PRIMARY KEY,
+  created_at REAL NOT NULL,
+  last_version INTEGER NOT NULL DEFAULT 0        -- versions are never reused
+)""",
+    f"""CREATE TABLE versions (
+  name TEXT NOT NULL REFERENCES models(name),
+  version INTEGER NOT NULL CHECK (version > 0),
+  model_uri TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  runtime_env TEXT NOT NULL,                     -- JSON
+  config TEXT NOT NULL,                          -- JSON
+  labels TEXT NOT NULL,                          -- JSON
+  state TEXT NOT NULL CHECK (state IN {STATES}),
+  is_live INTEGER NOT NULL DEFAULT 0 CHECK (is_live IN (0, 1)),
+  fallback_id TEXT,                              -- 'name:version', 'name' or NULL
+  created_at REAL NOT NULL,                      -- unix seconds
+  model_load_time_s REAL,
+  fingerprint TEXT,                              -- JSON
+  failure TEXT,
+  PRIMARY KEY (name, version),
+  UNIQUE (name, sha256),
+  CHECK ((state = 'live') = (is_live = 1))
+)""",
+    "CREATE UNIQUE INDEX versions_one_live ON versions(name) WHERE is_live = 1",
+    """CREATE TABLE live_history (                  -- every change of live version; the active
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,         -- rows form the stack that rollback pops
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  action TEXT NOT NULL CHECK (action IN ('add', 'promote', 'rollback')),
+  at REAL NOT NULL,
+  active INTEGER NOT NULL DEFAULT 1
+)""",
+    "CREATE INDEX live_history_name ON live_history(name, seq)",
+    """CREATE TRIGGER versions_immutable
+BEFORE UPDATE OF name, version, model_uri, sha256, runtime_env, config, labels, created_at ON versions
+BEGIN
+  SELECT RAISE(ABORT, 'registry versions: name, version, model_uri, sha256, runtime_env, config, labels and created_at are immutable');
+END""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+"""The metadata schema, applied in one transaction to a new file."""
