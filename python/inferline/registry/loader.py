@@ -45,7 +45,7 @@ class LoadReport:
     runtime_env: dict
 
 
-def load_package(engine: Engine, package: ModelPackage, version: int, *, root: Optional[str] = None):
+def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, root: Optional[str] = None):
     """Loads `package` as `version` into `engine`. `root`: where its files are (default: package.files).
 
     Returns (handle, LoadReport). Raises LoadFailed naming the step at fault.

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,10 +26,10 @@ import numpy as np
 from ..backends.spec import BackendSpec
 from ..config import ModelConfig
 from ..errors import InvalidArgument
+from ._records import check_name, parse_ref
 
 CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
 ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _TENSOR = {
     "type": "object", "additionalProperties": False, "required": ["name", "dtype", "shape"],
@@ -98,6 +99,12 @@ class ModelPackage:
     fallback: Optional[str] = None
     golden: Optional[GoldenSpec] = None
     labels: dict = field(default_factory=dict)
+    scratch: Optional[str] = None
+    """A temporary directory holding generated files (bare .onnx), removed by ``discard_scratch``."""
+
+    def discard_scratch(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     @property
     def artifact_path(self) -> str:
@@ -109,24 +116,6 @@ class ModelPackage:
             return None
         path = os.path.join(root, self.golden.file) if root else self.files[self.golden.file]
         return read_golden(path, self.config, where=f"model {self.name!r}: golden.file")
-
-
-def check_name(name: str, field_name: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise InvalidArgument(f"{field_name}: {name!r} is not a valid model name (letters, digits, '.', '_', '-'; "
-                              f"no path separators or '..'; at most 128 characters)")
-    return name
-
-
-def parse_ref(ref: str, field_name: str = "fallback"):
-    """'name' or 'name:version' -> (name, version or None)."""
-    name, _, version = str(ref).partition(":")
-    check_name(name, field_name)
-    if version == "":
-        return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidArgument(f"{field_name}: version in {ref!r} must be a positive integer")
-    return name, int(version)
 
 
 def load_package(path: str, name: Optional[str] = None) -> ModelPackage:
@@ -149,7 +138,12 @@ def _bare_onnx(path: str, name: Optional[str]) -> ModelPackage:
     inputs, outputs = signature_from_onnx(path)
     data = {"name": name, "inputs": [s.to_core() for s in inputs], "outputs": [s.to_core() for s in outputs],
             "backend": {"name": "onnxruntime"}}
-    return _build(data, name, {"model.onnx": path}, "model.onnx")
+    # The stored package is a normal one: the derived config travels with the artifact.
+    scratch = tempfile.mkdtemp(prefix="inferline-bare-")
+    config_path = os.path.join(scratch, "model.json")
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    return _build(data, name, {"model.onnx": path, "model.json": config_path}, "model.onnx", scratch)
 
 
 def _directory(root: str, name: Optional[str]) -> ModelPackage:
@@ -194,20 +188,20 @@ def _read_config(path: str) -> dict:
     return data
 
 
-def _build(data: dict, name: str, files: dict, artifact: str) -> ModelPackage:
+def _build(data: dict, name: str, files: dict, artifact: str, scratch: Optional[str] = None) -> ModelPackage:
     where = f"model {name!r}"
     keys = ("inputs", "outputs", "batching", "preprocessing", "instances", "queue_capacity", "priority_levels")
     config = ModelConfig.from_dict({"name": name, **{k: data[k] for k in keys if k in data}})
     backend = BackendSpec(**data.get("backend", {}))
     fallback = data.get("fallback")
     if fallback is not None:
-        fb_name, _ = parse_ref(fallback)
+        fb_name, _ = parse_ref(fallback, "fallback")
         if fb_name == name:
             raise InvalidArgument(f"{where}: fallback {fallback!r} refers to the model itself")
     golden = GoldenSpec(**data["golden"]) if "golden" in data else None
     pkg = ModelPackage(name=name, config=config, backend=backend, artifact=artifact, files=dict(files),
                        data={**data, "name": name}, fallback=fallback, golden=golden,
-                       labels=dict(data.get("labels", {})))
+                       labels=dict(data.get("labels", {})), scratch=scratch)
     if golden is not None:
         pkg.golden_arrays()  # validates the file now
     return pkg
