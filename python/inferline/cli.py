@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=256, help="concurrent asyncio callers (default 256)")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
     from .registry.cli import add_parser as add_models
+    from .server.app import add_parser as add_serve
     add_models(sub)
+    add_serve(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -28,6 +30,9 @@ def main(argv=None) -> int:
             from . import __version__
             print(__version__)
             return 0
+        if args.command == "serve":
+            from .server.app import run as run_serve
+            return run_serve(args)
         if args.command == "models":
             from .registry.cli import run
             return run(args)

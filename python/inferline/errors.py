@@ -46,10 +46,10 @@ class AlreadyExists(InferlineError):
 
 
 class ResourceExhausted(InferlineError):
-    """The model's queue is full; retry later."""
+    """The model's queue is full; retry later. The frontends answer it as UNAVAILABLE / 503 (retryable)."""
 
     grpc_code = "RESOURCE_EXHAUSTED"
-    http_status = 429
+    http_status = 503
 
 
 class FailedPrecondition(InferlineError):
@@ -65,6 +65,13 @@ class Unimplemented(InferlineError):
 class InternalError(InferlineError):
     grpc_code = "INTERNAL"
     http_status = 500
+
+
+class Unauthenticated(InferlineError):
+    """A state-changing call without the admin bearer token."""
+
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
 
 
 class Unavailable(InferlineError):
@@ -85,6 +92,7 @@ _BY_CODE = {
     12: Unimplemented,
     13: InternalError,
     14: Unavailable,
+    16: Unauthenticated,
 }
 
 

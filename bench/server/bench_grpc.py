@@ -1,0 +1,258 @@
+"""Single-row gRPC requests to the demo model, next to the Python gRPC floor.
+
+    python bench/server/bench_grpc.py [--seconds 5] [--quick]
+
+For each server (a no-op grpc.aio server answering a fixed ModelInferResponse:
+the floor; `inferline serve` with 1 and 2 workers) and each mode (unary,
+streaming), it measures:
+  - saturation: closed loop, many concurrent calls from several client
+    processes -> requests/s;
+  - fixed rates (50% and 80% of that server's saturation, open loop) -> p50/p99.
+One line per configuration; the last block is a table with the ratio to the
+floor measured in the same run. The clients share this machine's cores with
+the server, as the floor's clients do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request_bytes() -> bytes:
+    from inferline.server.proto import inference_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="digits-mlp")
+    t = req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+    del t
+    req.raw_input_contents.append(np.random.default_rng(0).integers(0, 17, 64).astype(np.float32).tobytes())
+    return req.SerializeToString()
+
+
+def response_bytes() -> bytes:
+    from inferline.server.proto import inference_pb2 as pb
+
+    resp = pb.ModelInferResponse(model_name="digits-mlp", model_version="1")
+    resp.outputs.add(name="logits", datatype="FP32", shape=[1, 10])
+    resp.outputs.add(name="label", datatype="INT64", shape=[1, 1])
+    resp.raw_output_contents.extend([bytes(40), bytes(8)])
+    return resp.SerializeToString()
+
+
+# ---- the floor: a no-op grpc.aio server -------------------------------------------
+def noop_server(port: int) -> None:
+    import grpc
+    from inferline.server.proto import inference_pb2 as pb
+
+    payload = response_bytes()
+    stream_payload = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse.FromString(payload))
+    stream_payload = stream_payload.SerializeToString()
+
+    async def infer(request, context):
+        return payload
+
+    async def stream(requests, context):
+        async for _ in requests:
+            yield stream_payload
+
+    async def main():
+        ident = lambda b: b  # noqa: E731
+        handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer, ident, ident),
+                    "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream, ident, ident)}
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
+                                                                               handlers)])
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+# ---- the load generator ----------------------------------------------------------------
+async def _client(port, mode, concurrency, rate, seconds, payload):
+    import grpc
+
+    ident = lambda b: b  # noqa: E731
+    latencies, errors = [], 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        unary = channel.unary_unary(METHOD, request_serializer=ident, response_deserializer=ident)
+        stop_at = time.perf_counter() + seconds
+        if mode == "unary":
+            async def one():
+                nonlocal errors
+                t0 = time.perf_counter()
+                try:
+                    await unary(payload)
+                    latencies.append(time.perf_counter() - t0)
+                except grpc.RpcError:
+                    errors += 1
+
+            if rate is None:  # closed loop
+                async def worker():
+                    while time.perf_counter() < stop_at:
+                        await one()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+            else:  # open loop at `rate` per second
+                tasks, interval, next_t = [], 1.0 / rate, time.perf_counter()
+                while next_t < stop_at:
+                    now = time.perf_counter()
+                    if now < next_t:
+                        await asyncio.sleep(next_t - now)
+                    tasks.append(asyncio.ensure_future(one()))
+                    next_t += interval
+                await asyncio.gather(*tasks)
+        else:
+            stream = channel.stream_stream(STREAM, request_serializer=ident, response_deserializer=ident)
+
+            async def stream_worker():
+                nonlocal errors
+                call = stream()
+                sent = []
+                done = asyncio.Event()
+
+                async def reader():
+                    async for _ in call:
+                        latencies.append(time.perf_counter() - sent.pop(0))
+                    done.set()
+
+                r = asyncio.ensure_future(reader())
+                interval = None if rate is None else n_streams / rate
+                window = 16
+                while time.perf_counter() < stop_at:
+                    if rate is None:
+                        while len(sent) >= window:
+                            await asyncio.sleep(0)
+                    sent.append(time.perf_counter())
+                    await call.write(payload)
+                    if interval:
+                        await asyncio.sleep(interval)
+                await call.done_writing()
+                await r
+
+            n_streams = concurrency if rate is None else 4
+            await asyncio.gather(*(stream_worker() for _ in range(n_streams)))
+    return latencies, errors
+
+
+def _client_proc(args, queue):
+    queue.put(asyncio.run(_client(*args)))
+
+
+def load(port, mode, procs, concurrency, rate, seconds):
+    payload = request_bytes()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    per_rate = None if rate is None else rate / procs
+    ps = [ctx.Process(target=_client_proc, args=((port, mode, concurrency, per_rate, seconds, payload), queue))
+          for _ in range(procs)]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    results = [queue.get() for _ in ps]
+    for p in ps:
+        p.join()
+    elapsed = time.perf_counter() - t0
+    lat = np.array([x for r in results for x in r[0]])
+    errors = sum(r[1] for r in results)
+    return {"rps": len(lat) / seconds, "p50_ms": float(np.percentile(lat, 50) * 1e3) if len(lat) else 0,
+            "p99_ms": float(np.percentile(lat, 99) * 1e3) if len(lat) else 0, "errors": errors,
+            "elapsed": elapsed, "n": len(lat)}
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def start_inferline(workers, repo):
+    http, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inferline", "serve", "--repository", repo, "--workers",
+                             str(workers), "--http-port", str(http), "--grpc-port", str(grpc_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = 0
+    for line in proc.stdout:
+        lines += "models ready" in line
+        if lines >= workers:
+            break
+    return proc, grpc_port
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--procs", type=int, default=2, help="client processes")
+    args = ap.parse_args()
+    seconds = 2.0 if args.quick else args.seconds
+    from inferline.demo_models import demo_package_path
+    from inferline.registry.service import open_registry, push
+
+    repo = tempfile.mkdtemp(prefix="inferline-bench-")
+    registry = open_registry(repo)
+    push(registry, demo_package_path("digits-logreg"))
+    push(registry, demo_package_path("digits-mlp"))
+    registry.close()
+
+    rows = []
+    configs = [("noop-grpc.aio", 1), ("inferline", 1), ("inferline", 2)]
+    for server, workers in configs:
+        if server == "noop-grpc.aio":
+            port = free_port()
+            proc = mp.get_context("spawn").Process(target=noop_server, args=(port,))
+            proc.start()
+            wait_port(port)
+        else:
+            proc, port = start_inferline(workers, repo)
+        try:
+            for mode in ("unary", "stream"):
+                sat = load(port, mode, args.procs, 64, None, seconds)
+                row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
+                for frac in (0.5, 0.8):
+                    row[frac] = load(port, mode, args.procs, 64, sat["rps"] * frac, seconds)
+                rows.append(row)
+                print(f"server={server} workers={workers} mode={mode} saturation_rps={sat['rps']:.0f} "
+                      f"errors={sat['errors']} " + " ".join(
+                          f"at{int(f * 100)}%: rps={row[f]['rps']:.0f} p50_ms={row[f]['p50_ms']:.2f} "
+                          f"p99_ms={row[f]['p99_ms']:.2f}" for f in (0.5, 0.8)), flush=True)
+        finally:
+            if isinstance(proc, subprocess.Popen):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+            else:
+                proc.terminate()
+                proc.join()
+    floor = {r["mode"]: r["sat"]["rps"] for r in rows if r["server"] == "noop-grpc.aio"}
+    print("\nserver            workers  mode    sat_rps  vs_floor  p50@80%_ms  p99@80%_ms")
+    for r in rows:
+        print(f"{r['server']:<17} {r['workers']:>7}  {r['mode']:<6} {r['sat']['rps']:>8.0f}  "
+              f"{r['sat']['rps'] / floor[r['mode']]:>8.2f}  {r[0.8]['p50_ms']:>10.2f}  {r[0.8]['p99_ms']:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

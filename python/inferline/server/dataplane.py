@@ -1,0 +1,162 @@
+"""The data plane: what every frontend (gRPC, REST) asks of the server, protocol-free.
+
+A frontend converts its wire format to ``types.InferRequest`` and back; this
+class checks the request against the model's signature, routes it to a version
+and runs it on the engine. Errors are ``inferline.errors`` classes, mapped to
+gRPC codes and HTTP statuses in one place by each frontend.
+"""
+
+from __future__ import annotations
+
+
+from .. import __version__
+from ..config import NUMPY_TO_KSERVE
+from ..errors import InvalidArgument, ModelNotFound
+from .model_manager import ModelManager
+from .types import InferOutput, InferRequest, InferResponse
+
+EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "parameters",
+              "binary_tensor_data"]
+PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "onnx_onnxv1"), "torchscript": ("pytorch_libtorch", "pytorch_torchscript")}
+
+
+def kserve_priority_to_level(priority: int, levels: int) -> int:
+    """KServe/Triton priority (0 = default, 1 = highest, larger = lower) -> core level (higher first)."""
+    if priority <= 0:
+        return 0
+    return max(0, levels - int(priority))
+
+
+class DataPlane:
+    def __init__(self, models: ModelManager, name: str = "inferline"):
+        self.models = models
+        self.name = name
+        self.accepting = True  # false while shutting down: ready turns false, live stays true
+
+    # ---- health and metadata ------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.accepting
+
+    def server_metadata(self) -> dict:
+        return {"name": self.name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.accepting and self.models.ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        handle = self.models.handle(name, version)
+        cfg = handle.config
+        versions = [str(v) for n, v, _ in self.models.served() if n == name]
+        return {"name": cfg.name, "versions": versions, "platform": self._platform(handle)[1],
+                "inputs": [_tensor_meta(s) for s in cfg.inputs], "outputs": [_tensor_meta(s) for s in cfg.outputs]}
+
+    def model_config(self, name: str, version: str = "") -> dict:
+        """The Triton ModelConfig fields that tools (perf_analyzer) read, as plain data."""
+        handle = self.models.handle(name, version)
+        cfg = handle.config
+        b = cfg.batching
+        platform, _ = self._platform(handle)
+        return {
+            "name": cfg.name, "platform": platform, "backend": platform.split("_")[0],
+            "max_batch_size": b.max_batch_size,
+            "input": [{"name": s.name, "data_type": "TYPE_" + NUMPY_TO_KSERVE[s.dtype], "dims": list(s.shape[1:])}
+                      for s in cfg.inputs],
+            "output": [{"name": s.name, "data_type": "TYPE_" + NUMPY_TO_KSERVE[s.dtype], "dims": list(s.shape[1:])}
+                       for s in cfg.outputs],
+            "dynamic_batching": {"preferred_batch_size": list(b.preferred_batch_sizes),
+                                 "max_queue_delay_microseconds": b.max_queue_delay_us,
+                                 "priority_levels": cfg.priority_levels},
+            "instance_group": [{"count": cfg.instances, "kind": "KIND_CPU"}],
+        }
+
+    def model_statistics(self, name: str = "", version: str = "") -> list:
+        targets = [(n, v) for n, v, _ in self.models.served() if not name or n == name]
+        if name and version:
+            self.models.handle(name, version)
+            targets = [(name, int(version))]
+        elif name and not targets:
+            raise ModelNotFound(f"model {name!r} is not being served")
+        return [_statistics(self.models.handle(n, str(v))) for n, v in targets]
+
+    def repository_index(self, ready_only: bool = False) -> list:
+        index = self.models.index()
+        return [m for m in index if m["state"] == "READY"] if ready_only else index
+
+    async def repository_load(self, name: str) -> None:
+        await self.models.load_model(name)
+
+    async def repository_unload(self, name: str) -> None:
+        await self.models.unload_model(name)
+
+    # ---- inference ------------------------------------------------------------
+    async def infer(self, req: InferRequest) -> InferResponse:
+        handle = self.models.handle(req.model_name, req.model_version)
+        cfg = handle.config
+        inputs = self._inputs(req, cfg)
+        names = self._requested_outputs(req, cfg)
+        level = kserve_priority_to_level(req.priority, cfg.priority_levels)
+        result = await handle.infer_async(inputs, priority=level, timeout_us=req.timeout_us)
+        outputs = [InferOutput(n, NUMPY_TO_KSERVE[result[n].dtype.name], list(result[n].shape), result[n])
+                   for n in names]
+        return InferResponse(cfg.name, str(cfg.version), req.id, outputs)
+
+    @staticmethod
+    def _inputs(req: InferRequest, cfg) -> dict:
+        specs = {s.name: s for s in cfg.inputs}
+        inputs = {}
+        for inp in req.inputs:
+            spec = specs.get(inp.name)
+            where = f"{cfg.where} input {inp.name!r}"
+            if spec is None:
+                raise InvalidArgument(f"{cfg.where}: unknown input {inp.name!r} (inputs: {', '.join(specs)})")
+            if inp.name in inputs:
+                raise InvalidArgument(f"{where}: given twice")
+            expected = NUMPY_TO_KSERVE[spec.dtype]
+            if inp.datatype != expected:
+                raise InvalidArgument(f"{where}: expected {expected}, got {inp.datatype}")
+            inputs[inp.name] = inp.data
+        missing = [n for n in specs if n not in inputs]
+        if missing:
+            raise InvalidArgument(f"{cfg.where}: missing input(s) {', '.join(repr(m) for m in missing)}")
+        return inputs
+
+    @staticmethod
+    def _requested_outputs(req: InferRequest, cfg) -> list:
+        if not req.outputs:
+            return list(cfg.output_names)
+        for n in req.outputs:
+            if n not in cfg.output_names:
+                raise InvalidArgument(f"{cfg.where}: unknown output {n!r} (outputs: {', '.join(cfg.output_names)})")
+        return list(req.outputs)
+
+    def _platform(self, handle) -> tuple:
+        rec = self.models.record(handle.name, handle.version)
+        backend = (rec.config.get("backend") or {}).get("name", "onnxruntime") if rec else "python"
+        return PLATFORMS.get(backend, ("python", "python"))
+
+
+def _tensor_meta(spec) -> dict:
+    return {"name": spec.name, "datatype": NUMPY_TO_KSERVE[spec.dtype], "shape": list(spec.shape)}
+
+
+def _statistics(handle) -> dict:
+    s = handle.stats()
+
+    def duration(count, hist):
+        return {"count": int(count), "ns": int(hist["mean"] * hist["count"] * 1000)}
+
+    return {
+        "name": handle.name, "version": str(handle.version), "last_inference": 0,
+        "inference_count": s["rows"], "execution_count": s["batches"],
+        "inference_stats": {
+            "success": duration(s["end_to_end_us"]["count"], s["end_to_end_us"]),
+            "fail": {"count": s["errors"] + s["deadline_missed"] + s["rejected"], "ns": 0},
+            "queue": duration(s["queue_us"]["count"], s["queue_us"]),
+            "compute_infer": duration(s["compute_us"]["count"], s["compute_us"]),
+        },
+        "batch_stats": [{"batch_size": size, "compute_infer": {"count": n, "ns": 0}}
+                        for size, n in enumerate(s["batch_size_counts"]) if n],
+    }

@@ -1,0 +1,340 @@
+"""The gRPC frontend: KServe v2 ``inference.GRPCInferenceService`` on grpc.aio, tritonclient-compatible.
+
+    frontend = await start_grpc(dataplane, settings)   # binds settings.host:settings.grpc_port
+    frontend.port                                      # the bound port (grpc_port 0 = a free one)
+    await frontend.stop(grace_s)
+
+Handlers are registered generically with bytes in and bytes out: each one
+parses its request, asks the ``DataPlane`` and serializes the answer, and every
+exception goes through one mapping (``grpc_status``) to a gRPC status. Per
+inference request Python does one parse, one ``await dataplane.infer`` and one
+serialize (bench/server/decode_cost.py measures that share). Also served:
+``grpc.health.v1.Health`` (SERVING while the data plane is ready; a model name
+as the service asks about that model) and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from ..errors import InferlineError, InvalidArgument, Unimplemented
+from .dataplane import DataPlane
+from .proto import convert
+from .proto import inference_pb2 as pb
+from .settings import ServerSettings
+
+log = logging.getLogger("inferline.server.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+MAX_STREAM_IN_FLIGHT = 1024
+"""Requests of one ModelStreamInfer stream being answered at once; reading pauses beyond it."""
+
+UNIMPLEMENTED_RPCS = {
+    "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest,
+    "SystemSharedMemoryRegister": pb.SystemSharedMemoryRegisterRequest,
+    "SystemSharedMemoryUnregister": pb.SystemSharedMemoryUnregisterRequest,
+    "CudaSharedMemoryStatus": pb.CudaSharedMemoryStatusRequest,
+    "CudaSharedMemoryRegister": pb.CudaSharedMemoryRegisterRequest,
+    "CudaSharedMemoryUnregister": pb.CudaSharedMemoryUnregisterRequest,
+    "TraceSetting": pb.TraceSettingRequest,
+    "LogSettings": pb.LogSettingsRequest,
+}
+
+
+class Unauthenticated(InferlineError):
+    """A state-changing call without the admin bearer token."""
+
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+# Where the gRPC code differs from the error class's own (issue 4, item 6): a full queue is
+# UNAVAILABLE (retry later or elsewhere); RESOURCE_EXHAUSTED stays grpc's own answer to an
+# oversize message.
+GRPC_CODE_OVERRIDES = {"RESOURCE_EXHAUSTED": grpc.StatusCode.UNAVAILABLE}
+
+
+def grpc_status(exc: BaseException) -> tuple:
+    """(grpc.StatusCode, message) for any exception a handler raised: the one error mapping."""
+    if isinstance(exc, InferlineError):
+        code = GRPC_CODE_OVERRIDES.get(exc.grpc_code) or getattr(grpc.StatusCode, exc.grpc_code, None)
+        return code or grpc.StatusCode.UNKNOWN, exc.message
+    if isinstance(exc, DecodeError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message: {exc}"
+    log.error("internal error in a gRPC handler", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+def _unary(method, request_type):
+    """A unary handler over raw bytes: parse, call `method`, serialize, map errors."""
+    parse = request_type.FromString
+
+    async def handler(raw: bytes, context):
+        try:
+            response = await method(parse(raw), context)
+            return response.SerializeToString()
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # CancelledError is a BaseException: a cancelled call stays cancelled
+            await context.abort(*grpc_status(e))
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class InferenceService:
+    """The RPCs of inference.GRPCInferenceService, each a thin conversion around the DataPlane."""
+
+    def __init__(self, dataplane: DataPlane, admin_token: Optional[str] = None):
+        self.dp = dataplane
+        self._admin = None if not admin_token else admin_token.encode()
+
+    def generic_handler(self):
+        u = _unary
+        handlers = {
+            "ServerLive": u(self.server_live, pb.ServerLiveRequest),
+            "ServerReady": u(self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": u(self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": u(self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": u(self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": u(self.model_infer, pb.ModelInferRequest),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+            "ModelConfig": u(self.model_config, pb.ModelConfigRequest),
+            "ModelStatistics": u(self.model_statistics, pb.ModelStatisticsRequest),
+            "RepositoryIndex": u(self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": u(self.repository_model_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": u(self.repository_model_unload, pb.RepositoryModelUnloadRequest),
+        }
+        for name, request_type in UNIMPLEMENTED_RPCS.items():
+            handlers[name] = u(_unimplemented(name), request_type)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    # ---- health and metadata ------------------------------------------------
+    async def server_live(self, request, context):
+        return pb.ServerLiveResponse(live=self.dp.live())
+
+    async def server_ready(self, request, context):
+        return pb.ServerReadyResponse(ready=self.dp.ready())
+
+    async def model_ready(self, request, context):
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
+
+    async def server_metadata(self, request, context):
+        return pb.ServerMetadataResponse(**self.dp.server_metadata())
+
+    async def model_metadata(self, request, context):
+        return convert.model_metadata(self.dp.model_metadata(request.name, request.version))
+
+    async def model_config(self, request, context):
+        return convert.model_config(self.dp.model_config(request.name, request.version))
+
+    async def model_statistics(self, request, context):
+        return convert.model_statistics(self.dp.model_statistics(request.name, request.version))
+
+    # ---- inference ------------------------------------------------------------
+    async def model_infer(self, request, context):
+        response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
+        return convert.encode_infer_response(response)
+
+    async def model_stream_infer(self, requests, context):
+        """Answers each request of the stream as soon as it completes (not in order); a failed
+        request gets `error_message` and the stream goes on."""
+        answers: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        tasks: set = set()
+
+        async def answer(raw: bytes):
+            try:
+                answers.put_nowait(await self._stream_answer(raw, context))
+            finally:
+                slots.release()
+
+        async def read():
+            try:
+                async for raw in requests:
+                    await slots.acquire()
+                    task = asyncio.ensure_future(answer(raw))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.wait(list(tasks))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (out := await answers.get()) is not None:
+                await context.write(out)
+            await reader  # surfaces a failure to read the stream
+        finally:
+            for task in (reader, *tasks):
+                task.cancel()
+
+    async def _stream_answer(self, raw: bytes, context) -> bytes:
+        request = None
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+            response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
+            out = pb.ModelStreamInferResponse(infer_response=convert.encode_infer_response(response))
+        except Exception as e:
+            _, message = grpc_status(e)
+            out = pb.ModelStreamInferResponse(error_message=message)
+            if request is not None:  # lets a pipelining client match the error to its request
+                out.infer_response.model_name = request.model_name
+                out.infer_response.model_version = request.model_version
+                out.infer_response.id = request.id
+        return out.SerializeToString()
+
+    # ---- repository -------------------------------------------------------------
+    async def repository_index(self, request, context):
+        return convert.repository_index(self.dp.repository_index(ready_only=request.ready))
+
+    async def repository_model_load(self, request, context):
+        self._authorize(context, "RepositoryModelLoad")
+        _require_name(request.model_name, "RepositoryModelLoad")
+        if any(k == "config" or k.startswith("file:") for k in request.parameters):
+            raise Unimplemented(f"RepositoryModelLoad {request.model_name!r}: loading a config or files sent over "
+                                f"the wire is not supported; push the package with `inferline models push`")
+        await self.dp.repository_load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request, context):
+        self._authorize(context, "RepositoryModelUnload")
+        _require_name(request.model_name, "RepositoryModelUnload")
+        await self.dp.repository_unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _authorize(self, context, rpc: str) -> None:
+        if self._admin is None:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._admin):
+                    return
+        raise Unauthenticated(f"{rpc}: requires metadata 'authorization: Bearer <admin token>'")
+
+
+def _deadline_us(context) -> Optional[int]:
+    """Microseconds left before the call's gRPC deadline (None: no deadline)."""
+    left_s = context.time_remaining()
+    return None if left_s is None else max(int(left_s * 1e6), 1)
+
+
+def _require_name(name: str, rpc: str) -> None:
+    if not name:
+        raise InvalidArgument(f"{rpc}: model_name is empty")
+
+
+def _unimplemented(rpc: str):
+    async def method(request, context):
+        raise Unimplemented(f"{rpc} is not supported by inferline (no shared memory, trace or log settings)")
+    return method
+
+
+class HealthService(health.aio.HealthServicer):
+    """grpc.health.v1.Health. Check: "" and the inference service follow DataPlane.ready(); a model
+    name is SERVING while a version of it serves, NOT_SERVING while it is only in the repository.
+    Watch (the base class): SERVING from the start, NOT_SERVING once `stop` begins."""
+
+    def __init__(self, dataplane: DataPlane):
+        super().__init__()
+        self.dp = dataplane
+
+    async def Check(self, request, context):
+        service = request.service
+        if service in ("", SERVICE):
+            ok = self.dp.ready() and not self._gracefully_shutting_down
+        elif self.dp.model_ready(service):
+            ok = True
+        elif any(m["name"] == service for m in self.dp.repository_index()):
+            ok = False
+        else:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """A private pool with inference.proto as package `inference` (its wire name), plus health and reflection."""
+    fdp = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(fdp)
+    old, new = "." + fdp.package + ".", ".inference."
+    fdp.name, fdp.package = "inference.proto", "inference"
+    for msg in fdp.message_type:
+        _rename_refs(msg, old, new)
+    for service in fdp.service:
+        for m in service.method:
+            m.input_type = m.input_type.replace(old, new, 1)
+            m.output_type = m.output_type.replace(old, new, 1)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(fdp.SerializeToString())
+    for module in (health_pb2, reflection_pb2):
+        other = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(other)
+        pool.AddSerializedFile(other.SerializeToString())
+    return pool
+
+
+def _rename_refs(msg, old: str, new: str) -> None:
+    for f in msg.field:
+        if f.type_name.startswith(old):
+            f.type_name = new + f.type_name[len(old):]
+    for nested in msg.nested_type:
+        _rename_refs(nested, old, new)
+
+
+@dataclass
+class GrpcFrontend:
+    server: grpc.aio.Server
+    port: int
+    health: HealthService
+
+    async def stop(self, grace_s: Optional[float] = None) -> None:
+        """Health turns NOT_SERVING, new calls are refused, in-flight calls get `grace_s` to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFrontend:
+    limit = int(settings.max_message_bytes)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED from grpc
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1),                    # --workers N processes share the port
+    ])
+    server.add_generic_rpc_handlers((InferenceService(dataplane, settings.admin_token).generic_handler(),))
+    health_service = HealthService(dataplane)
+    await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)  # for Watch; Check asks live
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=reflection_pool())
+    port = _bind(server, settings)
+    await server.start()
+    return GrpcFrontend(server, port, health_service)
+
+
+def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
+    host = settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    address = f"{host}:{settings.grpc_port}"
+    try:
+        if settings.tls:
+            with open(settings.tls_key, "rb") as f:
+                key = f.read()
+            with open(settings.tls_cert, "rb") as f:
+                cert = f.read()
+            return server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        return server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        raise OSError(f"gRPC: cannot bind {address}: {e}") from None

@@ -1,0 +1,1 @@
+"""Generated KServe v2 / Triton messages (see inference.proto, generate.sh)."""

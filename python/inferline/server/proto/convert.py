@@ -1,0 +1,148 @@
+"""KServe v2 protobuf messages <-> the protocol-neutral types of ``server.types``.
+
+Pure functions, no gRPC: the frontend calls them once per request and the
+decode-cost benchmark (bench/server/decode_cost.py) times them on their own.
+Every problem with a request raises ``InvalidArgument`` naming the tensor or
+parameter at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+from google.protobuf import json_format
+
+from ...config import KSERVE_TO_NUMPY
+from ...errors import InvalidArgument
+from .. import codec
+from ..types import InferInput, InferRequest, InferResponse
+from . import inference_pb2 as pb
+
+RAW_ONLY = ("FP16", "BF16")  # no typed-contents field carries these
+_INT_PARAMS = ("uint64_param", "int64_param")
+MAX_TIMEOUT_US = 1 << 48
+"""Longer `timeout` parameters (about 9 years) mean no timeout."""
+_DTYPES = {name: np.dtype(np_name) for name, np_name in KSERVE_TO_NUMPY.items()}
+
+
+# ---- ModelInferRequest -> InferRequest -----------------------------------------
+
+def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: Optional[int] = None) -> InferRequest:
+    """The request in `msg`; `deadline_us` (time left before the client's gRPC deadline) caps `timeout`."""
+    req = InferRequest(msg.model_name, msg.model_version, msg.id)
+    if msg.parameters:
+        _read_parameters(req, msg.parameters)
+    if deadline_us is not None:
+        req.timeout_us = deadline_us if req.timeout_us is None else min(req.timeout_us, deadline_us)
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidArgument(f"model {msg.model_name!r}: {len(raw)} raw_input_contents for {len(msg.inputs)} "
+                              f"inputs (give one per input, in the order of `inputs`)")
+    inputs = req.inputs
+    for i, t in enumerate(msg.inputs):
+        if t.parameters and "shared_memory_region" in t.parameters:
+            raise InvalidArgument(f"{_where(msg, t)}: shared memory is not supported; send the data in the request")
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidArgument(f"{_where(msg, t)}: has both contents and raw_input_contents")
+            data = _from_raw(raw[i], t, msg)
+        else:
+            data = _from_contents(t, _where(msg, t))
+        inputs.append(InferInput(t.name, t.datatype, list(data.shape), data))
+    if msg.outputs:
+        req.outputs = [o.name for o in msg.outputs]
+        for o in msg.outputs:
+            if o.parameters and ("classification" in o.parameters or "shared_memory_region" in o.parameters):
+                raise InvalidArgument(f"model {msg.model_name!r} output {o.name!r}: the classification and "
+                                      f"shared-memory extensions are not supported")
+    return req
+
+
+def _where(msg, t) -> str:
+    return f"model {msg.model_name!r} input {t.name!r}"
+
+
+def _from_raw(raw: bytes, t, msg):
+    """codec.from_raw with a fast path for well-formed tensors (the checks cost more than the copy)."""
+    dtype = _DTYPES.get(t.datatype)
+    shape = tuple(t.shape)
+    if dtype is not None and len(raw) == dtype.itemsize * math.prod(shape) and min(shape, default=0) >= 0:
+        return np.frombuffer(raw, dtype).reshape(shape)
+    return codec.from_raw(raw, t.datatype, shape, _where(msg, t))  # says what is wrong
+
+
+def _from_contents(t, where: str):
+    field = codec.CONTENTS_FIELD.get(t.datatype)
+    if field is None:
+        if t.datatype in RAW_ONLY:
+            raise InvalidArgument(f"{where}: {t.datatype} data must be sent in raw_input_contents")
+        codec.numpy_dtype(t.datatype, where)  # raises: unsupported datatype (BYTES, unknown names)
+        raise InvalidArgument(f"{where}: {t.datatype} has no typed contents field")
+    if not t.HasField("contents"):
+        raise InvalidArgument(f"{where}: no data (send raw_input_contents or contents.{field})")
+    try:
+        return codec.from_list(getattr(t.contents, field), t.datatype, t.shape, where)
+    except OverflowError:  # codec.from_list lets numpy's out-of-range error through
+        raise InvalidArgument(f"{where}: a value in contents.{field} is out of range for {t.datatype}") from None
+
+
+def _read_parameters(req: InferRequest, params) -> None:
+    """Reads the reserved request parameters; the others go to `req.parameters` as plain values."""
+    where = f"model {req.model_name!r} parameter"
+    for key, p in params.items():
+        kind = p.WhichOneof("parameter_choice")
+        value = None if kind is None else getattr(p, kind)
+        if key == "priority":
+            if kind not in _INT_PARAMS or value < 0:
+                raise InvalidArgument(f"{where} 'priority': expected a non-negative integer, got {kind} {value!r}")
+            req.priority = value
+        elif key == "timeout":
+            if kind not in _INT_PARAMS or value < 0:
+                raise InvalidArgument(f"{where} 'timeout': expected microseconds as int64, got {kind} {value!r}")
+            req.timeout_us = value if 0 < value <= MAX_TIMEOUT_US else None  # 0 = no timeout (Triton)
+        elif key == "sequence_id":
+            if value:
+                raise InvalidArgument(f"model {req.model_name!r}: sequences (sequence_id {value!r}) are not supported")
+        elif key == "routing_key":
+            if kind != "string_param":
+                raise InvalidArgument(f"{where} 'routing_key': expected a string_param, got {kind}")
+            req.routing_key = value
+        else:
+            req.parameters[key] = value
+
+
+# ---- InferResponse -> ModelInferResponse -----------------------------------------
+
+def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+    """Every output in raw_output_contents (row-major bytes), index-aligned with `outputs`."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    tensors, raws = msg.outputs, msg.raw_output_contents
+    for o in resp.outputs:
+        tensors.add(name=o.name, datatype=o.datatype, shape=o.shape)
+        raws.append(o.data.tobytes())  # C order whatever the array's strides
+    return msg
+
+
+# ---- the other RPCs' answers, from the data plane's plain dicts --------------------
+
+def from_dict(data, message):
+    """Fills `message` from plain data (field names as in the .proto); unknown keys are ignored."""
+    return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+
+
+def model_metadata(d: dict) -> pb.ModelMetadataResponse:
+    return from_dict(d, pb.ModelMetadataResponse())
+
+
+def model_config(d: dict) -> pb.ModelConfigResponse:
+    return pb.ModelConfigResponse(config=from_dict(d, pb.ModelConfig()))
+
+
+def model_statistics(stats: list) -> pb.ModelStatisticsResponse:
+    return from_dict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+
+def repository_index(models: list) -> pb.RepositoryIndexResponse:
+    return from_dict({"models": models}, pb.RepositoryIndexResponse())
