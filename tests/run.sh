@@ -16,7 +16,13 @@ python3 -m pip install -q ".[test]"
 # TorchScript tests need torch; this exact CPU build is the one kept offline here.
 python3 -m pip install -q "torch==2.13.0" || echo "torch unavailable: the TorchScript tests will be skipped"
 
-cmake -S . -B build/tests -G Ninja -DINFERLINE_BUILD_TESTS=ON -DINFERLINE_BUILD_PYTHON=OFF >/dev/null
+# Where nvcc exists the CUDA kernels, their tests and their bench must compile, so that a CUDA
+# build break fails CI; the device tests then skip without a GPU.
+cuda_args=()
+if command -v nvcc >/dev/null; then
+  cuda_args=(-DINFERLINE_WITH_CUDA=ON -DINFERLINE_REQUIRE_CUDA=ON -DINFERLINE_BUILD_BENCH=ON)
+fi
+cmake -S . -B build/tests -G Ninja -DINFERLINE_BUILD_TESTS=ON -DINFERLINE_BUILD_PYTHON=OFF "${cuda_args[@]}" >/dev/null
 cmake --build build/tests
 ctest --test-dir build/tests --output-on-failure -j2
 

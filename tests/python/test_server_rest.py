@@ -291,7 +291,7 @@ BAD_REQUESTS = {
     "shape not a list": (_plain(inputs=[_tensor(shape="1x64", data=DATA)]), ["'pixels'", "'shape'"]),
     "too few values": (_plain(inputs=[_tensor(data=DATA[:63])]), ["'pixels'", "63 values"]),
     "strings": (_plain(inputs=[_tensor(data=["a"] * 64)]), ["'pixels'", "strings"]),
-    "out of range": (_plain(inputs=[_tensor(data=[1e300] * 64)]), ["'pixels'", "out of range"]),
+    "out of range": (_plain(inputs=[_tensor(data=[1e300] * 64)]), ["'pixels'", "does not fit FP32"]),
     "no data": (_plain(inputs=[_tensor()]), ["'pixels'", "'data'"]),
     "unknown output": (_plain(inputs=[_tensor(data=DATA)], outputs=[{"name": "nope"}]), ["unknown output 'nope'"]),
     "bad priority": (_plain(inputs=[_tensor(data=DATA)], parameters={"priority": "high"}), ["'priority'"]),

@@ -28,6 +28,9 @@ from ..errors import InvalidArgument, ModelNotFound
 from .dispatch import LoopDispatcher, ThreadDispatcher
 
 
+_MAX_DEADLINE_US = 2**63 - 1  # deadlines are uint64 in the core; far enough = none in practice
+
+
 class ModelHandle:
     """One loaded model version: infer/submit/infer_async without name lookups."""
 
@@ -59,7 +62,7 @@ class ModelHandle:
     def _submit(self, dispatcher, inputs, priority, timeout_us):
         if type(inputs) is not dict:
             inputs = self._as_dict(inputs)
-        deadline = 0 if timeout_us is None else self._core.now_us() + max(int(timeout_us), 1)
+        deadline = 0 if timeout_us is None else min(self._core.now_us() + max(int(timeout_us), 1), _MAX_DEADLINE_US)
         try:
             return dispatcher.submit(self._core, inputs, self._names, priority, deadline)
         except InvalidArgument:

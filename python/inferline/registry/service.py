@@ -95,8 +95,8 @@ def load_version(engine: Engine, registry: Registry, record: VersionRecord, dest
 
     Returns (handle, LoadReport).
     """
-    root = registry.fetch(record, dest_dir)
     try:
+        root = registry.fetch(record, dest_dir)  # verifies every file's sha256
         package = load_package(root, record.name)
         handle, report = loader.load_into_engine(engine, package, record.version, root=root)
     except Exception as e:

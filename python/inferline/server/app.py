@@ -47,7 +47,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     await asyncio.gather(grpc_frontend.stop(settings.shutdown_grace_s), rest_frontend.stop(settings.shutdown_grace_s))
     await poller
     manager.close()
-    await loop.run_in_executor(None, engine.close)  # answers anything still queued
+    engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
     print(f"inferline worker {worker} (pid {os.getpid()}) stopped", flush=True)
     return 0
 

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from ..errors import InferlineError, InvalidArgument, Unimplemented
+from ..errors import InferlineError, InvalidArgument, Unauthenticated, Unimplemented
 from .dataplane import DataPlane
 from .proto import convert
 from .proto import inference_pb2 as pb
@@ -49,13 +49,6 @@ UNIMPLEMENTED_RPCS = {
     "TraceSetting": pb.TraceSettingRequest,
     "LogSettings": pb.LogSettingsRequest,
 }
-
-
-class Unauthenticated(InferlineError):
-    """A state-changing call without the admin bearer token."""
-
-    grpc_code = "UNAUTHENTICATED"
-    http_status = 401
 
 
 # Where the gRPC code differs from the error class's own (issue 4, item 6): a full queue is

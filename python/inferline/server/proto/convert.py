@@ -82,10 +82,7 @@ def _from_contents(t, where: str):
         raise InvalidArgument(f"{where}: {t.datatype} has no typed contents field")
     if not t.HasField("contents"):
         raise InvalidArgument(f"{where}: no data (send raw_input_contents or contents.{field})")
-    try:
-        return codec.from_list(getattr(t.contents, field), t.datatype, t.shape, where)
-    except OverflowError:  # codec.from_list lets numpy's out-of-range error through
-        raise InvalidArgument(f"{where}: a value in contents.{field} is out of range for {t.datatype}") from None
+    return codec.from_list(getattr(t.contents, field), t.datatype, t.shape, where)
 
 
 def _read_parameters(req: InferRequest, params) -> None:

@@ -1,0 +1,167 @@
+"""Helpers for server tests: a repository with test models, and a server running in a background thread.
+
+    repo = make_repository(tmp_path, extra=[int64_model_path(tmp_path)])
+    with ServerThread(repo, frontends=[start_grpc]) as srv:
+        srv.ports[0]                         # where the first frontend listens
+        srv.call(srv.dataplane.repository_unload("digits-mlp"))   # a coroutine, run on the server loop
+
+The server (Engine, ModelManager polling every 0.2 s, DataPlane, frontends) lives on
+its own event loop in a thread, so tests can use blocking clients (tritonclient.grpc,
+tritonclient.http) as well as asyncio ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from inferline.demo_models import demo_package_path
+from inferline.engine import Engine
+from inferline.registry.service import open_registry, push
+from inferline.server.dataplane import DataPlane
+from inferline.server.model_manager import ModelManager
+from inferline.server.settings import ServerSettings
+
+DEMO = ("digits-logreg", "digits-mlp")  # the fallback first: the MLP refers to it
+
+
+def make_repository(root, extra: Sequence = ()) -> str:
+    """A registry directory under `root` with the demo models, then `extra` packages (path or (path, name))."""
+    repo = os.path.join(str(root), "repository")
+    registry = open_registry(repo)
+    try:
+        for name in DEMO:
+            push(registry, demo_package_path(name))
+        for item in extra:
+            path, name = item if isinstance(item, tuple) else (item, None)
+            push(registry, path, name=name)
+    finally:
+        registry.close()
+    return repo
+
+
+def _save(model: onnx.ModelProto, path: str) -> str:
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def int64_model_path(root) -> str:
+    """A bare .onnx "int-sum": ids INT64 [-1, 4] -> total INT64 [-1, 1] (row sum), doubled INT64 [-1, 4]."""
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    two = numpy_helper.from_array(np.array(2, dtype=np.int64), "two")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["ids", "axes"], ["total"], keepdims=1),
+         helper.make_node("Mul", ["ids", "two"], ["doubled"])],
+        "int_sum",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])],
+        [helper.make_tensor_value_info("total", TensorProto.INT64, ["batch", 1]),
+         helper.make_tensor_value_info("doubled", TensorProto.INT64, ["batch", 4])],
+        initializer=[axes, two])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _save(model, os.path.join(str(root), "int-sum.onnx"))
+
+
+def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1) -> str:
+    """A package "slow": x FP32 [-1, 1] -> y = x, after an ONNX Loop of `iterations` 64x64 matmuls
+    (about 1 us each); one row per batch and a tiny queue, so that it is easy to fill."""
+    eye = numpy_helper.from_array(np.eye(64, dtype=np.float32), "w")
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "w"], ["s_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, None)],
+        initializer=[eye])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "ones"], ["s0"]),
+         helper.make_node("Loop", ["n", "cond", "s0"], ["s1"], body=body),
+         helper.make_node("ReduceMean", ["s1"], ["y"], keepdims=1, axes=[1])],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(np.array(iterations, dtype=np.int64), "n"),
+                     numpy_helper.from_array(np.array(True), "cond"),
+                     numpy_helper.from_array(np.ones((1, 64), np.float32), "ones")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    pkg = os.path.join(str(root), "slow")
+    os.makedirs(pkg, exist_ok=True)
+    _save(model, os.path.join(pkg, "model.onnx"))
+    config = {"name": "slow", "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 1]}],
+              "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}],
+              "backend": {"name": "onnxruntime", "threads": 1},
+              "batching": {"max_batch_size": 1, "max_queue_delay_us": 0},
+              "queue_capacity": queue_capacity, "priority_levels": 1}
+    with open(os.path.join(pkg, "model.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return pkg
+
+
+class ServerThread:
+    """Engine + ModelManager + DataPlane + frontends on an event loop in a background thread."""
+
+    def __init__(self, repository: str, frontends: Sequence[Callable], settings: Optional[ServerSettings] = None,
+                 poll_interval_s: float = 0.2):
+        self.repository = repository
+        self.settings = settings or ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0)
+        self._starters = list(frontends)
+        self._poll_interval_s = poll_interval_s
+        self.loop = asyncio.new_event_loop()
+        self.frontends: list = []
+        self.ports: list = []
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self._thread.start()
+        try:
+            self.call(self._start(), timeout=120)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            try:
+                self.call(self._stop(), timeout=60)
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(30)
+        self.loop.close()
+
+    def call(self, coro, timeout: float = 60):
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        self.engine = Engine()
+        self.manager = ModelManager(self.engine, repository=self.repository, poll_interval_s=self._poll_interval_s)
+        await self.manager.sync()
+        self.dataplane = DataPlane(self.manager)
+        self._polling_stop = asyncio.Event()
+        self._polling = asyncio.ensure_future(self.manager.run(self._polling_stop))
+        for start in self._starters:
+            frontend = await start(self.dataplane, self.settings)
+            self.frontends.append(frontend)
+            self.ports.append(frontend.port)
+
+    async def _stop(self) -> None:
+        for frontend in self.frontends:
+            await frontend.stop(1.0)
+        if hasattr(self, "_polling"):
+            self._polling_stop.set()
+            await self._polling
+        if hasattr(self, "manager"):
+            self.manager.close()
+        if hasattr(self, "engine"):
+            self.engine.close()
