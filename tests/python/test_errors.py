@@ -163,3 +163,15 @@ def test_close_without_drain_cancels_queued():
         except il.errors.Cancelled:
             outcomes.append("cancelled")
     assert "cancelled" in outcomes and len(outcomes) == 20
+
+
+async def test_close_on_the_loop_resolves_awaiting_tasks():
+    gate = threading.Event()
+    e = il.Engine()
+    e.load(make_config(max_batch=1, delay_us=0), lambda d: (gate.wait(10), {"y": d["x"]})[1])
+    tasks = [asyncio.ensure_future(e.infer_async("m", {"x": np.full((1, 4), i, np.float32)})) for i in range(10)]
+    await asyncio.sleep(0.05)  # all submitted; the first holds the executor
+    threading.Timer(0.05, gate.set).start()
+    e.close()  # drains on this (the loop's) thread: the answers must still reach the tasks
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [int(r["y"][0, 0]) for r in results] == list(range(10))

@@ -13,74 +13,24 @@ import asyncio
 import concurrent.futures
 import itertools
 import threading
-from typing import Any
 
 from .. import _core
 from ..errors import from_status
 
 
-def _outcome(code: int, message: Any, outputs: tuple, names: tuple):
-    if code == 0:
-        return dict(zip(names, outputs)), None
-    return None, from_status(code, message)
-
-
-class ThreadDispatcher:
-    """Resolves concurrent futures from a daemon thread."""
+class _Dispatcher:
+    """Shared by both dispatchers: tags, the pending table and resolving answers."""
 
     def __init__(self):
         self.sink = _core.Sink()
-        self.pending: dict = {}
+        self.pending: dict = {}  # tag -> (future, output names, inputs kept alive until answered)
         self._tags = itertools.count()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="inferline-completions", daemon=True)
-        self._thread.start()
+
+    def _new_future(self):
+        raise NotImplementedError
 
     def submit(self, model, inputs: dict, names: tuple, priority: int, deadline_us: int):
-        fut = concurrent.futures.Future()
-        fut.set_running_or_notify_cancel()  # the core cannot un-queue a request
-        tag = next(self._tags)
-        self.pending[tag] = (fut, names, inputs)  # inputs stay alive until answered
-        try:
-            model.submit(inputs, tag, self.sink, priority, deadline_us)
-        except BaseException:
-            del self.pending[tag]
-            raise
-        return fut
-
-    def _run(self):
-        while not self._stop:
-            if self.sink.wait(100):
-                self._resolve(self.sink.drain())
-        self._resolve(self.sink.drain())
-
-    def _resolve(self, answers):
-        pending = self.pending
-        for tag, code, message, outputs, _queue_us, _compute_us in answers:
-            fut, names, _inputs = pending.pop(tag)
-            result, error = _outcome(code, message, outputs, names)
-            if error is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(error)
-
-    def close(self):
-        self._stop = True
-        self._thread.join()
-
-
-class LoopDispatcher:
-    """Resolves asyncio futures on their loop, via the sink's fd."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.sink = _core.Sink()
-        self.pending: dict = {}
-        self._tags = itertools.count()
-        loop.add_reader(self.sink.fd, self._on_ready)
-
-    def submit(self, model, inputs: dict, names: tuple, priority: int, deadline_us: int):
-        fut = self.loop.create_future()
+        fut = self._new_future()
         tag = next(self._tags)
         self.pending[tag] = (fut, names, inputs)
         try:
@@ -90,26 +40,66 @@ class LoopDispatcher:
             raise
         return fut
 
-    def _on_ready(self):
+    def _resolve(self, answers) -> None:
         pending = self.pending
-        for tag, code, message, outputs, _queue_us, _compute_us in self.sink.drain():
+        for tag, code, message, outputs, _queue_us, _compute_us in answers:
             fut, names, _inputs = pending.pop(tag)
-            if fut.done():  # the awaiting task was cancelled
+            if fut.done():  # an awaiting asyncio task was cancelled
                 continue
             if code == 0:
                 fut.set_result(dict(zip(names, outputs)))
             else:
                 fut.set_exception(from_status(code, message))
 
-    def close(self):
-        if not self.loop.is_closed():
-            try:
-                self.loop.remove_reader(self.sink.fd)
-            except (RuntimeError, ValueError):
-                pass
-        if self.pending:  # answers that arrived after the loop stopped listening
-            self._on_ready_unlistened()
 
-    def _on_ready_unlistened(self):
-        for tag, *_ in self.sink.drain():
-            self.pending.pop(tag, None)
+class ThreadDispatcher(_Dispatcher):
+    """Resolves concurrent futures from a daemon thread."""
+
+    def __init__(self):
+        super().__init__()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="inferline-completions", daemon=True)
+        self._thread.start()
+
+    def _new_future(self):
+        fut = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()  # the core cannot un-queue a request
+        return fut
+
+    def _run(self):
+        while not self._stop:
+            if self.sink.wait(100):
+                self._resolve(self.sink.drain())
+        self._resolve(self.sink.drain())
+
+    def close(self):
+        self._stop = True
+        self._thread.join()
+
+
+class LoopDispatcher(_Dispatcher):
+    """Resolves asyncio futures on their loop, via the sink's fd."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__()
+        self.loop = loop
+        loop.add_reader(self.sink.fd, self._on_ready)
+
+    def _new_future(self):
+        return self.loop.create_future()
+
+    def _on_ready(self):
+        self._resolve(self.sink.drain())
+
+    def close(self):
+        """Stops listening; answers still queued resolve their futures on the loop if it still runs."""
+        answers = self.sink.drain()
+        if self.loop.is_closed():
+            self.pending.clear()
+            return
+        try:
+            self.loop.remove_reader(self.sink.fd)
+        except (RuntimeError, ValueError):
+            pass
+        if answers:
+            self.loop.call_soon_threadsafe(self._resolve, answers)
