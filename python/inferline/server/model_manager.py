@@ -67,7 +67,7 @@ class ModelManager:
             return False
 
     def record(self, name: str, version: int):
-        return self._records.get((name, version))
+        return self._records.get((name, version))  # one dict read: atomic, no lock needed
 
     def served(self) -> list:
         """[(name, version, is_routed)] of every version being served."""
@@ -131,10 +131,8 @@ class ModelManager:
         by_name: dict = {}
         for r in records:
             by_name.setdefault(r.name, []).append(r)
-            self._records[(r.name, r.version)] = r
-        for key in [k for k in self._records if k[0] not in by_name or
-                    k[1] not in {r.version for r in by_name[k[0]]}]:
-            del self._records[key]
+        with self._lock:  # readers iterate it: replace it whole
+            self._records = {(r.name, r.version): r for r in records}
         for name in set(by_name) | set(self._served):
             self._sync_model(name, by_name.get(name, []))
 
@@ -167,11 +165,12 @@ class ModelManager:
         try:
             handle, report = load_version(self.engine, self._registry, rec)
         except Exception as e:  # any failure: recorded, and the working version keeps serving
-            self._failed[(rec.name, rec.version)] = (rec.sha256, str(e))
+            with self._lock:
+                self._failed[(rec.name, rec.version)] = (rec.sha256, str(e))
             log.error("version %s:%s failed to load: %s", rec.name, rec.version, e)
             return
-        self._failed.pop((rec.name, rec.version), None)
         with self._lock:
+            self._failed.pop((rec.name, rec.version), None)
             self._served.setdefault(rec.name, {})[rec.version] = handle
             self._route.setdefault(rec.name, rec.version)
         log.info("loaded %s:%s in %.2f s", rec.name, rec.version, report.model_load_time_s)
