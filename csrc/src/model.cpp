@@ -50,7 +50,10 @@ Status CheckScheduling(const ModelConfig& c, const std::string& ctx) {
   if (c.instances < 1 || c.instances > 64) {
     return InvalidArgument(ctx + ": instances = " + std::to_string(c.instances) + " must be in [1, 64]");
   }
-  if (c.queue_capacity < 1) return InvalidArgument(ctx + ": queue_capacity must be >= 1");
+  if (c.queue_capacity < 1 || c.queue_capacity > kMaxQueueCapacity) {
+    return InvalidArgument(ctx + ": queue_capacity = " + std::to_string(c.queue_capacity) + " must be in [1, " +
+                           std::to_string(kMaxQueueCapacity) + "]");
+  }
   if (c.priority_levels < 1 || c.priority_levels > 16) {
     return InvalidArgument(ctx + ": priority_levels = " + std::to_string(c.priority_levels) + " must be in [1, 16]");
   }

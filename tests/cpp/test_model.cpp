@@ -1062,6 +1062,7 @@ TEST(ModelTest, ConfigValidationNamesTheField) {
        }, "tabular.std[0]"},
       {"instances 0", [](ModelConfig& c) { c.instances = 0; }, "instances"},
       {"queue capacity 0", [](ModelConfig& c) { c.queue_capacity = 0; }, "queue_capacity"},
+      {"queue capacity huge", [](ModelConfig& c) { c.queue_capacity = UINT32_MAX; }, "queue_capacity"},
       {"priority levels 0", [](ModelConfig& c) { c.priority_levels = 0; }, "priority_levels"},
       {"max batch 0", [](ModelConfig& c) { c.batching.max_batch_size = 0; }, "max_batch_size"},
       {"preferred above max", [](ModelConfig& c) { c.batching.preferred_batch_sizes = {4, 9}; },

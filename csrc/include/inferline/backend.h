@@ -4,7 +4,8 @@
 // preprocessing), each with dim 0 = the batch's rows, in the model config's
 // input order and named. It fills `outputs` with one tensor per declared output
 // (matched by name; extra outputs are ignored), dim 0 = rows, declared dtype.
-// Output tensors must own their memory (Tensor::owner): the engine hands slices
+// Output tensors must own their memory (Tensor::owner; an output without an owner
+// is refused with INTERNAL): the engine hands slices
 // of them to the callers, and they may outlive the batch.
 //
 // Thread-safety: Run is called concurrently from up to `instances` executor

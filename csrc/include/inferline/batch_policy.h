@@ -40,7 +40,8 @@ enum class BatchingMode : uint8_t {
 
 struct BatchPolicy {
   uint32_t max_batch_size = 32;
-  uint64_t max_queue_delay_us = 5000;          // 0 = dispatch as soon as an instance is free
+  uint64_t max_queue_delay_us = 5000;          // 0 = dispatch as soon as an instance is free;
+                                               // sums saturate (UINT64_MAX = never close on delay)
   std::vector<uint32_t> preferred_batch_sizes;  // each in [1, max_batch_size]
   BatchingMode mode = BatchingMode::kDeadlineAware;
   uint64_t deadline_slack_us = 200;             // margin for gather, scatter and wake-up

@@ -19,8 +19,12 @@
 //  - A backend error isolates the failing rows: the batch is re-run in halves
 //    until the failing requests are found; only they get the error.
 //  - Requests with more rows than max_batch_size are split into batches and
-//    their outputs reassembled; other requests' rows are never split.
+//    their outputs reassembled; other requests' rows are never split. A split
+//    request is admitted whole or refused whole (one needing more parts than
+//    queue_capacity is always RESOURCE_EXHAUSTED).
 //  - Shutdown(drain) answers every accepted request (computed, or CANCELLED).
+//    Once Shutdown(false) is called no new batch starts; Submit during or after
+//    shutdown returns UNAVAILABLE before the request is even checked.
 //
 // Thread-safety: Submit, Stats, Wake, NowUs are safe from any thread.
 // Shutdown is safe from any thread but must not race with destruction.
@@ -42,6 +46,8 @@
 
 namespace inferline {
 
+inline constexpr uint32_t kMaxQueueCapacity = 1u << 22;  // 4M requests per level
+
 struct ModelConfig {
   std::string name;
   int64_t version = 1;
@@ -50,7 +56,7 @@ struct ModelConfig {
   std::vector<PreprocessSpec> preprocessing;  // empty, or one per input (kNone where unused)
   BatchPolicy batching;
   uint32_t instances = 1;         // executors running batches in parallel
-  uint32_t queue_capacity = 4096; // requests waiting per priority level
+  uint32_t queue_capacity = 4096; // requests waiting per priority level; at most kMaxQueueCapacity
   uint32_t priority_levels = 2;   // priorities 0..levels-1; higher is served first
 
   // "model 'name' version N"

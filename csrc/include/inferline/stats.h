@@ -111,7 +111,7 @@ struct StatsSnapshot {
   uint64_t rows = 0;             // rows of the accepted requests
   uint64_t batches = 0;          // executed batches
   uint64_t rejected = 0;         // refused at submit (queue full)
-  uint64_t deadline_missed = 0;
+  uint64_t deadline_missed = 0;  // also counts requests refused at Submit with a passed deadline (not in `requests`)
   uint64_t errors = 0;
   uint64_t cancelled = 0;
   HistogramSnapshot queue_us, compute_us, end_to_end_us;
