@@ -67,6 +67,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -106,20 +107,38 @@ def default_metadata_path(url: str) -> str:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                             check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        db.execute("PRAGMA foreign_keys = ON")
-    except (OSError, sqlite3.Error) as e:
-        raise Unavailable(f"registry metadata {path}: cannot open it: {cause(e)}") from None
+    # Switching a new file to WAL takes an exclusive lock, and SQLite can report
+    # "database is locked" for it at once, without its busy handler, while other
+    # processes open the same new file: retry that for up to the busy timeout.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db, mode = _open_wal(path)
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise Unavailable(f"registry metadata {path}: cannot open it: {cause(e)}") from None
+            time.sleep(0.01 + random.random() * 0.05)
+        except (OSError, sqlite3.Error) as e:
+            raise Unavailable(f"registry metadata {path}: cannot open it: {cause(e)}") from None
     if str(mode).lower() != "wal":
         db.close()
         raise FailedPrecondition(f"registry metadata {path}: SQLite refused WAL mode (got {mode!r}); "
                                  "keep the metadata file on a local filesystem")
     return db
+
+
+def _open_wal(path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        db.close()
+        raise
+    return db, mode
 
 
 class Registry:
