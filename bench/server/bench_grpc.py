@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import signal
 import socket
 import subprocess
@@ -42,8 +41,7 @@ def request_bytes() -> bytes:
     from inferline.server.proto import inference_pb2 as pb
 
     req = pb.ModelInferRequest(model_name="digits-mlp")
-    t = req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
-    del t
+    req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
     req.raw_input_contents.append(np.random.default_rng(0).integers(0, 17, 64).astype(np.float32).tobytes())
     return req.SerializeToString()
 
@@ -125,7 +123,6 @@ async def _client(port, mode, concurrency, rate, seconds, payload):
             stream = channel.stream_stream(STREAM, request_serializer=ident, response_deserializer=ident)
 
             async def stream_worker():
-                nonlocal errors
                 call = stream()
                 sent = []
                 done = asyncio.Event()

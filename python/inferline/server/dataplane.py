@@ -109,14 +109,13 @@ class DataPlane:
         inputs = {}
         for inp in req.inputs:
             spec = specs.get(inp.name)
-            where = f"{cfg.where} input {inp.name!r}"
             if spec is None:
                 raise InvalidArgument(f"{cfg.where}: unknown input {inp.name!r} (inputs: {', '.join(specs)})")
             if inp.name in inputs:
-                raise InvalidArgument(f"{where}: given twice")
+                raise InvalidArgument(f"{cfg.where} input {inp.name!r}: given twice")
             expected = NUMPY_TO_KSERVE[spec.dtype]
             if inp.datatype != expected:
-                raise InvalidArgument(f"{where}: expected {expected}, got {inp.datatype}")
+                raise InvalidArgument(f"{cfg.where} input {inp.name!r}: expected {expected}, got {inp.datatype}")
             inputs[inp.name] = inp.data
         missing = [n for n in specs if n not in inputs]
         if missing:

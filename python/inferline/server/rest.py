@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 from aiohttp import web
 
-from ..errors import InferlineError, InvalidArgument, ResourceExhausted, Unimplemented
+from ..errors import InferlineError, InvalidArgument, Unimplemented
 from .codec import from_list, from_raw
 from .types import InferInput, InferRequest, InferResponse
 
@@ -44,14 +44,9 @@ _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating
 
 # ---- errors: one mapping --------------------------------------------------------
 
-# Where the wire contract differs from the class's own status: a full queue answers
-# UNAVAILABLE / 503 (issue 4, item 6), so clients back off and retry elsewhere.
-_STATUS_OVERRIDES = {ResourceExhausted: 503}
-
-
 def http_status(error: InferlineError) -> int:
     """The HTTP status for an inferline error."""
-    return _STATUS_OVERRIDES.get(type(error), error.http_status)
+    return error.http_status  # queue full (ResourceExhausted) is 503 there: retryable
 
 
 def error_response(status: int, message: str, headers: Optional[dict] = None) -> web.Response:
