@@ -77,7 +77,7 @@ def _serve(repo: str, port_queue) -> None:
         engine = Engine()
         manager = ModelManager(engine, repository=repo)
         await manager.sync()
-        frontend = await start_grpc(DataPlane(manager), ServerSettings(grpc_port=0))
+        frontend = await start_grpc(DataPlane.for_settings(manager, ServerSettings(grpc_port=0)), ServerSettings(grpc_port=0))
         port_queue.put(frontend.port)
         await asyncio.Event().wait()  # until terminated
 

@@ -232,7 +232,7 @@ void Model_Submit(Model& m, const py::dict& inputs, uint64_t tag, PollableSink& 
     if (!(arr.flags() & py::array::c_style)) Throw(InvalidArgument(where + ": array must be C-contiguous"));
     TensorView& v = req.inputs[i];
     if (!DataTypeOf(arr.dtype(), &v.dtype)) {
-      Throw(InvalidArgument(where + ": expected " + DataTypeName(c.inputs[i].dtype) + ", got numpy " +
+      Throw(InvalidArgument(where + ": expected " + DataTypeName(c.inputs[i].dtype) + ", got " +
                             std::string(py::str(arr.dtype()))));
     }
     if (arr.ndim() > Shape::kMaxRank) Throw(InvalidArgument(where + ": more than 8 dimensions"));
@@ -275,6 +275,7 @@ py::dict Model_Stats(const Model& m) {
   d["deadline_missed"] = s.deadline_missed;
   d["errors"] = s.errors;
   d["cancelled"] = s.cancelled;
+  d["last_batch_end_us"] = s.last_batch_end_us;
   d["queue_us"] = HistogramToPy(s.queue_us);
   d["compute_us"] = HistogramToPy(s.compute_us);
   d["end_to_end_us"] = HistogramToPy(s.end_to_end_us);
@@ -327,7 +328,8 @@ PYBIND11_MODULE(_core, m) {
       .def("shutdown", &Model::Shutdown, py::arg("drain") = true, py::call_guard<py::gil_scoped_release>())
       .def("wake", &Model::Wake)
       .def("now_us", &Model::NowUs)
-      .def("stats", &Model_Stats);
+      .def("stats", &Model_Stats)
+      .def("reset_stats", &Model::ResetStats);
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

@@ -141,7 +141,7 @@ void Model::Impl::RunRange(const std::vector<NamedTensor>& inputs, Request* cons
   Status st = RunBackend(*in, rows, &outputs, &backend_failed);
   uint64_t t1 = clock_->NowUs();
   if (top_level) {
-    stats_.RecordBatch(rows, t1 - start_us);
+    stats_.RecordBatch(rows, t1 - start_us, t1);
     if (st.ok()) estimator_.Observe(rows, t1 - t0);
   }
   if (backend_failed && count > 1) {  // isolate the failing rows

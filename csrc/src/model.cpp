@@ -110,6 +110,8 @@ Status Model::Submit(const InferRequest& request) { return impl_->Submit(request
 void Model::Shutdown(bool drain) { impl_->Shutdown(drain); }
 void Model::Wake() { impl_->Wake(); }
 StatsSnapshot Model::Stats() const { return impl_->stats_.Snapshot(); }
+
+void Model::ResetStats() noexcept { impl_->stats_.Reset(); }
 uint64_t Model::NowUs() const noexcept { return impl_->clock_->NowUs(); }
 const ModelConfig& Model::config() const noexcept { return impl_->config_; }
 const std::vector<TensorSpec>& Model::backend_inputs() const noexcept { return impl_->backend_inputs_; }

@@ -69,6 +69,13 @@ void LatencyHistogram::Record(uint64_t value) noexcept {
   }
 }
 
+void LatencyHistogram::Reset() noexcept {
+  count_.store(0, kRelaxed);
+  sum_.store(0, kRelaxed);
+  max_.store(0, kRelaxed);
+  for (auto& b : buckets_) b.store(0, kRelaxed);
+}
+
 HistogramSnapshot LatencyHistogram::Snapshot() const {
   HistogramSnapshot s;
   s.count = count_.load(kRelaxed);
@@ -127,8 +134,9 @@ void ModelStats::AddErrors(uint64_t n) noexcept { outcome_.errors.fetch_add(n, k
 
 void ModelStats::AddCancelled(uint64_t n) noexcept { outcome_.cancelled.fetch_add(n, kRelaxed); }
 
-void ModelStats::RecordBatch(uint32_t rows, uint64_t compute_us) noexcept {
+void ModelStats::RecordBatch(uint32_t rows, uint64_t compute_us, uint64_t end_us) noexcept {
   exec_.batches.fetch_add(1, kRelaxed);
+  exec_.last_batch_end_us.store(end_us, kRelaxed);
   BatchSizeCounter(std::min(rows, max_batch_size_)).fetch_add(1, kRelaxed);
   compute_us_.Record(compute_us);
 }
@@ -144,6 +152,7 @@ StatsSnapshot ModelStats::Snapshot() const {
   s.rows = submit_.rows.load(kRelaxed);
   s.rejected = submit_.rejected.load(kRelaxed);
   s.batches = exec_.batches.load(kRelaxed);
+  s.last_batch_end_us = exec_.last_batch_end_us.load(kRelaxed);
   s.deadline_missed = outcome_.deadline_missed.load(kRelaxed);
   s.errors = outcome_.errors.load(kRelaxed);
   s.cancelled = outcome_.cancelled.load(kRelaxed);
@@ -156,6 +165,18 @@ StatsSnapshot ModelStats::Snapshot() const {
   }
   s.max_batch_size = max_batch_size_;
   return s;
+}
+
+void ModelStats::Reset() noexcept {
+  for (auto* counter : {&submit_.requests, &submit_.rows, &submit_.rejected, &exec_.batches,
+                        &exec_.last_batch_end_us, &outcome_.deadline_missed, &outcome_.errors,
+                        &outcome_.cancelled}) {
+    counter->store(0, kRelaxed);
+  }
+  for (size_t i = 0; i <= max_batch_size_; ++i) BatchSizeCounter(i).store(0, kRelaxed);
+  queue_us_.Reset();
+  compute_us_.Reset();
+  end_to_end_us_.Reset();
 }
 
 }  // namespace inferline

@@ -29,8 +29,8 @@ constexpr TypeName kTypeNames[] = {
 }  // namespace
 
 const char* DataTypeName(DataType dt) noexcept {
-  for (const auto& t : kTypeNames) if (t.dt == dt) return t.kserve;
-  return "INVALID";
+  for (const auto& t : kTypeNames) if (t.dt == dt) return t.numpy;
+  return "invalid";
 }
 
 bool ParseDataType(const std::string& name, DataType* out) noexcept {

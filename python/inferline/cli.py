@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import InferlineError
@@ -25,26 +26,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     try:
-        if args.command == "version":
-            from . import __version__
-            print(__version__)
-            return 0
-        if args.command == "serve":
-            from .server.app import run as run_serve
-            return run_serve(args)
-        if args.command == "models":
-            from .registry.cli import run
-            return run(args)
-        if args.command in (None, "demo"):
-            from .demo import run_demo
-            run_demo(concurrency=getattr(args, "concurrency", 256), seconds=getattr(args, "seconds", 3.0))
-            return 0
+        status = _run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at interpreter exit
+        return status
     except InferlineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    parser.print_help()
-    return 2
+    except BrokenPipeError:
+        # The reader of our output went away (`inferline models show m | head`): normal in a pipe.
+        # Point stdout at /dev/null so that the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe closed
+
+
+def _run(args) -> int:
+    if args.command == "version":
+        from . import __version__
+        print(__version__)
+        return 0
+    if args.command == "serve":
+        from .server.app import run as run_serve
+        return run_serve(args)
+    if args.command == "models":
+        from .registry.cli import run
+        return run(args)
+    from .demo import run_demo  # "demo"
+    run_demo(concurrency=args.concurrency, seconds=args.seconds)
+    return 0
 
 
 if __name__ == "__main__":

@@ -74,6 +74,13 @@ class Unauthenticated(InferlineError):
     http_status = 401
 
 
+class PermissionDenied(InferlineError):
+    """A control call the server's configuration does not allow for anyone (e.g. no admin token set)."""
+
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
+
+
 class Unavailable(InferlineError):
     grpc_code = "UNAVAILABLE"
     http_status = 503
@@ -87,6 +94,7 @@ _BY_CODE = {
     4: DeadlineExceeded,
     5: ModelNotFound,
     6: AlreadyExists,
+    7: PermissionDenied,
     8: ResourceExhausted,
     9: FailedPrecondition,
     12: Unimplemented,

@@ -708,8 +708,8 @@ TEST(ModelTest, ThrowingBackendFailsItsBatchAndTheEngineKeepsWorking) {
 TEST(ModelTest, MalformedBackendOutputIsInternalNamingTheOutput) {
   using Output = TestBackend::Output;
   const std::vector<std::pair<Output, std::string>> cases{
-      {Output::kWrongShape, "FP32 [2, 4]"},
-      {Output::kWrongDtype, "FP64"},
+      {Output::kWrongShape, "float32 [2, 4]"},
+      {Output::kWrongDtype, "float64"},
       {Output::kMissing, "no output 'y'"},
       {Output::kNoOwner, "own"},
   };
@@ -1029,7 +1029,7 @@ TEST(ModelTest, InputValidationNamesModelVersionAndInput) {
   EXPECT_TRUE(Contains(model->Submit(InferRequest{{xv, TensorView{ids2.data(), DataType::kInt32, Shape{2, 2}}}, 0, 0,
                                                   0, &sink})
                            .message(),
-                       "INT32"));
+                       "int32"));
   model->Shutdown();
   EXPECT_EQ(sink.count(), 0u);
   EXPECT_EQ(model->Stats().requests, 0u);

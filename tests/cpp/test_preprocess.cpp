@@ -372,11 +372,11 @@ TEST(ResolvePreprocess, TabularErrorsNameTheField) {
       {"hi_nan", [](S& s) { s.tabular.clip_hi = kNaN; }, kTab, {"preprocessing.tabular.clip_hi is nan"}},
       {"fill_nan", [](S& s) { s.tabular.nan_fill = kNaN; }, kTab, {"preprocessing.tabular.nan_fill is nan"}},
       {"dtype", Keep, {"x", DataType::kInt64, Shape{-1, 7}},
-       {"preprocessing.tabular needs a float32", "got INT64 [-1, 7]"}},
+       {"preprocessing.tabular needs a float32", "got int64 [-1, 7]"}},
       {"rank", Keep, {"x", DataType::kFloat32, Shape{-1}},
-       {"preprocessing.tabular needs a float32", "got FP32 [-1]"}},
+       {"preprocessing.tabular needs a float32", "got float32 [-1]"}},
       {"free_dims", Keep, {"x", DataType::kFloat32, Shape{-1, 7, -1}},
-       {"preprocessing.tabular needs fixed feature dims", "got FP32 [-1, 7, -1]"}},
+       {"preprocessing.tabular needs fixed feature dims", "got float32 [-1, 7, -1]"}},
       {"kind", [](S& s) { s.kind = static_cast<Kind>(9); }, kTab, {"preprocessing.kind 9 is unknown"}},
   });
 }
@@ -386,9 +386,9 @@ TEST(ResolvePreprocess, ImageErrorsNameTheField) {
   using D = DataType;
   ExpectErrors(GoodImage(), {
       {"dtype", Keep, {"img", D::kFloat32, Shape{-1, 64}},
-       {"preprocessing.image needs a uint8 NHWC input, got FP32 [-1, 64]"}},
+       {"preprocessing.image needs a uint8 NHWC input, got float32 [-1, 64]"}},
       {"rank", Keep, {"img", D::kUInt8, Shape{-1, 8, 8}},
-       {"image needs a uint8 NHWC input, got UINT8 [-1, 8, 8]"}},
+       {"image needs a uint8 NHWC input, got uint8 [-1, 8, 8]"}},
       {"out_h0", [](S& s) { s.image.out_h = 0; }, kImg, {"preprocessing.image.out_h is 0; want 1..32768"}},
       {"out_w_neg", [](S& s) { s.image.out_w = -3; }, kImg, {"preprocessing.image.out_w is -3"}},
       {"out_w_huge", [](S& s) { s.image.out_w = 40000; }, kImg, {"preprocessing.image.out_w is 40000"}},
@@ -399,7 +399,7 @@ TEST(ResolvePreprocess, ImageErrorsNameTheField) {
       {"std0", [](S& s) { s.image.std[1] = 0.0f; }, kImg, {"preprocessing.image.std[1] is 0"}},
       {"mean_inf", [](S& s) { s.image.mean[2] = INFINITY; }, kImg, {"preprocessing.image.mean[2] is inf"}},
       {"free_channels", Keep, {"img", D::kUInt8, Shape{-1, 8, 8, -1}},
-       {"preprocessing.image needs a fixed channel count", "got UINT8 [-1, 8, 8, -1]"}},
+       {"preprocessing.image needs a fixed channel count", "got uint8 [-1, 8, 8, -1]"}},
       {"zero_h", Keep, {"img", D::kUInt8, Shape{-1, 0, 8, 3}}, {"preprocessing.image needs H and W"}},
   });
 }
@@ -420,11 +420,11 @@ TEST(CheckPreprocessInput, RejectsWhatTheSignatureAllows) {
     return CheckPreprocessInput(img, TensorView{px, DataType::kUInt8, s}, kCtx);
   };
   EXPECT_TRUE(check_img(Shape{1, 1, 1, 3}).ok());
-  EXPECT_TRUE(Names(check_img(Shape{1, 0, 1, 3}), {"image needs H and W >= 1, got UINT8 [1, 0, 1, 3]"}));
+  EXPECT_TRUE(Names(check_img(Shape{1, 0, 1, 3}), {"image needs H and W >= 1, got uint8 [1, 0, 1, 3]"}));
   EXPECT_TRUE(Names(check_img(Shape{1, 1, 3, 1}), {"image.mean/std do not fit the 1 channels"}));
   const float row[5] = {};
   const Status feats = CheckPreprocessInput(GoodTabular(), {row, DataType::kFloat32, Shape{1, 5}}, kCtx);
-  EXPECT_TRUE(Names(feats, {"tabular does not fit the request tensor FP32 [1, 5]"}));
+  EXPECT_TRUE(Names(feats, {"tabular does not fit the request tensor float32 [1, 5]"}));
 }
 
 }  // namespace

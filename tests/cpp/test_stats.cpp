@@ -226,6 +226,37 @@ TEST(ModelStatsTest, BatchSizeDistributionAndFillRatio) {
   EXPECT_DOUBLE_EQ(s.fill_ratio(), 26.0 / (5.0 * 8.0));
 }
 
+TEST(ModelStatsTest, ResetZeroesEverythingThenCountsAgain) {
+  ModelStats stats(8);
+  stats.AddRequests(3, 7);
+  stats.AddRejected(1);
+  stats.AddDeadlineMissed(1);
+  stats.AddErrors(2);
+  stats.AddCancelled(1);
+  stats.RecordBatch(4, 100, 5000);
+  stats.RecordRequest(10, 120);
+  EXPECT_EQ(stats.Snapshot().last_batch_end_us, 5000u);
+
+  stats.Reset();
+  StatsSnapshot s = stats.Snapshot();
+  EXPECT_EQ(s.requests + s.rows + s.rejected + s.deadline_missed + s.errors + s.cancelled + s.batches, 0u);
+  EXPECT_EQ(s.last_batch_end_us, 0u);
+  for (const HistogramSnapshot* h : {&s.queue_us, &s.compute_us, &s.end_to_end_us}) {
+    EXPECT_EQ(h->count + h->sum + h->max, 0u);
+    for (uint64_t b : h->buckets) EXPECT_EQ(b, 0u);
+  }
+  for (uint64_t n : s.batch_size_counts) EXPECT_EQ(n, 0u);
+
+  stats.RecordBatch(2, 50, 9000);
+  stats.RecordRequest(5, 60);
+  s = stats.Snapshot();
+  EXPECT_EQ(s.batches, 1u);
+  EXPECT_EQ(s.batch_size_counts[2], 1u);
+  EXPECT_EQ(s.last_batch_end_us, 9000u);
+  EXPECT_EQ(s.end_to_end_us.count, 1u);
+  EXPECT_EQ(s.end_to_end_us.max, 60u);
+}
+
 TEST(ModelStatsTest, ZeroAndLargeMaxBatchSize) {
   ModelStats zero(0);
   zero.RecordBatch(3, 10);

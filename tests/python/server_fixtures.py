@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 from typing import Callable, Optional, Sequence
 
@@ -107,6 +108,13 @@ def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1) 
     return pkg
 
 
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class ServerThread:
     """Engine + ModelManager + DataPlane + frontends on an event loop in a background thread."""
 
@@ -147,7 +155,7 @@ class ServerThread:
         self.engine = Engine()
         self.manager = ModelManager(self.engine, repository=self.repository, poll_interval_s=self._poll_interval_s)
         await self.manager.sync()
-        self.dataplane = DataPlane(self.manager)
+        self.dataplane = DataPlane.for_settings(self.manager, self.settings)
         self._polling_stop = asyncio.Event()
         self._polling = asyncio.ensure_future(self.manager.run(self._polling_stop))
         for start in self._starters:

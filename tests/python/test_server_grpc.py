@@ -30,7 +30,7 @@ from inferline.server.proto import convert
 from inferline.server.proto import inference_pb2 as pb
 from inferline.server.settings import ServerSettings
 
-from server_fixtures import ServerThread, int64_model_path, make_repository, slow_model_package
+from server_fixtures import ServerThread, free_port, int64_model_path, make_repository, slow_model_package
 
 with warnings.catch_warnings():  # imported by hypothesis's pytest plugin to report a failure; its
     warnings.simplefilter("ignore")  # dependencies warn (DeprecationWarning), which filterwarnings=error
@@ -723,18 +723,27 @@ def self_signed_cert(tmp_path) -> tuple:
     return str(cert_path), str(key_path)
 
 
-def test_port_shared_by_two_frontends(server, url):
-    """grpc.so_reuseport: a second frontend (another worker, in real life) binds the same port."""
+def test_port_shared_by_two_frontends(repository):
+    """grpc.so_reuseport with --workers > 1: a second frontend (another worker, in real life) binds the same port."""
+    port = free_port()
+    settings = ServerSettings(host="127.0.0.1", grpc_port=port, workers=2)
+    with ServerThread(repository, [start_grpc], settings) as server:
+        second = server.call(start_grpc(server.dataplane, settings))
+        try:
+            assert second.port == server.ports[0] == port
+            for _ in range(4):  # whichever of the two answers, it answers right
+                c = tc.InferenceServerClient(f"127.0.0.1:{port}")
+                assert c.infer("digits-mlp", [infer_input(PIXELS[:1])]).as_numpy("label").item() == LABELS[0].item()
+                c.close()
+        finally:
+            server.call(second.stop(0))
+
+
+def test_single_worker_port_is_not_shared(server):
+    """With one worker nothing else may bind the port: a second server fails instead of splitting traffic."""
     settings = ServerSettings(host="127.0.0.1", grpc_port=server.ports[0])
-    second = server.call(start_grpc(server.dataplane, settings))
-    try:
-        assert second.port == server.ports[0]
-        for _ in range(4):  # whichever of the two answers, it answers right
-            c = tc.InferenceServerClient(url)
-            assert c.infer("digits-mlp", [infer_input(PIXELS[:1])]).as_numpy("label").item() == LABELS[0].item()
-            c.close()
-    finally:
-        server.call(second.stop(0))
+    with pytest.raises(OSError, match="cannot bind"):
+        server.call(start_grpc(server.dataplane, settings))
 
 
 def test_stop_refuses_new_calls(repository):

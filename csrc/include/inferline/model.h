@@ -91,6 +91,8 @@ class Model {
   void Wake();
 
   StatsSnapshot Stats() const;
+  // Zeroes the statistics (see ModelStats::Reset): call while no request is in flight.
+  void ResetStats() noexcept;
   uint64_t NowUs() const noexcept;
   const ModelConfig& config() const noexcept;
   // Inputs as the backend sees them (after preprocessing).

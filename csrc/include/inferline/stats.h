@@ -69,6 +69,8 @@ class alignas(kCacheLineBytes) LatencyHistogram {
   // Relaxed fetch_add on the bucket, count and sum; max via a relaxed CAS loop.
   void Record(uint64_t value) noexcept;
   HistogramSnapshot Snapshot() const;
+  // Relaxed stores of zero; see ModelStats::Reset for when that is exact.
+  void Reset() noexcept;
 
   // For v >= 16 with top bit k: the top five bits (16..31) picked by v >> (k-4),
   // offset by 16 per exponent above 4. Values below 32 map to themselves.
@@ -114,6 +116,7 @@ struct StatsSnapshot {
   uint64_t deadline_missed = 0;  // also counts requests refused at Submit with a passed deadline (not in `requests`)
   uint64_t errors = 0;
   uint64_t cancelled = 0;
+  uint64_t last_batch_end_us = 0;  // the model's clock when the latest batch finished; 0 = none yet
   HistogramSnapshot queue_us, compute_us, end_to_end_us;
   std::vector<uint64_t> batch_size_counts;  // index = rows in the batch (0..max_batch_size)
 
@@ -137,10 +140,16 @@ class ModelStats {
   void AddDeadlineMissed(uint64_t n) noexcept;
   void AddErrors(uint64_t n) noexcept;
   void AddCancelled(uint64_t n) noexcept;
-  // One executed batch; rows above max_batch_size are counted as max_batch_size.
-  void RecordBatch(uint32_t rows, uint64_t compute_us) noexcept;
+  // One executed batch that finished at `end_us` (the model's clock); rows above
+  // max_batch_size are counted as max_batch_size. With several executors the
+  // recorded end is that of the batch recorded last (close to, not always, the latest).
+  void RecordBatch(uint32_t rows, uint64_t compute_us, uint64_t end_us = 0) noexcept;
   void RecordRequest(uint64_t queue_us, uint64_t end_to_end_us) noexcept;  // one request answered
   StatsSnapshot Snapshot() const;
+  // Zeroes every counter and histogram (e.g. after a warm-up, so that served
+  // traffic alone is counted). Exact when no request is in flight; a record
+  // racing with Reset may be partly kept (never torn).
+  void Reset() noexcept;
 
   uint32_t max_batch_size() const noexcept { return max_batch_size_; }
 
@@ -161,7 +170,7 @@ class ModelStats {
   } submit_;
   // Executor threads.
   struct alignas(kCacheLineBytes) {
-    std::atomic<uint64_t> batches{0};
+    std::atomic<uint64_t> batches{0}, last_batch_end_us{0};
   } exec_;
   // Outcomes, written by whichever thread finishes a request.
   struct alignas(kCacheLineBytes) {

@@ -21,7 +21,7 @@ enum class DataType : uint8_t {
 };
 
 size_t DataTypeSize(DataType dt) noexcept;
-const char* DataTypeName(DataType dt) noexcept;  // "FP32", "INT64", ...
+const char* DataTypeName(DataType dt) noexcept;  // "float32", "int64", ... (the config vocabulary)
 // Parses a KServe name ("FP32") or a NumPy-style name ("float32"); false if unknown.
 bool ParseDataType(const std::string& name, DataType* out) noexcept;
 

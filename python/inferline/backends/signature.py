@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..config import NUMPY_TO_KSERVE, ImagePreprocess, ModelConfig, TabularPreprocess, TensorSpec
+from ..config import ImagePreprocess, ModelConfig, TabularPreprocess, TensorSpec
 from ..errors import InvalidArgument
 
 
@@ -62,7 +62,6 @@ def shape_text(shape: Optional[Iterable]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def describe(dtype: str, shape, kserve: bool = True) -> str:
-    """'FP32 [-1, 64]' (KServe name) or 'float32 [-1, 64]' (kserve=False)."""
-    name = NUMPY_TO_KSERVE.get(dtype, dtype) if kserve else dtype
-    return f"{name} {shape_text(shape)}"
+def describe(dtype: str, shape) -> str:
+    """'float32 [-1, 64]': the config's vocabulary (NumPy dtype names)."""
+    return f"{dtype} {shape_text(shape)}"

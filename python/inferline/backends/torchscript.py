@@ -185,7 +185,7 @@ def _check_signature(config: ModelConfig, run: _Runner, artifact: str) -> None:
     specs = backend_inputs(config)
     for rows in (1, 2):
         arrays = [np.zeros((rows,) + tuple(d if d > 0 else 1 for d in s.shape[1:]), s.dtype) for s in specs]
-        fed = ", ".join(f"{s.name!r} {describe(a.dtype.name, a.shape, kserve=False)}" for s, a in zip(specs, arrays))
+        fed = ", ".join(f"{s.name!r} {describe(a.dtype.name, a.shape)}" for s, a in zip(specs, arrays))
         try:
             out = run.forward(arrays)
         except Exception as e:
@@ -207,7 +207,7 @@ def _compare(spec, a: np.ndarray, rows: int, artifact: str) -> str:
     if ok:
         return ""
     return (f"output {spec.name!r} is {describe(spec.dtype, spec.shape)} in the config but {artifact} returned "
-            f"{describe(a.dtype.name, a.shape, kserve=False)} for a {rows}-row batch")
+            f"{describe(a.dtype.name, a.shape)} for a {rows}-row batch")
 
 
 def _brief(e: Exception) -> str:

@@ -2,26 +2,89 @@
 
 One worker = one engine + the registry watcher + the gRPC and REST frontends on
 one asyncio loop. ``--workers N`` starts N such processes sharing the ports
-(SO_REUSEPORT), each with its own engine. SIGTERM/SIGINT: readiness turns
-false, the frontends stop accepting, in-flight requests finish (bounded by
-``shutdown_grace_s``), queued requests are drained, exit 0.
+(SO_REUSEPORT), each with its own engine; only one server's workers may share a
+port (``PortGuard``): a second, independent server fails with "address in use".
+
+SIGTERM/SIGINT: readiness turns false at once, but the frontends keep accepting
+for ``drain_seconds`` (load balancers need a moment to see readiness turn
+false; a second signal cuts the window short), then stop accepting; in-flight
+requests finish (bounded by ``shutdown_grace_s``), queued ones are drained, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 
 from ..engine import Engine
+from ..errors import Unavailable
 from .dataplane import DataPlane
 from .model_manager import ModelManager
-from .settings import ServerSettings
+from .settings import ServerSettings, add_arguments
 
 log = logging.getLogger("inferline.server")
+
+
+class AddressInUse(Unavailable):
+    """A port this server needs is held by another process."""
+
+
+class PortGuard:
+    """Claims this server's ports for the lifetime of the process that holds the guard.
+
+    Two checks per port: an abstract Unix socket named after the address (Linux; scoped like
+    ports, per network namespace, and released by the kernel when the holder exits), which a
+    second inferline server cannot bind even though this server's workers use SO_REUSEPORT;
+    and a probe bind without SO_REUSEPORT, which fails when any other process listens there.
+    Port 0 (any free port) needs no guard.
+    """
+
+    def __init__(self, host: str, ports: dict):
+        self._held: list = []
+        try:
+            for what, port in ports.items():
+                if port:
+                    self._claim(what, host, port)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim(self, what: str, host: str, port: int) -> None:
+        taken = f"{what} port {port} on {host}: address in use"
+        if sys.platform.startswith("linux"):
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                lock.bind(f"\0inferline-serve:{host}:{port}")
+            except OSError as e:
+                lock.close()
+                if e.errno == errno.EADDRINUSE:
+                    raise AddressInUse(f"{taken} (another inferline server serves it)") from None
+                raise
+            self._held.append(lock)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise AddressInUse(f"{what} port {port}: cannot resolve host {host!r}: {e}") from None
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict
+            try:
+                probe.bind(infos[0][4])
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise AddressInUse(f"{taken} (another process listens there)") from None
+                raise AddressInUse(f"{what} port {port} on {host}: cannot bind: {e.strerror}") from None
+
+    def close(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
 
 
 async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: bool = True) -> int:
@@ -31,19 +94,30 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     engine = Engine()
     manager = ModelManager(engine, settings.repository, settings.poll_interval_s)
     await manager.sync()
-    dataplane = DataPlane(manager)
+    dataplane = DataPlane.for_settings(manager, settings)
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal():
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     if ready_message:
         _print_ready(settings, grpc_frontend.port, rest_frontend.port, manager, worker)
     poller = asyncio.create_task(manager.run(stop))
     await stop.wait()
 
     dataplane.accepting = False  # ready -> false first, so balancers move traffic away
+    if settings.drain_seconds > 0:
+        print(f"inferline worker {worker}: readiness false; still accepting for {settings.drain_seconds:g} s "
+              f"(signal again to stop now)", flush=True)
+        try:
+            await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
+        except asyncio.TimeoutError:
+            pass
     await asyncio.gather(grpc_frontend.stop(settings.shutdown_grace_s), rest_frontend.stop(settings.shutdown_grace_s))
     await poller
     manager.close()
@@ -64,16 +138,37 @@ def _worker_main(settings: ServerSettings, worker: int) -> None:
     sys.exit(asyncio.run(run_worker(settings, worker)))
 
 
+def _warn_exposure(settings: ServerSettings) -> None:
+    if settings.loopback_only:
+        return
+    if not settings.admin_token:
+        print(f"warning: listening on {settings.host} (beyond loopback) without --admin-token: anyone who reaches "
+              f"the ports can run inference; repository control (load/unload) is refused until a token is set",
+              file=sys.stderr, flush=True)
+    if not settings.tls:
+        print(f"warning: listening on {settings.host} without TLS (--tls-cert/--tls-key): requests travel in the "
+              f"clear", file=sys.stderr, flush=True)
+
+
 def serve(settings: ServerSettings) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
     from ..registry.service import open_registry
 
-    open_registry(settings.repository).close()  # seeds the default repository once, before any worker
-    if settings.workers <= 1:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        return asyncio.run(run_worker(settings))
-    if 0 in (settings.http_port, settings.grpc_port):
-        raise SystemExit("--workers > 1 needs fixed ports (the workers share them)")
+    guard = PortGuard(settings.host, {"HTTP": settings.http_port, "gRPC": settings.grpc_port})
+    try:
+        _warn_exposure(settings)
+        open_registry(settings.repository).close()  # seeds the default repository once, before any worker
+        if settings.workers <= 1:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+            return asyncio.run(run_worker(settings))
+        if 0 in (settings.http_port, settings.grpc_port):
+            raise SystemExit("--workers > 1 needs fixed ports (the workers share them)")
+        return _run_workers(settings)
+    finally:
+        guard.close()
+
+
+def _run_workers(settings: ServerSettings) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(settings, i), name=f"inferline-worker-{i}")
              for i in range(settings.workers)]
@@ -93,25 +188,14 @@ def serve(settings: ServerSettings) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve the registry's live models over gRPC and REST (KServe v2)")
-    p.add_argument("--repository", metavar="URL_OR_DIR", help="registry (default: INFERLINE_REPOSITORY or "
-                                                               "~/.inferline/repository with the demo models)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--http-port", type=int, help="REST port (default 8000)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 8002; reserved)")
-    p.add_argument("--workers", type=int, help="processes sharing the ports (default 1)")
-    p.add_argument("--poll-interval", type=float, dest="poll_interval_s", help="registry poll seconds (default 2)")
-    p.add_argument("--admin-token", help="bearer token for load/unload (or INFERLINE_ADMIN_TOKEN)")
-    p.add_argument("--tls-cert", help="PEM certificate (with --tls-key: TLS for gRPC and HTTP)")
-    p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--max-message-bytes", type=int, help="largest accepted request (default 64 MiB)")
+    p = sub.add_parser("serve", help="serve the registry's live models over gRPC and REST (KServe v2)",
+                       description="Serves every live (and canary) version in the registry over gRPC and REST "
+                                   "(KServe v2 / Open Inference Protocol). Each flag can also be set with the "
+                                   "INFERLINE_<FLAG> environment variable shown in its help.")
+    add_arguments(p)
 
 
 def run(args) -> int:
-    fields = ("repository", "host", "http_port", "grpc_port", "metrics_port", "workers", "poll_interval_s",
-              "admin_token", "tls_cert", "tls_key", "max_message_bytes")
-    settings = ServerSettings.from_env(**{f: getattr(args, f) for f in fields})
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise SystemExit("--tls-cert and --tls-key go together")
-    return serve(settings)
+    import dataclasses
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
+    return serve(ServerSettings.from_env(**overrides))

@@ -8,10 +8,12 @@ gRPC codes and HTTP statuses in one place by each frontend.
 
 from __future__ import annotations
 
+import hmac
+from typing import Iterable, Optional
 
 from .. import __version__
 from ..config import NUMPY_TO_KSERVE
-from ..errors import InvalidArgument, ModelNotFound
+from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
 from .model_manager import ModelManager
 from .types import InferOutput, InferRequest, InferResponse
 
@@ -28,10 +30,21 @@ def kserve_priority_to_level(priority: int, levels: int) -> int:
 
 
 class DataPlane:
-    def __init__(self, models: ModelManager, name: str = "inferline"):
+    """`admin_token`: the bearer token repository control needs. Without one, control is open only
+    when `open_control` (the server listens on loopback only) and refused otherwise."""
+
+    def __init__(self, models: ModelManager, name: str = "inferline", *, admin_token: Optional[str] = None,
+                 open_control: bool = True):
         self.models = models
         self.name = name
         self.accepting = True  # false while shutting down: ready turns false, live stays true
+        self._admin = admin_token.encode() if admin_token else None
+        self._open_control = open_control
+
+    @classmethod
+    def for_settings(cls, models: ModelManager, settings) -> "DataPlane":
+        """The data plane a server with `settings` (a ServerSettings) answers from."""
+        return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only)
 
     # ---- health and metadata ------------------------------------------------
     def live(self) -> bool:
@@ -85,11 +98,32 @@ class DataPlane:
         index = self.models.index()
         return [m for m in index if m["state"] == "READY"] if ready_only else index
 
-    async def repository_load(self, name: str) -> None:
+    async def repository_load(self, name: str, parameters: Iterable[str] = (), *,
+                              authorization: Optional[str] = None) -> None:
+        """`parameters`: the names of the request's load parameters; `authorization`: the caller's
+        'Authorization' header (REST) or metadata (gRPC) value."""
+        self.authorize(authorization, f"load {name!r}")
+        _require_name(name, "load")
+        if any(k == "config" or k.startswith("file:") for k in parameters):
+            raise Unimplemented(f"load {name!r}: loading a config or files sent over the wire is not supported; "
+                                f"push the package with `inferline models push` and load it by name")
         await self.models.load_model(name)
 
-    async def repository_unload(self, name: str) -> None:
+    async def repository_unload(self, name: str, *, authorization: Optional[str] = None) -> None:
+        self.authorize(authorization, f"unload {name!r}")
+        _require_name(name, "unload")
         await self.models.unload_model(name)
+
+    def authorize(self, authorization: Optional[str], call: str) -> None:
+        """The one check for control calls: a matching bearer token, or an open loopback-only server."""
+        if self._admin is None:
+            if self._open_control:
+                return
+            raise PermissionDenied(f"{call}: repository control is disabled because this server listens beyond "
+                                   f"loopback without an admin token (start it with --admin-token)")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin):
+            raise Unauthenticated(f"{call}: requires 'Authorization: Bearer <admin token>'")
 
     # ---- inference ------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
@@ -135,6 +169,11 @@ class DataPlane:
         rec = self.models.record(handle.name, handle.version)
         backend = (rec.config.get("backend") or {}).get("name", "onnxruntime") if rec else "python"
         return PLATFORMS.get(backend, ("python", "python"))
+
+
+def _require_name(name: str, call: str) -> None:
+    if not name:
+        raise InvalidArgument(f"{call}: a model name is required")
 
 
 def _tensor_meta(spec) -> dict:

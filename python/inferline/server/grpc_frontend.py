@@ -16,7 +16,6 @@ as the service asks about that model) and server reflection.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -27,7 +26,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from ..errors import InferlineError, InvalidArgument, Unauthenticated, Unimplemented
+from ..errors import InferlineError, InvalidArgument, Unimplemented
 from .dataplane import DataPlane
 from .proto import convert
 from .proto import inference_pb2 as pb
@@ -87,9 +86,8 @@ def _unary(method, request_type):
 class InferenceService:
     """The RPCs of inference.GRPCInferenceService, each a thin conversion around the DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, admin_token: Optional[str] = None):
+    def __init__(self, dataplane: DataPlane):
         self.dp = dataplane
-        self._admin = None if not admin_token else admin_token.encode()
 
     def generic_handler(self):
         u = _unary
@@ -192,40 +190,26 @@ class InferenceService:
         return convert.repository_index(self.dp.repository_index(ready_only=request.ready))
 
     async def repository_model_load(self, request, context):
-        self._authorize(context, "RepositoryModelLoad")
-        _require_name(request.model_name, "RepositoryModelLoad")
-        if any(k == "config" or k.startswith("file:") for k in request.parameters):
-            raise Unimplemented(f"RepositoryModelLoad {request.model_name!r}: loading a config or files sent over "
-                                f"the wire is not supported; push the package with `inferline models push`")
-        await self.dp.repository_load(request.model_name)
+        await self.dp.repository_load(request.model_name, request.parameters.keys(),
+                                      authorization=_authorization(context))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request, context):
-        self._authorize(context, "RepositoryModelUnload")
-        _require_name(request.model_name, "RepositoryModelUnload")
-        await self.dp.repository_unload(request.model_name)
+        await self.dp.repository_unload(request.model_name, authorization=_authorization(context))
         return pb.RepositoryModelUnloadResponse()
 
-    def _authorize(self, context, rpc: str) -> None:
-        if self._admin is None:
-            return
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._admin):
-                    return
-        raise Unauthenticated(f"{rpc}: requires metadata 'authorization: Bearer <admin token>'")
+
+def _authorization(context) -> Optional[str]:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
 
 
 def _deadline_us(context) -> Optional[int]:
     """Microseconds left before the call's gRPC deadline (None: no deadline)."""
     left_s = context.time_remaining()
     return None if left_s is None else max(int(left_s * 1e6), 1)
-
-
-def _require_name(name: str, rpc: str) -> None:
-    if not name:
-        raise InvalidArgument(f"{rpc}: model_name is empty")
 
 
 def _unimplemented(rpc: str):
@@ -303,9 +287,9 @@ async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFron
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED from grpc
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 1),                    # --workers N processes share the port
+        ("grpc.so_reuseport", int(settings.workers > 1)),  # only a server's own workers share its port
     ])
-    server.add_generic_rpc_handlers((InferenceService(dataplane, settings.admin_token).generic_handler(),))
+    server.add_generic_rpc_handlers((InferenceService(dataplane).generic_handler(),))
     health_service = HealthService(dataplane)
     await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)  # for Watch; Check asks live
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

@@ -21,7 +21,6 @@ becomes ``{"error": message}`` with the status from ``http_status``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import ssl
@@ -30,7 +29,7 @@ from typing import Optional
 import numpy as np
 from aiohttp import web
 
-from ..errors import InferlineError, InvalidArgument, Unimplemented
+from ..errors import InferlineError, InvalidArgument, Unauthenticated
 from .codec import from_list, from_raw
 from .types import InferInput, InferRequest, InferResponse
 
@@ -58,6 +57,8 @@ def error_response(status: int, message: str, headers: Optional[dict] = None) ->
 async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
+    except Unauthenticated as e:
+        return error_response(http_status(e), e.message, {"WWW-Authenticate": 'Bearer realm="inferline"'})
     except InferlineError as e:
         return error_response(http_status(e), e.message)
     except web.HTTPException as e:
@@ -282,7 +283,8 @@ class RestFrontend:
         s = self.settings
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=s.shutdown_grace_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.http_port, ssl_context=_ssl_context(s), reuse_port=True)
+        site = web.TCPSite(self._runner, s.host, s.http_port, ssl_context=_ssl_context(s),
+                           reuse_port=s.workers > 1)  # only a server's own workers share its port
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -339,30 +341,20 @@ class RestFrontend:
         return _json(self.dataplane.repository_index(ready))
 
     async def _load(self, request: web.Request) -> web.Response:
-        self._check_admin(request)
+        name, auth = request.match_info["name"], request.headers.get("Authorization")
+        self.dataplane.authorize(auth, f"load {name!r}")  # before the body is read
         doc = await _optional_json(request, "load request")
         params = _object(doc.get("parameters"), "load request 'parameters'")
-        if any(k == "config" or k.startswith("file:") for k in params):
-            raise Unimplemented("load with an override 'config' or 'file:' is not supported: push the package "
-                                "to the registry (inferline models push) and load it by name")
-        await self.dataplane.repository_load(request.match_info["name"])
+        await self.dataplane.repository_load(name, params.keys(), authorization=auth)
         return web.Response(status=200)
 
     async def _unload(self, request: web.Request) -> web.Response:
-        self._check_admin(request)
+        name, auth = request.match_info["name"], request.headers.get("Authorization")
+        self.dataplane.authorize(auth, f"unload {name!r}")
         doc = await _optional_json(request, "unload request")
         _object(doc.get("parameters"), "unload request 'parameters'")  # unload_dependents: nothing depends
-        await self.dataplane.repository_unload(request.match_info["name"])
+        await self.dataplane.repository_unload(name, authorization=auth)
         return web.Response(status=200)
-
-    def _check_admin(self, request: web.Request) -> None:
-        token = self.settings.admin_token
-        if not token:
-            return
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise web.HTTPUnauthorized(text="this endpoint needs 'Authorization: Bearer <admin token>'",
-                                       headers={"WWW-Authenticate": 'Bearer realm="inferline"'})
 
 
 async def start_rest(dataplane, settings) -> RestFrontend:

@@ -1,62 +1,174 @@
-"""Server settings: typed, one docstring per field, overridable from INFERLINE_* environment variables."""
+"""Server settings: typed, documented once, each one a flag and an ``INFERLINE_*`` variable.
+
+Every field of ``ServerSettings`` is the flag ``--<flag>`` of ``inferline serve`` and the
+environment variable ``INFERLINE_<FLAG>`` (dashes become underscores, upper case): the
+flag's name is the one source of both, so the two cannot drift apart. Precedence:
+defaults < environment < flags. A value that does not parse is a one-line
+``SettingsError`` naming the variable or flag; an ``INFERLINE_*`` variable that names no
+setting (a typo) draws a warning.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-from dataclasses import dataclass
+import socket
+import sys
+from dataclasses import dataclass, field
 from typing import Optional
 
+from ..errors import InvalidArgument
+
 ENV_PREFIX = "INFERLINE_"
+
+# INFERLINE_* variables read elsewhere (registry, build, tests): not server settings, not typos.
+OTHER_ENV = frozenset({
+    "INFERLINE_REGISTRY_DB", "INFERLINE_S3_ENDPOINT_URL", "INFERLINE_REQUIRE_GPU", "INFERLINE_CI_VENV",
+})
+
+
+class SettingsError(InvalidArgument):
+    """A setting's value does not parse or is out of range."""
+
+
+def _setting(default, help: str, flag: Optional[str] = None, metavar: Optional[str] = None):
+    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
 
 
 @dataclass
 class ServerSettings:
-    host: str = "127.0.0.1"
-    """Address to bind; 127.0.0.1 unless told otherwise."""
-    http_port: int = 8000
-    """REST (KServe v2 HTTP/JSON) port."""
-    grpc_port: int = 8001
-    """gRPC (inference.GRPCInferenceService) port."""
-    metrics_port: int = 8002
-    """Reserved for the Prometheus endpoint (observability issue); not bound yet."""
-    workers: int = 1
-    """Server processes sharing the ports (SO_REUSEPORT), each with its own engine."""
-    repository: Optional[str] = None
-    """Registry location (see `inferline models`); None = INFERLINE_REPOSITORY or the default."""
-    poll_interval_s: float = 2.0
-    """How often the registry is checked for new live/canary versions."""
-    admin_token: Optional[str] = None
-    """Bearer token required by state-changing endpoints (load, unload); None = not required."""
-    tls_cert: Optional[str] = None
-    """PEM certificate file; with tls_key, serves gRPC and HTTP over TLS."""
-    tls_key: Optional[str] = None
-    """PEM private key file."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest request accepted (gRPC message / HTTP body); larger ones are refused cleanly."""
-    shutdown_grace_s: float = 10.0
-    """On SIGTERM/SIGINT: how long in-flight requests may take to finish."""
+    repository: Optional[str] = _setting(
+        None, "registry directory or fsspec URL (default ~/.inferline/repository, seeded with the demo models)",
+        metavar="URL_OR_DIR")
+    host: str = _setting("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    http_port: int = _setting(8000, "REST (KServe v2 HTTP/JSON) port (default 8000; 0 = any free port)")
+    grpc_port: int = _setting(8001, "gRPC (inference.GRPCInferenceService) port (default 8001; 0 = any free port)")
+    metrics_port: int = _setting(8002, "reserved for the Prometheus endpoint (default 8002; nothing listens yet)")
+    workers: int = _setting(1, "server processes sharing the ports, each with its own engine (default 1)")
+    poll_interval_s: float = _setting(2.0, "seconds between registry polls for new live/canary versions (default 2)",
+                                      flag="poll-interval")
+    admin_token: Optional[str] = _setting(
+        None, "bearer token for repository control (load/unload); without one, control is refused "
+              "unless the server listens on loopback only")
+    tls_cert: Optional[str] = _setting(None, "PEM certificate (with --tls-key: TLS for gRPC and HTTP)")
+    tls_key: Optional[str] = _setting(None, "PEM private key")
+    max_message_bytes: int = _setting(64 * 1024 * 1024, "largest accepted request in bytes (default 64 MiB)")
+    drain_seconds: float = _setting(
+        3.0, "on SIGTERM/SIGINT: seconds to keep accepting with readiness false, so load balancers "
+             "move traffic away before the listeners close (default 3; a second signal skips it)")
+    shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
+                                             "to finish (default 10)", flag="shutdown-grace")
+
+    # ---- one source for flags and variables ---------------------------------
+    @staticmethod
+    def flag(f: dataclasses.Field) -> str:
+        return f.metadata.get("flag") or f.name.replace("_", "-")
 
     @classmethod
-    def from_env(cls, **overrides) -> "ServerSettings":
-        """Defaults, then INFERLINE_<FIELD> environment variables, then explicit overrides (not None)."""
+    def env_name(cls, f: dataclasses.Field) -> str:
+        return ENV_PREFIX + cls.flag(f).replace("-", "_").upper()
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "ServerSettings":
+        """Defaults, then INFERLINE_<FLAG> variables, then explicit overrides (those not None)."""
+        environ = os.environ if environ is None else environ
         values = {}
+        known = set(OTHER_ENV)
         for f in dataclasses.fields(cls):
-            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            name = cls.env_name(f)
+            known.add(name)
+            raw = environ.get(name)
             if raw is not None:
-                values[f.name] = _parse(f, raw)
+                values[f.name] = _parse(f, raw, name)
+        unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+        if unknown:
+            names = ", ".join(cls.env_name(f) for f in dataclasses.fields(cls))
+            print(f"warning: ignoring unknown environment variable(s) {', '.join(unknown)} "
+                  f"(server settings: {names})", file=sys.stderr, flush=True)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"--{name.replace('_', '-')} {port}: a port is 0..65535")
+        if self.workers < 1:
+            raise SettingsError(f"--workers {self.workers}: at least 1")
+        for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: must not be negative")
+        if self.max_message_bytes < 1024:
+            raise SettingsError(f"--max-message-bytes {self.max_message_bytes}: at least 1024")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("--tls-cert and --tls-key go together")
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert and self.tls_key)
 
+    @property
+    def loopback_only(self) -> bool:
+        """True when the server can be reached from this machine only."""
+        return is_loopback(self.host)
 
-def _parse(f, raw: str):
+    @property
+    def control_allowed_without_token(self) -> bool:
+        """Repository control with no token configured: allowed only on a loopback-only server."""
+        return self.loopback_only
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback address ('' and 0.0.0.0 are not)."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def _parse(f: dataclasses.Field, raw: str, where: str):
     kind = str(f.type)
-    if "int" in kind and "Optional" not in kind:
-        return int(raw)
-    if "float" in kind:
-        return float(raw)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{where}={raw!r}: expected {'an integer' if kind == 'int' else 'a number'}") from None
     return raw
+
+
+def add_arguments(parser) -> None:
+    """One flag per setting, named and documented by the setting itself."""
+    for f in dataclasses.fields(ServerSettings):
+        kind = str(f.type)
+        parser.add_argument("--" + ServerSettings.flag(f), dest=f.name, metavar=f.metadata.get("metavar"),
+                            type=_argparse_type(kind, ServerSettings.flag(f)),
+                            help=f"{f.metadata['help']} [env {ServerSettings.env_name(f)}]")
+
+
+def _argparse_type(kind: str, flag: str):
+    if kind not in ("int", "float"):
+        return None
+    convert = int if kind == "int" else float
+
+    def parse(raw: str):
+        try:
+            return convert(raw)
+        except ValueError:
+            import argparse
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
+                                             f"got {raw!r}") from None
+
+    parse.__name__ = kind
+    return parse
