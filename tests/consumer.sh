@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real consumer build: installs the C++ core into a temporary prefix, builds
 # csrc/examples/host as a SEPARATE CMake project against that installed package
-# (find_package(inferline CONFIG REQUIRED)), and runs it on the demo digits MLP
+# (find_package(inferline CONFIG REQUIRED)), and runs it on the demo dense MLP (`dense-demo`, untrained)
 # exported from the installed inferline Python package. Fails when the host's
 # answers differ from the Python engine's by a single bit.
 #   bash tests/consumer.sh            (needs: cmake, a C++20 compiler, inferline installed)

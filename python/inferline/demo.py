@@ -1,9 +1,11 @@
 """The demo: many concurrent callers push single rows through the engine.
 
-A small MLP (64 -> 128 -> 10, fixed seed, NumPy) on 8x8 digit-like inputs,
-served with tabular preprocessing and deadline-aware micro-batching. Prints
-throughput, latency percentiles seen by the callers, and how full the batches
-were. Until the network server lands this is what `inferline` runs by default.
+The model is ``dense-demo``: an untrained MLP (64 -> 128 -> 10, fixed random
+weights, NumPy) on 8x8 digit-like inputs, served with tabular preprocessing and
+deadline-aware micro-batching. It is not the registry's trained ``digits-mlp``
+(64 -> 64 -> 10, ONNX): the demo measures the engine, not a model, and the C++
+example host reproduces it bit for bit. Prints throughput, latency percentiles
+seen by the callers, and how full the batches were.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def demo_model(seed: int = 7):
         return {"logits": logits, "label": np.argmax(logits, axis=1).astype(np.int64)[:, None]}
 
     config = ModelConfig(
-        name="digits-mlp",
+        name="dense-demo",
         inputs=[("pixels", "float32", (-1, 64))],
         outputs=[("logits", "float32", (-1, 10)), ("label", "int64", (-1, 1))],
         batching=BatchingConfig(max_batch_size=32, max_queue_delay_us=2000),

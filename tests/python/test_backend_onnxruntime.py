@@ -127,7 +127,7 @@ def test_preprocessed_inputs_are_checked_in_backend_facing_form(engine, rng, tmp
                          preprocessing=config.preprocessing)
     with pytest.raises(InvalidArgument) as e:
         engine.load(bad, make_backend(BackendSpec(), raw))
-    assert ("model 'img' version 2: input 'img' (after image preprocessing) is FP32 [-1, 3, 8, 8] in the config "
+    assert ("model 'img' version 2: input 'img' (after image preprocessing) is float32 [-1, 3, 8, 8] in the config "
             "but uint8 ['N', 8, 8, 3] in raw.onnx") in str(e.value)
 
 
@@ -144,15 +144,15 @@ def test_tabular_preprocessing_keeps_the_shape(engine, rng, mlp):
     ([("z", "FP32", (-1, 4))], [("y", "FP32", (-1, 3))], "input 'z' is not an input of model.onnx (its inputs: x)"),
     ([("x", "FP32", (-1, 4))], [("out", "FP32", (-1, 3))], "output 'out' is not an output of model.onnx"),
     ([("x", "FP64", (-1, 4))], [("y", "FP32", (-1, 3))],
-     "input 'x' is FP64 [-1, 4] in the config but float32 ['N', 4] in model.onnx"),
+     "input 'x' is float64 [-1, 4] in the config but float32 ['N', 4] in model.onnx"),
     ([("x", "FP32", (-1, 4))], [("y", "INT64", (-1, 3))],
-     "output 'y' is INT64 [-1, 3] in the config but float32 ['N', 3] in model.onnx"),
+     "output 'y' is int64 [-1, 3] in the config but float32 ['N', 3] in model.onnx"),
     ([("x", "FP32", (-1, 4, 1))], [("y", "FP32", (-1, 3))],
-     "input 'x' is FP32 [-1, 4, 1] in the config but float32 ['N', 4] in model.onnx"),
+     "input 'x' is float32 [-1, 4, 1] in the config but float32 ['N', 4] in model.onnx"),
     ([("x", "FP32", (-1, 64))], [("y", "FP32", (-1, 3))],
-     "input 'x' is FP32 [-1, 64] in the config but float32 ['N', 4] in model.onnx"),
+     "input 'x' is float32 [-1, 64] in the config but float32 ['N', 4] in model.onnx"),
     ([("x", "FP32", (-1, 4))], [("y", "FP32", (-1, 7))],
-     "output 'y' is FP32 [-1, 7] in the config but float32 ['N', 3] in model.onnx"),
+     "output 'y' is float32 [-1, 7] in the config but float32 ['N', 3] in model.onnx"),
 ])
 def test_signature_mismatch_is_refused_naming_the_tensor(engine, mlp, inputs, outputs, expected):
     config = il.ModelConfig(name="m", version=2, inputs=inputs, outputs=outputs)
@@ -165,7 +165,7 @@ def test_signature_mismatch_is_refused_naming_the_tensor(engine, mlp, inputs, ou
 
 def test_every_mismatch_is_reported_at_once(engine, mlp):
     config = il.ModelConfig(name="m", inputs=[("x", "FP64", (-1, 4))], outputs=[("y", "FP32", (-1, 9))])
-    with pytest.raises(InvalidArgument, match=r"input 'x' is FP64 .*; output 'y' is FP32 \[-1, 9\]"):
+    with pytest.raises(InvalidArgument, match=r"input 'x' is float64 .*; output 'y' is float32 \[-1, 9\]"):
         make_backend(BackendSpec(), mlp[0]).create(config)
 
 

@@ -131,11 +131,11 @@ def test_identity_output_is_a_copy_of_the_batch(engine, rng, tmp_path):
 # ---- signature checks ---------------------------------------------------------------------
 @pytest.mark.parametrize("outputs, expected", [
     ([("y", "FP64", (-1, 3)), ("c", "INT64", (-1, 2))],
-     "output 'y' is FP64 [-1, 3] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
+     "output 'y' is float64 [-1, 3] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
     ([("y", "FP32", (-1, 5)), ("c", "INT64", (-1, 2))],
-     "output 'y' is FP32 [-1, 5] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
+     "output 'y' is float32 [-1, 5] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
     ([("y", "FP32", (-1, 3)), ("c", "INT64", (-1, 2, 1))],
-     "output 'c' is INT64 [-1, 2, 1] in the config but model.pt returned int64 [1, 2] for a 1-row batch"),
+     "output 'c' is int64 [-1, 2, 1] in the config but model.pt returned int64 [1, 2] for a 1-row batch"),
     ([("y", "FP32", (-1, 3))], "the module returned 2 output(s), the config declares 1 ('y')"),
 ])
 def test_output_mismatch_is_refused_naming_the_tensor(engine, tuple_net, outputs, expected):

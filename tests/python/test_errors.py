@@ -12,7 +12,7 @@ from conftest import make_config, rowwise
 
 @pytest.mark.parametrize("inputs, match", [
     ({"x": np.ones((2, 5), np.float32)}, r"input 'x': expected shape \[-1, 4\].*got \[2, 5\]"),
-    ({"x": np.ones((2, 4), np.float64)}, r"input 'x': expected FP32, got FP64"),
+    ({"x": np.ones((2, 4), np.float64)}, r"input 'x': expected float32, got float64"),
     ({"x": np.ones((4,), np.float32)}, r"input 'x': expected shape \[-1, 4\]"),
     ({"x": np.ones((0, 4), np.float32)}, r"at least one row"),
     ({}, r"input 'x': missing"),
@@ -77,7 +77,7 @@ def test_backend_error_isolated_to_failing_requests(engine):
 
 def test_backend_wrong_output_is_internal_error(engine):
     engine.load(make_config(), lambda d: {"y": d["x"].astype(np.float64)})
-    with pytest.raises(il.errors.InternalError, match="backend output 'y' is FP64"):
+    with pytest.raises(il.errors.InternalError, match="backend output 'y' is float64"):
         engine.infer("m", {"x": np.ones((1, 4), np.float32)})
     engine.load(make_config(name="n"), lambda d: {"z": d["x"]})
     with pytest.raises(il.errors.InternalError, match="no output 'y'"):

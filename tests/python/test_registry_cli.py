@@ -170,7 +170,7 @@ def test_load_failure_is_recorded_and_shown(capsys, repo, tmp_path, monkeypatch)
     ({"inputs": [{"name": "pixels", "dtype": "float32"}]}, r"field inputs.0: 'shape' is a required property"),
     ({"inputs": [{"name": "pixels", "dtype": "complex64", "shape": [-1, 64]}]}, r"unknown dtype|unsupported dtype"),
     ({"inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, 32]}]},
-     r"input 'pixels' is FP32 \[-1, 32\] in the config"),
+     r"input 'pixels' is float32 \[-1, 32\] in the config"),
     ({"backend": {"name": "tensorflow"}}, r"field backend.name"),
     ({"batching": {"max_batch_size": 0}}, r"field batching.max_batch_size"),
     ({"fallback": "no-such-model"}, r"fallback 'no-such-model' does not exist"),

@@ -147,7 +147,7 @@ def test_server_metadata(client):
 
 def test_model_metadata(client):
     md = client.get_model_metadata("digits-mlp", as_json=True)
-    assert md["name"] == "digits-mlp" and md["versions"] == ["1"] and md["platform"] == "onnx_onnxv1"
+    assert md["name"] == "digits-mlp" and md["versions"] == ["1"] and md["platform"] == "onnxruntime_onnx"
     assert md["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": ["-1", "64"]}]
     assert [(o["name"], o["datatype"], o["shape"]) for o in md["outputs"]] == \
         [("logits", "FP32", ["-1", "10"]), ("label", "INT64", ["-1", "1"])]

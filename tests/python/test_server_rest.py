@@ -48,8 +48,10 @@ def server(tmp_path_factory):
 
 
 def start_frontend(server, dataplane=None, **settings):
-    """Another REST frontend on the server's loop (over its data plane unless given one)."""
-    return server.call(start_rest(dataplane or server.dataplane, ServerSettings(http_port=0, **settings)))
+    """Another REST frontend on the server's loop, over `dataplane` or one for its own settings
+    on the server's models."""
+    s = ServerSettings(http_port=0, **settings)
+    return server.call(start_rest(dataplane or DataPlane.for_settings(server.manager, s), s))
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_live_ready_and_not_ready_while_draining(server, client):
     server.dataplane.accepting = False
     try:
         status, _, body = request(server.url, "GET", "/v2/health/ready")
-        assert status == 503 and body == b""
+        assert status == 503 and json.loads(body) == {"ready": False}
         assert request(server.url, "GET", "/v2/models/digits-mlp/ready")[0] == 503
         assert client.is_server_live() and not client.is_server_ready()
     finally:
@@ -119,7 +121,7 @@ def test_server_and_model_metadata(client):
     assert {"binary_tensor_data", "model_repository", "statistics"} <= set(meta["extensions"])
     for version in ("", "1"):
         m = client.get_model_metadata("digits-mlp", version)
-        assert m["name"] == "digits-mlp" and m["versions"] == ["1"] and m["platform"] == "onnx_onnxv1"
+        assert m["name"] == "digits-mlp" and m["versions"] == ["1"] and m["platform"] == "onnxruntime_onnx"
         assert m["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
         assert m["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
                                 {"name": "label", "datatype": "INT64", "shape": [-1, 1]}]

@@ -1,4 +1,4 @@
-// dense_mlp.h — a real C++ backend for the example host: the demo digits MLP,
+// dense_mlp.h — a real C++ backend for the example host: the demo dense MLP (`dense-demo`, untrained),
 //   logits = relu(x @ w1) @ w2,  label = argmax(logits)
 // float32 throughout, in the same arithmetic order as inferline.demo's NumPy
 // backend so the answers match it bit for bit:

@@ -1,4 +1,4 @@
-"""Exports the demo digits MLP for the C++ example host.
+"""Exports the demo dense MLP (`dense-demo`, untrained) for the C++ example host.
 
     python csrc/examples/host/export_demo.py --out digits_demo.bin [--synthetic]
 

@@ -3,7 +3,7 @@
 //   digits_host digits_demo.bin [--passes N] [--future-threads N] [--callback-threads N]
 //                               [--window N] [--instances N]
 //
-// It reads the demo digits MLP exported by export_demo.py, serves it from an
+// It reads the demo dense MLP (`dense-demo`, untrained) exported by export_demo.py, serves it from an
 // inferline::Engine with a C++ backend (dense_mlp.h) and the demo's tabular
 // preprocessing and batching config, and pushes every test row through it
 // `passes` times as concurrent single-row requests: some threads wait on

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from typing import Any, Mapping, Optional
 
@@ -55,9 +56,18 @@ class ModelHandle:
         return await self._submit(dispatcher, inputs, priority, timeout_us)
 
     def stats(self) -> dict:
+        """The core's counters and histograms, plus ``last_inference_ms`` (Unix time in ms of the
+        latest finished batch, 0 before the first)."""
         s = self._core.stats()
         s["model"], s["version"] = self.name, self.version
+        last = s["last_batch_end_us"]
+        s["last_inference_ms"] = int(time.time() * 1000 - (self._core.now_us() - last) / 1000) if last else 0
         return s
+
+    def reset_stats(self) -> None:
+        """Zeroes this version's statistics; exact while no request is in flight. The loader
+        calls it after warm-up, so that served traffic alone is counted."""
+        self._core.reset_stats()
 
     def _submit(self, dispatcher, inputs, priority, timeout_us):
         if type(inputs) is not dict:

@@ -68,6 +68,7 @@ def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, roo
             check_golden(handle, golden[0], golden[1], package.golden)
         step = "fingerprint"
         fp = fingerprint(handle, golden[0] if golden is not None else None)
+        handle.reset_stats()  # the statistics count served traffic, not the loader's own
     except InferlineError as e:
         engine.unload(config.name, config.version)
         raise LoadFailed(f"{where}: {step}: {e}", step) from e

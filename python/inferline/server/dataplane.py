@@ -19,7 +19,8 @@ from .types import InferOutput, InferRequest, InferResponse
 
 EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "parameters",
               "binary_tensor_data"]
-PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "onnx_onnxv1"), "torchscript": ("pytorch_libtorch", "pytorch_torchscript")}
+# Triton's platform names, in model metadata and config alike.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
 
 def kserve_priority_to_level(priority: int, levels: int) -> int:
@@ -59,11 +60,18 @@ class DataPlane:
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.accepting and self.models.ready(name, version)
 
+    def model_readiness(self, name: str, version: str = "") -> tuple:
+        """(ready, reason); ModelNotFound for a model or version nobody knows."""
+        ready, reason = self.models.readiness(name, version)
+        if ready and not self.accepting:
+            return False, "the server is shutting down"
+        return ready, reason
+
     def model_metadata(self, name: str, version: str = "") -> dict:
         handle = self.models.handle(name, version)
         cfg = handle.config
         versions = [str(v) for n, v, _ in self.models.served() if n == name]
-        return {"name": cfg.name, "versions": versions, "platform": self._platform(handle)[1],
+        return {"name": cfg.name, "versions": versions, "platform": self._platform(handle),
                 "inputs": [_tensor_meta(s) for s in cfg.inputs], "outputs": [_tensor_meta(s) for s in cfg.outputs]}
 
     def model_config(self, name: str, version: str = "") -> dict:
@@ -71,7 +79,7 @@ class DataPlane:
         handle = self.models.handle(name, version)
         cfg = handle.config
         b = cfg.batching
-        platform, _ = self._platform(handle)
+        platform = self._platform(handle)
         return {
             "name": cfg.name, "platform": platform, "backend": platform.split("_")[0],
             "max_batch_size": b.max_batch_size,
@@ -165,10 +173,10 @@ class DataPlane:
                 raise InvalidArgument(f"{cfg.where}: unknown output {n!r} (outputs: {', '.join(cfg.output_names)})")
         return list(req.outputs)
 
-    def _platform(self, handle) -> tuple:
+    def _platform(self, handle) -> str:
         rec = self.models.record(handle.name, handle.version)
         backend = (rec.config.get("backend") or {}).get("name", "onnxruntime") if rec else "python"
-        return PLATFORMS.get(backend, ("python", "python"))
+        return PLATFORMS.get(backend, "python")
 
 
 def _require_name(name: str, call: str) -> None:
@@ -187,7 +195,7 @@ def _statistics(handle) -> dict:
         return {"count": int(count), "ns": int(hist["mean"] * hist["count"] * 1000)}
 
     return {
-        "name": handle.name, "version": str(handle.version), "last_inference": 0,
+        "name": handle.name, "version": str(handle.version), "last_inference": s["last_inference_ms"],
         "inference_count": s["rows"], "execution_count": s["batches"],
         "inference_stats": {
             "success": duration(s["end_to_end_us"]["count"], s["end_to_end_us"]),

@@ -66,6 +66,44 @@ class ModelManager:
         except ModelNotFound:
             return False
 
+    def readiness(self, name: str, version: str = "") -> tuple:
+        """(ready, reason): why a model (or one version of it) is not serving, in words.
+
+        Raises ModelNotFound when neither the registry nor the server knows it.
+        """
+        if self.ready(name, version):
+            return True, ""
+        with self._lock:
+            known = sorted(v for n, v in self._records if n == name)
+            if not known:
+                raise ModelNotFound(f"model {name!r} is not in the repository")
+            if version in ("", None):
+                if name in self._held:
+                    return False, "unloaded by request (a repository load serves it again)"
+                live = next((v for (n, v), r in self._records.items() if n == name and r.is_live), None)
+                if live is None:
+                    return False, "no live version in the repository"
+                return False, self._version_reason(name, live)
+            try:
+                v = int(version)
+            except ValueError:
+                raise ModelNotFound(f"model {name!r}: version {version!r} is not a number") from None
+            if v not in known:
+                raise ModelNotFound(f"model {name!r} has no version {v} (versions: {', '.join(map(str, known))})")
+            return False, self._version_reason(name, v)
+
+    # requires _lock
+    def _version_reason(self, name: str, version: int) -> str:
+        if name in self._held:
+            return "unloaded by request (a repository load serves it again)"
+        failed = self._failed.get((name, version))
+        if failed:
+            return f"failed to load: {failed[1]}"
+        state = self._records[(name, version)].state
+        if state in SERVED_STATES:
+            return "loading"
+        return f"version {version} is {state}; only live and canary versions are served"
+
     def record(self, name: str, version: int):
         return self._records.get((name, version))  # one dict read: atomic, no lock needed
 
@@ -80,10 +118,8 @@ class ModelManager:
         with self._lock:
             for (name, version), rec in sorted(self._records.items()):
                 serving = version in self._served.get(name, {})
-                failed = self._failed.get((name, version))
-                reason = failed[1] if failed else ("" if serving else f"state {rec.state}")
                 out.append({"name": name, "version": str(version), "state": "READY" if serving else "UNAVAILABLE",
-                            "reason": reason})
+                            "reason": "" if serving else self._version_reason(name, version)})
         return out
 
     # ---- changes (worker thread) --------------------------------------------

@@ -304,10 +304,12 @@ class RestFrontend:
 
     # ---- handlers -----------------------------------------------------------------
     async def _live(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.dataplane.live() else 503)
+        live = self.dataplane.live()
+        return _json({"live": live}, status=200 if live else 503)
 
     async def _ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.dataplane.ready() else 503)
+        ready = self.dataplane.ready()
+        return _json({"ready": ready}, status=200 if ready else 503)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return _json(self.dataplane.server_metadata())
@@ -316,7 +318,15 @@ class RestFrontend:
         return _json(self.dataplane.model_metadata(*_model(request)))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.dataplane.model_ready(*_model(request)) else 503)
+        """200 when ready; 503 with the reason when known but not serving; 404 when unknown."""
+        name, version = _model(request)
+        ready, reason = self.dataplane.model_readiness(name, version)
+        doc = {"name": name, "ready": ready}
+        if version:
+            doc["version"] = version
+        if reason:
+            doc["reason"] = reason
+        return _json(doc, status=200 if ready else 503)
 
     async def _model_config(self, request: web.Request) -> web.Response:
         return _json(self.dataplane.model_config(*_model(request)))
@@ -410,5 +420,5 @@ def _dumps(doc) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _json(doc) -> web.Response:
-    return web.Response(body=_dumps(doc), content_type="application/json")
+def _json(doc, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(doc), status=status, content_type="application/json")
