@@ -29,11 +29,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, repo, *extra, workers=1):
-        self.http, self.grpc = free_port(), free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`inferline serve` on free ports; no drain window unless `extra` sets --drain-seconds."""
+
+    def __init__(self, repo, *extra, workers=1, ports=None, env=None):
+        self.http, self.grpc = ports or (free_port(), free_port())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        drain = () if "--drain-seconds" in extra else ("--drain-seconds", "0")
         cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), "--http-port", str(self.http),
-               "--grpc-port", str(self.grpc), "--poll-interval", "0.2", "--workers", str(workers), *extra]
+               "--grpc-port", str(self.grpc), "--poll-interval", "0.2", "--workers", str(workers), *drain, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -198,3 +201,93 @@ def test_two_workers_share_the_ports(repo):
     finally:
         assert server.stop() == 0
     assert sum("stopped" in line for line in server.lines) == 2
+
+
+def serve_once(repo, *args, env=None, timeout=60):
+    """Runs `inferline serve ...` expecting it to exit by itself; returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_server_on_the_same_ports_fails_with_address_in_use(repo, workers):
+    first = Server(repo, workers=workers)
+    try:
+        for ports in ((first.http, free_port()), (free_port(), first.grpc)):
+            out = serve_once(repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+                             "--workers", str(workers))
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "address in use" in out.stderr and "Traceback" not in out.stderr
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{first.grpc}")  # the first one still serves
+        assert grpc_infer(client, GOLDEN["inputs/pixels"][:1]).as_numpy("label").shape == (1, 1)
+    finally:
+        assert first.stop() == 0
+
+
+def test_port_held_by_another_program_is_refused(repo):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        out = serve_once(repo, "--http-port", str(other.getsockname()[1]), "--grpc-port", str(free_port()))
+    assert out.returncode == 1 and "address in use (another process listens there)" in out.stderr
+
+
+def test_env_variables_are_named_after_the_flags(repo):
+    """INFERLINE_POLL_INTERVAL (the flag is --poll-interval) is honoured; a bad value is one line; a typo warns."""
+    http, grpc_port = free_port(), free_port()
+    bad = serve_once(repo, env={"INFERLINE_POLL_INTERVAL": "soon", "INFERLINE_HTTP_PORT": str(http)})
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == "error: INFERLINE_POLL_INTERVAL='soon': expected a number"
+    server = Server(repo, ports=(http, grpc_port), env={"INFERLINE_POLL_INTERVAL": "0.3", "INFERLINE_POLL_INTERVL": "1"})
+    try:
+        assert any("unknown environment variable(s) INFERLINE_POLL_INTERVL" in line for line in server.lines)
+    finally:
+        assert server.stop() == 0
+    flag = serve_once(repo, "--poll-interval", "soon")
+    assert flag.returncode == 2 and "--poll-interval: expected a number, got 'soon'" in flag.stderr
+
+
+def test_beyond_loopback_without_token_warns_and_refuses_control(repo):
+    server = Server(repo, "--host", "0.0.0.0")
+    try:
+        assert any("beyond loopback) without --admin-token" in line for line in server.lines)
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
+        with pytest.raises(Exception) as e:
+            http.unload_model("digits-mlp")
+        assert "403" in str(e.value.status()) and "--admin-token" in e.value.message()
+        grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+        with pytest.raises(Exception) as e:
+            grpc_client.unload_model("digits-mlp")
+        assert e.value.status() == "StatusCode.PERMISSION_DENIED"
+        assert http.is_model_ready("digits-mlp")  # inference keeps working; nothing was unloaded
+        assert grpc_infer(grpc_client, GOLDEN["inputs/pixels"][:1]).as_numpy("label").shape == (1, 1)
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_keeps_accepting_through_the_drain_window(repo):
+    server = Server(repo, "--drain-seconds", "3")
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for(lambda: any("still accepting for 3 s" in line for line in server.lines), 10)
+    t0 = time.time()
+    answered = 0
+    while time.time() - t0 < 1.5:  # well inside the window: new requests are still answered
+        assert not http.is_server_ready()
+        assert grpc_infer(client, GOLDEN["inputs/pixels"][:1]).as_numpy("label").shape == (1, 1)
+        answered += 1
+    assert answered > 5
+    assert server.stop() == 0
+    assert time.time() - t0 >= 1.4
+    with pytest.raises(Exception):  # after the window the listeners are closed
+        grpc_infer(grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}"), GOLDEN["inputs/pixels"][:1])
+
+
+def test_second_signal_skips_the_drain_window(repo):
+    server = Server(repo, "--drain-seconds", "60")
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for(lambda: any("still accepting" in line for line in server.lines), 10)
+    server.proc.send_signal(signal.SIGINT)
+    server.proc.wait(20)  # long before the 60 s window would end
+    assert server.stop() == 0

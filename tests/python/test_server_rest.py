@@ -26,6 +26,7 @@ import inferline as il  # noqa: E402
 from conftest import make_config  # noqa: E402
 from inferline import errors  # noqa: E402
 from inferline.demo_models import demo_package_path  # noqa: E402
+from inferline.registry.service import open_registry, push  # noqa: E402
 from inferline.server.dataplane import DataPlane  # noqa: E402
 from inferline.server.rest import HEADER_LENGTH, http_status, start_rest  # noqa: E402
 from inferline.server.settings import ServerSettings  # noqa: E402
@@ -563,3 +564,66 @@ def test_fuzz_infer_never_breaks_the_server(server, case):
 def test_server_still_answers_after_the_fuzz(client):
     result = client.infer("digits-mlp", [pixels_input(PIXELS)])
     np.testing.assert_array_equal(result.as_numpy("label"), GOLDEN["outputs/label"])
+
+
+# ---- what a new user sees first: statistics and readiness reasons ----------------------
+
+def test_statistics_count_served_traffic_only_and_stamp_the_last_inference(tmp_path):
+    settings = ServerSettings(http_port=0, grpc_port=0)
+    with ServerThread(make_repository(tmp_path), frontends=[start_rest], settings=settings) as srv:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
+        before = client.get_inference_statistics("digits-mlp")["model_stats"][0]
+        assert before["inference_count"] == 0 and before["execution_count"] == 0  # warm-up is not counted
+        assert before["last_inference"] == 0
+        t0 = time.time() * 1000
+        client.infer("digits-mlp", [pixels_input(PIXELS[:1])])
+        after = client.get_inference_statistics("digits-mlp")["model_stats"][0]
+        assert after["inference_count"] == 1 and after["execution_count"] == 1
+        assert after["inference_stats"]["success"]["count"] == 1
+        assert t0 - 5 <= after["last_inference"] <= time.time() * 1000 + 5
+        client.close()
+
+
+def test_readiness_says_why_a_model_does_not_serve(tmp_path):
+    root = tmp_path / "root"
+    repo = make_repository(root)
+    settings = ServerSettings(http_port=0, grpc_port=0)
+    with ServerThread(repo, frontends=[start_rest], settings=settings) as srv:
+        url = f"127.0.0.1:{srv.ports[0]}"
+        status, _, body = request(url, "GET", "/v2/models/digits-logreg/ready")
+        assert status == 200 and json.loads(body) == {"name": "digits-logreg", "ready": True}
+        assert error_of(request(url, "GET", "/v2/models/nope/ready"))[0] == 404
+        status, message = error_of(request(url, "GET", "/v2/models/digits-logreg/versions/9/ready"))
+        assert status == 404 and "has no version 9" in message
+
+        pkg = tmp_path / "v2"  # version 2 goes live: version 1 is retired
+        shutil.copytree(demo_package_path("digits-logreg"), pkg)
+        data = json.loads((pkg / "model.json").read_text())
+        data["labels"]["note"] = "v2"
+        (pkg / "model.json").write_text(json.dumps(data))
+        registry = open_registry(repo)
+        push(registry, str(pkg), live=True)
+        registry.close()
+        wait_until(lambda: request(url, "GET", "/v2/models/digits-logreg/versions/1/ready")[0] == 503)
+        status, _, body = request(url, "GET", "/v2/models/digits-logreg/versions/1/ready")
+        assert json.loads(body)["reason"] == "version 1 is retired; only live and canary versions are served"
+
+        client = httpclient.InferenceServerClient(url)
+        client.unload_model("digits-logreg")  # no token needed: this server listens on loopback only
+        status, _, body = request(url, "GET", "/v2/models/digits-logreg/ready")
+        assert status == 503 and json.loads(body)["reason"].startswith("unloaded by request")
+        index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
+        assert index[("digits-logreg", "2")]["reason"].startswith("unloaded by request")
+        client.close()
+
+
+def test_control_is_refused_without_a_token_beyond_loopback(server):
+    dataplane = DataPlane(server.manager, open_control=False)
+    frontend = start_frontend(server, dataplane)
+    try:
+        status, message = error_of(request(f"127.0.0.1:{frontend.port}", "POST",
+                                           "/v2/repository/models/digits-logreg/unload"))
+        assert status == 403 and "--admin-token" in message
+        assert server.manager.ready("digits-logreg")
+    finally:
+        server.call(frontend.stop(1.0))
