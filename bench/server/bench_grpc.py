@@ -207,7 +207,7 @@ def main() -> int:
     args = ap.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     from inferline.demo_models import demo_package_path
-    from inferline.registry.service import open_registry, push
+    from inferline.models.service import open_registry, push
 
     repo = tempfile.mkdtemp(prefix="inferline-bench-")
     registry = open_registry(repo)

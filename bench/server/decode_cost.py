@@ -143,7 +143,7 @@ async def _drive(port: int, seconds: float, concurrency: int, pid: int) -> tuple
 
 def server_cost(seconds: float, concurrency: int, noop: bool = False) -> float:
     from inferline.demo_models import DEMO_MODELS, demo_package_path
-    from inferline.registry.service import open_registry, push
+    from inferline.models.service import open_registry, push
 
     with tempfile.TemporaryDirectory() as tmp:
         registry = open_registry(os.path.join(tmp, "repo"))

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inferline.demo_models import demo_package_path
 from inferline.engine import Engine
-from inferline.registry.service import open_registry, push
+from inferline.models.service import open_registry, push
 from inferline.server.dataplane import DataPlane
 from inferline.server.model_manager import ModelManager
 from inferline.server.settings import ServerSettings

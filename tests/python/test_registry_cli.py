@@ -13,9 +13,9 @@ import inferline as il
 from inferline.cli import main
 from inferline.demo_models import demo_package_path
 from inferline.registry import Registry, TamperedArtifact
-from inferline.registry.loader import GoldenMismatch, LoadFailed
-from inferline.registry.package import load_package
-from inferline.registry.service import load_version, open_registry, push
+from inferline.models.loader import GoldenMismatch, LoadFailed
+from inferline.models.package import load_package
+from inferline.models.service import load_version, open_registry, push
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +153,7 @@ def test_tampered_artifact_refused_at_load_and_failure_recorded(capsys, repo):
 def test_load_failure_is_recorded_and_shown(capsys, repo, tmp_path, monkeypatch):
     registry = open_registry(repo)
     record = push(registry, demo_package_path("digits-logreg"))
-    from inferline.registry import loader
+    from inferline.models import loader
 
     def broken(handle, inputs, expected, spec):
         raise GoldenMismatch("golden output 'logits' differs: simulated hardware drift")

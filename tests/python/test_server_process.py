@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from inferline.demo_models import demo_package_path
-from inferline.registry.service import open_registry, push
+from inferline.models.service import open_registry, push
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")

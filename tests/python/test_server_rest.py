@@ -26,7 +26,7 @@ import inferline as il  # noqa: E402
 from conftest import make_config  # noqa: E402
 from inferline import errors  # noqa: E402
 from inferline.demo_models import demo_package_path  # noqa: E402
-from inferline.registry.service import open_registry, push  # noqa: E402
+from inferline.models.service import open_registry, push  # noqa: E402
 from inferline.server.dataplane import DataPlane  # noqa: E402
 from inferline.server.rest import HEADER_LENGTH, http_status, start_rest  # noqa: E402
 from inferline.server.settings import ServerSettings  # noqa: E402

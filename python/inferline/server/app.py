@@ -26,7 +26,7 @@ from ..engine import Engine
 from ..errors import Unavailable
 from .dataplane import DataPlane
 from .model_manager import ModelManager
-from .settings import ServerSettings, add_arguments
+from .settings import ServerSettings
 
 log = logging.getLogger("inferline.server")
 
@@ -152,7 +152,7 @@ def _warn_exposure(settings: ServerSettings) -> None:
 
 def serve(settings: ServerSettings) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
-    from ..registry.service import open_registry
+    from ..models.service import open_registry
 
     guard = PortGuard(settings.host, {"HTTP": settings.http_port, "gRPC": settings.grpc_port})
     try:
@@ -185,17 +185,3 @@ def _run_workers(settings: ServerSettings) -> int:
     for p in procs:
         p.join()
     return 0 if all(p.exitcode == 0 for p in procs) else 1
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve the registry's live models over gRPC and REST (KServe v2)",
-                       description="Serves every live (and canary) version in the registry over gRPC and REST "
-                                   "(KServe v2 / Open Inference Protocol). Each flag can also be set with the "
-                                   "INFERLINE_<FLAG> environment variable shown in its help.")
-    add_arguments(p)
-
-
-def run(args) -> int:
-    import dataclasses
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
-    return serve(ServerSettings.from_env(**overrides))

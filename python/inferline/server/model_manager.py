@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
-from ..registry.service import load_version, open_registry
+from ..models.service import load_version, open_registry
 
 log = logging.getLogger("inferline.server")
 

@@ -146,29 +146,3 @@ def _parse(f: dataclasses.Field, raw: str, where: str):
     except ValueError:
         raise SettingsError(f"{where}={raw!r}: expected {'an integer' if kind == 'int' else 'a number'}") from None
     return raw
-
-
-def add_arguments(parser) -> None:
-    """One flag per setting, named and documented by the setting itself."""
-    for f in dataclasses.fields(ServerSettings):
-        kind = str(f.type)
-        parser.add_argument("--" + ServerSettings.flag(f), dest=f.name, metavar=f.metadata.get("metavar"),
-                            type=_argparse_type(kind, ServerSettings.flag(f)),
-                            help=f"{f.metadata['help']} [env {ServerSettings.env_name(f)}]")
-
-
-def _argparse_type(kind: str, flag: str):
-    if kind not in ("int", "float"):
-        return None
-    convert = int if kind == "int" else float
-
-    def parse(raw: str):
-        try:
-            return convert(raw)
-        except ValueError:
-            import argparse
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
-                                             f"got {raw!r}") from None
-
-    parse.__name__ = kind
-    return parse

@@ -6,8 +6,8 @@ import argparse
 import json
 import time
 
-from .service import open_registry, push
-from .store import parse_ref
+from ..models.service import open_registry, push
+from ..registry import parse_ref
 
 
 def add_parser(sub) -> None:

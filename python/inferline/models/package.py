@@ -26,7 +26,7 @@ import numpy as np
 from ..backends.spec import BackendSpec
 from ..config import ModelConfig
 from ..errors import InvalidArgument
-from ._records import check_name, parse_ref
+from ..registry import check_name, parse_ref
 
 CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
 ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}

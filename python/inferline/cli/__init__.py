@@ -1,4 +1,4 @@
-"""The `inferline` command."""
+"""The `inferline` command: every subcommand's parsing lives in this package (models.py, serve.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .errors import InferlineError
+from ..errors import InferlineError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,8 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="push concurrent requests through the engine; print throughput and latency")
     demo.add_argument("--concurrency", type=int, default=256, help="concurrent asyncio callers (default 256)")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
-    from .registry.cli import add_parser as add_models
-    from .server.app import add_parser as add_serve
+    from .models import add_parser as add_models
+    from .serve import add_parser as add_serve
     add_models(sub)
     add_serve(sub)
     sub.add_parser("version", help="print the version")
@@ -46,16 +46,16 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     if args.command == "version":
-        from . import __version__
+        from .. import __version__
         print(__version__)
         return 0
     if args.command == "serve":
-        from .server.app import run as run_serve
+        from .serve import run as run_serve
         return run_serve(args)
     if args.command == "models":
-        from .registry.cli import run
+        from .models import run
         return run(args)
-    from .demo import run_demo  # "demo"
+    from ..demo import run_demo  # "demo"
     run_demo(concurrency=args.concurrency, seconds=args.seconds)
     return 0
 

@@ -14,9 +14,9 @@ from typing import Optional
 from ..engine import Engine
 from ..errors import InvalidArgument, ModelNotFound
 from . import loader
-from ._artifacts import hash_file, package_sha256
+from ..registry._artifacts import hash_file, package_sha256
 from .package import load_package
-from .store import Registry, VersionRecord, parse_ref
+from ..registry import Registry, VersionRecord, parse_ref
 
 ENV_REPOSITORY = "INFERLINE_REPOSITORY"
 

@@ -1,0 +1,42 @@
+"""`inferline serve`: its flags, one per ``ServerSettings`` field, named and documented by the field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..server.settings import ServerSettings
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the registry's live models over gRPC and REST (KServe v2)",
+                       description="Serves every live (and canary) version in the registry over gRPC and REST "
+                                   "(KServe v2 / Open Inference Protocol). Each flag can also be set with the "
+                                   "INFERLINE_<FLAG> environment variable shown in its help.")
+    for f in dataclasses.fields(ServerSettings):
+        flag = ServerSettings.flag(f)
+        p.add_argument("--" + flag, dest=f.name, metavar=f.metadata.get("metavar"), type=_number(str(f.type)),
+                       help=f"{f.metadata['help']} [env {ServerSettings.env_name(f)}]")
+
+
+def run(args) -> int:
+    from ..server.app import serve
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
+    return serve(ServerSettings.from_env(**overrides))
+
+
+def _number(kind: str):
+    """An argparse type for int/float settings whose error names what was expected; None for strings."""
+    if kind not in ("int", "float"):
+        return None
+    convert = int if kind == "int" else float
+
+    def parse(raw: str):
+        try:
+            return convert(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
+                                             f"got {raw!r}") from None
+
+    parse.__name__ = kind
+    return parse
