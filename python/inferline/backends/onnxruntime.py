@@ -29,7 +29,7 @@ from .. import _core
 from ..config import ModelConfig, TensorSpec
 from ..errors import FailedPrecondition, InvalidArgument
 from .signature import backend_inputs, describe, preprocess_note, shape_text
-from .spec import BackendSpec, register_runtime
+from .spec import BackendSpec
 
 # ONNX element type names (TensorProto.DataType names, lower case, as in ORT's
 # "tensor(float)") -> NumPy dtype names the core supports.
@@ -290,5 +290,3 @@ def _spec_from_arg(arg, where: str, kind: str) -> TensorSpec:
     dims = [-1] + [int(d) if _fixed(d) else -1 for d in arg.shape[1:]]
     return TensorSpec(arg.name, dtype, tuple(dims))
 
-
-register_runtime("onnxruntime", OnnxRuntimeBackend)

@@ -8,8 +8,9 @@ calls once per loaded version. New runtimes register with ``register_runtime``.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 from ..errors import InvalidArgument
 
@@ -44,30 +45,24 @@ class BackendSpec:
                                   f"got {self.graph_optimization!r}")
 
 
-_RUNTIMES: Dict[str, Callable] = {}
+_RUNTIMES: Dict[str, Union[Callable, str]] = {}
 
 
-def register_runtime(name: str, factory: Callable) -> None:
-    """factory(spec: BackendSpec, artifact_path: str) -> backend factory with create(config)."""
+def register_runtime(name: str, factory: Union[Callable, str]) -> None:
+    """factory(spec: BackendSpec, artifact_path: str) -> backend factory with create(config), or its
+    import path "package.module:attribute", imported when a model first needs that runtime."""
     _RUNTIMES[name] = factory
 
 
 def runtime_names() -> tuple:
-    _load_builtin()
     return tuple(sorted(_RUNTIMES))
 
 
 def make_backend(spec: BackendSpec, artifact_path: str):
-    _load_builtin()
     factory = _RUNTIMES.get(spec.name)
     if factory is None:
         raise InvalidArgument(f"backend.name: unknown backend {spec.name!r} (known: {', '.join(runtime_names())})")
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = _RUNTIMES[spec.name] = getattr(importlib.import_module(module), attr)
     return factory(spec, artifact_path)
-
-
-def _load_builtin() -> None:
-    # Imported lazily: each runtime library is optional until a model needs it.
-    if "onnxruntime" not in _RUNTIMES:
-        from . import onnxruntime as _ort  # noqa: F401  (registers itself)
-    if "torchscript" not in _RUNTIMES:
-        from . import torchscript as _ts  # noqa: F401  (registers itself)

@@ -33,7 +33,7 @@ from .. import _core
 from ..config import ModelConfig
 from ..errors import FailedPrecondition, InvalidArgument
 from .signature import backend_inputs, describe
-from .spec import BackendSpec, register_runtime
+from .spec import BackendSpec
 
 
 def _import_torch():
@@ -217,5 +217,3 @@ def _brief(e: Exception) -> str:
         return lines[0] if lines else ""
     return f"{lines[0]} ... {lines[-1]}"
 
-
-register_runtime("torchscript", TorchScriptBackend)
