@@ -25,6 +25,8 @@
 #include "inferline/kernels/preprocess_cuda.h"
 #include "inferline/preprocess.h"
 
+#include "test_util.h"
+
 namespace inferline::kernels {
 namespace {
 
@@ -252,16 +254,8 @@ const ImageCase kImageCases[] = {
     {"fp16_odd_out_w", {{33, 21}}, 1, 7, 9, false, DataType::kFloat16, 0, 0},
 };
 
-// Source coordinate of output index `o`, in float32 exactly as preprocess.h specifies.
-struct RefTap { int64_t i0, i1; float w; };
-RefTap RefCoord(int64_t o, int64_t in_size, int64_t out_size) {
-  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  float s = (static_cast<float>(o) + 0.5f) * scale - 0.5f;
-  if (s < 0.0f) s = 0.0f;
-  int64_t i0 = static_cast<int64_t>(std::floor(s));
-  if (i0 > in_size - 1) i0 = in_size - 1;
-  return {i0, i0 + 1 < in_size ? i0 + 1 : in_size - 1, s - static_cast<float>(i0)};
-}
+using inferline::testing::RefCoord;
+using inferline::testing::RefTap;
 
 // One image, NHWC uint8 -> NCHW, interpolation and normalisation in float64 (appended to `out`).
 void RefImage(const ImageSpec& m, const uint8_t* px, int64_t h, int64_t w, int64_t c, std::vector<double>* out) {

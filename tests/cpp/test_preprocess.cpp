@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "test_util.h"
+
 namespace inferline {
 namespace {
 
@@ -40,17 +42,8 @@ std::vector<float> RefTabular(const TabularSpec& t, const std::vector<float>& in
   return out;
 }
 
-// Source coordinate of output index `o`, in float32 exactly as the header specifies.
-struct RefTap { int64_t i0, i1; float w; };
-RefTap RefCoord(int64_t o, int64_t in_size, int64_t out_size) {
-  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  float s = (static_cast<float>(o) + 0.5f) * scale - 0.5f;
-  if (s < 0.0f) s = 0.0f;
-  int64_t i0 = static_cast<int64_t>(std::floor(s));
-  if (i0 > in_size - 1) i0 = in_size - 1;
-  const int64_t i1 = i0 + 1 < in_size ? i0 + 1 : in_size - 1;
-  return {i0, i1, s - static_cast<float>(i0)};
-}
+using inferline::testing::RefCoord;
+using inferline::testing::RefTap;
 
 // Bilinear NHWC uint8 -> normalised NCHW, interpolation and normalisation in float64.
 std::vector<double> RefImage(const ImageSpec& m, const std::vector<uint8_t>& in, int64_t n, int64_t h,

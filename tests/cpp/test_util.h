@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -35,6 +36,20 @@ inline constexpr bool kSanitized = false;
 constexpr int Scaled(int n, int divisor = 4) { return kSanitized ? (n / divisor > 0 ? n / divisor : 1) : n; }
 
 inline constexpr std::chrono::seconds kWaitTimeout{20};
+
+// The independent reference of the CPU and CUDA image tests: the source coordinate of output
+// index `o` for bilinear resizing with half-pixel centres, computed in float32 exactly as
+// preprocess.h specifies (i0, i1: the two source taps; w: the weight of i1).
+struct RefTap { int64_t i0, i1; float w; };
+inline RefTap RefCoord(int64_t o, int64_t in_size, int64_t out_size) {
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  float s = (static_cast<float>(o) + 0.5f) * scale - 0.5f;
+  if (s < 0.0f) s = 0.0f;
+  int64_t i0 = static_cast<int64_t>(std::floor(s));
+  if (i0 > in_size - 1) i0 = in_size - 1;
+  const int64_t i1 = i0 + 1 < in_size ? i0 + 1 : in_size - 1;
+  return {i0, i1, s - static_cast<float>(i0)};
+}
 
 // Collects every answer; tests wait for a count with a bounded timeout.
 class CollectSink final : public CompletionSink {
