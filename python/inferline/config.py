@@ -1,41 +1,78 @@
 """Typed model configuration: signature, batching policy, preprocessing.
 
-These are plain frozen dataclasses with a docstring under each field. The
-native core validates the whole config again when a model loads and names the
-field at fault; this module converts and catches what is easier to say in
-Python (unknown keys, wrong types).
+These are plain frozen dataclasses with a docstring under each field, and this
+module is the one description of a model config: ``LIMITS`` holds the bounds
+the native core enforces at load (the core is the authority; tests/python/
+test_config_schema.py reads them back from csrc/), and ``config_schema()``
+derives the JSON Schema of a package's config part from the dataclasses and
+``LIMITS``. The core validates the whole config again when a model loads and
+names the field at fault; this module converts and catches what is easier to
+say in Python (unknown keys, wrong types, dtype spellings).
+
+Dtypes are NumPy names ("float32"); the KServe wire names ("FP32") belong to
+the server (server/codec.py).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InvalidArgument
 
-# KServe v2 datatype names -> NumPy names.
-KSERVE_TO_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+# The dtypes a tensor may have, by NumPy name (the core's DataType names).
+DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+          "float16", "float32", "float64")
+# KServe-style spellings ("FP32", "INT64"), recognised only to say which NumPy name to use.
+_WIRE_SPELLINGS = {("FP" + n[5:] if n.startswith("float") else n.upper()): n for n in DTYPES}
+
+_U32_MAX = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
+# "Class.field" -> (minimum, maximum), inclusive; None = unbounded. For a sequence
+# field the bound applies to each item. These are the core's checks at load
+# (csrc/src/model.cpp CheckScheduling, batch_policy.cpp, preprocess.cpp CheckSide)
+# and C++ field widths (uint32_t, uint64_t): change them there first.
+LIMITS = {
+    "ModelConfig.instances": (1, 64),
+    "ModelConfig.queue_capacity": (1, 1 << 22),         # kMaxQueueCapacity (model.h)
+    "ModelConfig.priority_levels": (1, 16),
+    "BatchingConfig.max_batch_size": (1, _U32_MAX),
+    "BatchingConfig.max_queue_delay_us": (0, _U64_MAX),
+    "BatchingConfig.preferred_batch_sizes": (1, _U32_MAX),  # also <= max_batch_size (core)
+    "BatchingConfig.deadline_slack_us": (0, _U64_MAX),
+    "ImagePreprocess.height": (1, 32768),               # kMaxImageSide (preprocess.h)
+    "ImagePreprocess.width": (1, 32768),
 }
-NUMPY_TO_KSERVE = {v: k for k, v in KSERVE_TO_NUMPY.items()}
+# "Class.field" -> (fewest, most) items of a sequence field; None = unbounded.
+LENGTHS = {
+    "TensorSpec.shape": (1, 8),                         # Shape::kMaxRank (tensor.h)
+    "TensorSpec.name": (1, None),                       # characters
+    "ModelConfig.inputs": (1, None),
+    "ModelConfig.outputs": (1, None),
+    "TabularPreprocess.mean": (1, None),
+    "TabularPreprocess.std": (1, None),
+    "ImagePreprocess.mean": (1, None),
+    "ImagePreprocess.std": (1, None),
+}
 
 
 def normalize_dtype(dtype: Any, where: str) -> str:
-    """A NumPy dtype name ("float32") from a KServe name, a NumPy name or a dtype."""
-    if isinstance(dtype, str) and dtype.upper() in KSERVE_TO_NUMPY:
-        return KSERVE_TO_NUMPY[dtype.upper()]
+    """A NumPy dtype name ("float32") from a NumPy name, a NumPy type or a dtype."""
+    if isinstance(dtype, str) and dtype not in DTYPES and dtype.upper() in _WIRE_SPELLINGS:
+        raise InvalidArgument(f"{where}: dtype {dtype!r} is a wire (KServe) name; configs use NumPy names: "
+                              f"use {_WIRE_SPELLINGS[dtype.upper()]!r}")
     try:
         name = np.dtype(dtype).name
     except TypeError as e:
-        raise InvalidArgument(f"{where}: unknown dtype {dtype!r}") from e
-    if name not in NUMPY_TO_KSERVE:
-        raise InvalidArgument(f"{where}: unsupported dtype {name}")
+        raise InvalidArgument(f"{where}: unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})") from e
+    if name not in DTYPES:
+        raise InvalidArgument(f"{where}: unsupported dtype {name} (use one of {', '.join(DTYPES)})")
     return name
 
 
@@ -44,8 +81,8 @@ class TensorSpec:
     name: str
     """Tensor name as callers and the backend use it."""
     dtype: str
-    """NumPy dtype name (KServe names such as "FP32" are accepted and normalised)."""
-    shape: tuple
+    """NumPy dtype name, one of DTYPES ("float32"; a NumPy type or dtype is normalised to its name)."""
+    shape: Tuple[int, ...]
     """Dims; the first is -1 (the rows of a request/batch)."""
 
     def __post_init__(self):
@@ -62,9 +99,9 @@ class BatchingConfig:
     """Most rows in one batch."""
     max_queue_delay_us: int = 5000
     """Longest time the oldest request waits for a batch to fill."""
-    preferred_batch_sizes: tuple = ()
+    preferred_batch_sizes: Tuple[int, ...] = ()
     """Batch sizes (rows) dispatched as soon as they are reached."""
-    mode: str = "deadline_aware"
+    mode: Literal["deadline_aware", "fixed_delay"] = "deadline_aware"
     """"deadline_aware" (close a batch early to meet the tightest deadline) or "fixed_delay"."""
     deadline_slack_us: int = 200
     """Margin kept before a deadline for gather, scatter and wake-up."""
@@ -79,9 +116,9 @@ class BatchingConfig:
 class TabularPreprocess:
     """float32 rows: NaN -> nan_fill, then (x - mean) / std, then clip to [clip_lo, clip_hi]."""
 
-    mean: tuple
+    mean: Tuple[float, ...]
     """Per feature, or one value for all."""
-    std: tuple
+    std: Tuple[float, ...]
     """Per feature, or one value for all; finite and non-zero."""
     nan_fill: float = 0.0
     """Raw value that replaces NaN inputs before normalising."""
@@ -100,9 +137,9 @@ class ImagePreprocess:
 
     height: int
     width: int
-    mean: tuple
+    mean: Tuple[float, ...]
     """Per channel, in the 0..255 pixel scale (or one value for all)."""
-    std: tuple
+    std: Tuple[float, ...]
     """Per channel, in the 0..255 pixel scale; finite and non-zero."""
 
     def to_core(self) -> dict:
@@ -118,15 +155,15 @@ _PREPROCESS_KINDS = {"tabular": TabularPreprocess, "image": ImagePreprocess}
 class ModelConfig:
     name: str
     """Model name."""
-    inputs: tuple
+    inputs: Tuple[TensorSpec, ...]
     """TensorSpec per input, as callers send them."""
-    outputs: tuple
+    outputs: Tuple[TensorSpec, ...]
     """TensorSpec per output, as the backend returns them."""
     version: int = 1
     """Version number of this model."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     """Micro-batching policy."""
-    preprocessing: Mapping = field(default_factory=dict)
+    preprocessing: Mapping[str, Preprocess] = field(default_factory=dict)
     """Input name -> TabularPreprocess or ImagePreprocess, fused into the batch gather."""
     instances: int = 1
     """Batches executed in parallel."""
@@ -203,3 +240,58 @@ def _as_preprocess(spec: Any, where: str) -> Optional[Preprocess]:
             raise InvalidArgument(f"{where}.kind must be 'tabular' or 'image', got {kind!r}")
         return _build(_PREPROCESS_KINDS[kind], data, where)
     raise InvalidArgument(f"{where}: expected TabularPreprocess, ImagePreprocess or a mapping")
+
+
+# ---- the JSON Schema of a config, derived from the dataclasses and LIMITS --------
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def config_schema() -> dict:
+    """The JSON Schema of a model package's config part: ModelConfig's fields except
+    ``version`` (the registry assigns it), with ``name`` optional (the package names it)."""
+    schema = _object_schema(ModelConfig)
+    del schema["properties"]["version"]
+    schema["required"] = [r for r in schema["required"] if r != "name"]
+    return schema
+
+
+def _object_schema(cls, kind: Optional[str] = None) -> dict:
+    hints = typing.get_type_hints(cls)
+    props, required = ({"kind": {"const": kind}}, ["kind"]) if kind else ({}, [])
+    for f in dataclasses.fields(cls):
+        props[f.name] = _type_schema(hints[f.name], f"{cls.__name__}.{f.name}")
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    schema = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _type_schema(tp, key: str, item: bool = False) -> dict:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _JSON_TYPES:
+        schema = {"type": _JSON_TYPES[tp]}
+        lo, hi = LIMITS.get(key, (None, None)) if tp is int else (None, None)
+        if tp is str and not item:
+            lo_len, hi_len = LENGTHS.get(key, (None, None))
+            schema.update(_present(minLength=lo_len, maxLength=hi_len))
+        return {**schema, **_present(minimum=lo, maximum=hi)}
+    if dataclasses.is_dataclass(tp):
+        return _object_schema(tp)
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is tuple:  # Tuple[T, ...]
+        lo, hi = LENGTHS.get(key, (None, None))
+        return {"type": "array", "items": _type_schema(args[0], key, item=True), **_present(minItems=lo, maxItems=hi)}
+    if origin is Union:  # Preprocess: told apart by "kind"
+        kinds = {c: k for k, c in _PREPROCESS_KINDS.items()}
+        return {"oneOf": [_object_schema(a, kind=kinds[a]) for a in args]}
+    if origin is collections.abc.Mapping:  # Mapping[str, T]
+        return {"type": "object", "additionalProperties": _type_schema(args[1], key, item=True)}
+    raise TypeError(f"{key}: no JSON Schema for {tp!r}")
+
+
+def _present(**keywords) -> dict:
+    return {k: v for k, v in keywords.items() if v is not None}

@@ -58,7 +58,7 @@ def save_two_io(path, w, b):
 
 
 def mlp_config(name="m", features=4, hidden=3, max_batch=16, **kw):
-    return il.ModelConfig(name=name, inputs=[("x", "FP32", (-1, features))], outputs=[("y", "FP32", (-1, hidden))],
+    return il.ModelConfig(name=name, inputs=[("x", "float32", (-1, features))], outputs=[("y", "float32", (-1, hidden))],
                           batching=il.BatchingConfig(max_batch_size=max_batch, max_queue_delay_us=5000), **kw)
 
 
@@ -98,8 +98,8 @@ def test_int64_path_and_names_in_any_order(engine, rng, tmp_path):
     w, b = mlp_weights()
     path = save_two_io(tmp_path / "two.onnx", w, b)
     # declared order differs from the graph's: tensors are matched by name
-    config = il.ModelConfig(name="two", inputs=[("k", "INT64", (-1, 2)), ("x", "FP32", (-1, 4))],
-                            outputs=[("c", "INT64", (-1, 2)), ("y", "FP32", (-1, 3))])
+    config = il.ModelConfig(name="two", inputs=[("k", "int64", (-1, 2)), ("x", "float32", (-1, 4))],
+                            outputs=[("c", "int64", (-1, 2)), ("y", "float32", (-1, 3))])
     engine.load(config, make_backend(BackendSpec(), path))
     k = rng.integers(-1000, 1000, (7, 2)).astype(np.int64)
     x = rng.standard_normal((7, 4)).astype(np.float32)
@@ -114,7 +114,7 @@ def test_preprocessed_inputs_are_checked_in_backend_facing_form(engine, rng, tmp
     nodes = [helper.make_node("ReduceMean", ["img"], ["m"], axes=[2, 3], keepdims=0)]
     path = save_graph(tmp_path / "img.onnx", nodes, [("img", F32, ["N", 3, 8, 8])], [("m", F32, ["N", 3])])
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
-    config = il.ModelConfig(name="img", inputs=[("img", "UINT8", (-1, 8, 8, 3))], outputs=[("m", "FP32", (-1, 3))],
+    config = il.ModelConfig(name="img", inputs=[("img", "uint8", (-1, 8, 8, 3))], outputs=[("m", "float32", (-1, 3))],
                             preprocessing={"img": il.ImagePreprocess(8, 8, mean, std)})
     engine.load(config, make_backend(BackendSpec(), path))
     img = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
@@ -123,7 +123,7 @@ def test_preprocessed_inputs_are_checked_in_backend_facing_form(engine, rng, tmp
     # a graph that wants the raw uint8 NHWC tensor does not fit the preprocessed input
     raw = save_graph(tmp_path / "raw.onnx", [helper.make_node("Identity", ["img"], ["m"])],
                      [("img", U8, ["N", 8, 8, 3])], [("m", U8, ["N", 8, 8, 3])])
-    bad = il.ModelConfig(name="img", version=2, inputs=config.inputs, outputs=[("m", "UINT8", (-1, 8, 8, 3))],
+    bad = il.ModelConfig(name="img", version=2, inputs=config.inputs, outputs=[("m", "uint8", (-1, 8, 8, 3))],
                          preprocessing=config.preprocessing)
     with pytest.raises(InvalidArgument) as e:
         engine.load(bad, make_backend(BackendSpec(), raw))
@@ -141,17 +141,17 @@ def test_tabular_preprocessing_keeps_the_shape(engine, rng, mlp):
 
 # ---- signature checks --------------------------------------------------------------------
 @pytest.mark.parametrize("inputs, outputs, expected", [
-    ([("z", "FP32", (-1, 4))], [("y", "FP32", (-1, 3))], "input 'z' is not an input of model.onnx (its inputs: x)"),
-    ([("x", "FP32", (-1, 4))], [("out", "FP32", (-1, 3))], "output 'out' is not an output of model.onnx"),
-    ([("x", "FP64", (-1, 4))], [("y", "FP32", (-1, 3))],
+    ([("z", "float32", (-1, 4))], [("y", "float32", (-1, 3))], "input 'z' is not an input of model.onnx (its inputs: x)"),
+    ([("x", "float32", (-1, 4))], [("out", "float32", (-1, 3))], "output 'out' is not an output of model.onnx"),
+    ([("x", "float64", (-1, 4))], [("y", "float32", (-1, 3))],
      "input 'x' is float64 [-1, 4] in the config but float32 ['N', 4] in model.onnx"),
-    ([("x", "FP32", (-1, 4))], [("y", "INT64", (-1, 3))],
+    ([("x", "float32", (-1, 4))], [("y", "int64", (-1, 3))],
      "output 'y' is int64 [-1, 3] in the config but float32 ['N', 3] in model.onnx"),
-    ([("x", "FP32", (-1, 4, 1))], [("y", "FP32", (-1, 3))],
+    ([("x", "float32", (-1, 4, 1))], [("y", "float32", (-1, 3))],
      "input 'x' is float32 [-1, 4, 1] in the config but float32 ['N', 4] in model.onnx"),
-    ([("x", "FP32", (-1, 64))], [("y", "FP32", (-1, 3))],
+    ([("x", "float32", (-1, 64))], [("y", "float32", (-1, 3))],
      "input 'x' is float32 [-1, 64] in the config but float32 ['N', 4] in model.onnx"),
-    ([("x", "FP32", (-1, 4))], [("y", "FP32", (-1, 7))],
+    ([("x", "float32", (-1, 4))], [("y", "float32", (-1, 7))],
      "output 'y' is float32 [-1, 7] in the config but float32 ['N', 3] in model.onnx"),
 ])
 def test_signature_mismatch_is_refused_naming_the_tensor(engine, mlp, inputs, outputs, expected):
@@ -164,7 +164,7 @@ def test_signature_mismatch_is_refused_naming_the_tensor(engine, mlp, inputs, ou
 
 
 def test_every_mismatch_is_reported_at_once(engine, mlp):
-    config = il.ModelConfig(name="m", inputs=[("x", "FP64", (-1, 4))], outputs=[("y", "FP32", (-1, 9))])
+    config = il.ModelConfig(name="m", inputs=[("x", "float64", (-1, 4))], outputs=[("y", "float32", (-1, 9))])
     with pytest.raises(InvalidArgument, match=r"input 'x' is float64 .*; output 'y' is float32 \[-1, 9\]"):
         make_backend(BackendSpec(), mlp[0]).create(config)
 
@@ -172,13 +172,13 @@ def test_every_mismatch_is_reported_at_once(engine, mlp):
 def test_undeclared_graph_input_is_refused(engine, tmp_path):
     w, b = mlp_weights()
     path = save_two_io(tmp_path / "two.onnx", w, b)
-    config = il.ModelConfig(name="two", inputs=[("x", "FP32", (-1, 4))], outputs=[("y", "FP32", (-1, 3))])
+    config = il.ModelConfig(name="two", inputs=[("x", "float32", (-1, 4))], outputs=[("y", "float32", (-1, 3))])
     with pytest.raises(InvalidArgument, match=r"two.onnx input 'k' \(int64 \['N', 2\]\) is not declared"):
         engine.load(config, make_backend(BackendSpec(), path))
 
 
 def test_free_output_dim_in_config_accepts_a_fixed_graph_dim(engine, mlp):
-    config = il.ModelConfig(name="m", inputs=[("x", "FP32", (-1, 4))], outputs=[("y", "FP32", (-1, -1))])
+    config = il.ModelConfig(name="m", inputs=[("x", "float32", (-1, 4))], outputs=[("y", "float32", (-1, -1))])
     engine.load(config, make_backend(BackendSpec(), mlp[0]))
     assert engine.infer("m", np.ones((2, 4), np.float32))["y"].shape == (2, 3)
 

@@ -65,8 +65,8 @@ def tuple_net(tmp_path):
 
 
 def tuple_config(name="t", **kw):
-    return il.ModelConfig(name=name, inputs=[("x", "FP32", (-1, 4)), ("k", "INT64", (-1, 2))],
-                          outputs=[("y", "FP32", (-1, 3)), ("c", "INT64", (-1, 2))],
+    return il.ModelConfig(name=name, inputs=[("x", "float32", (-1, 4)), ("k", "int64", (-1, 2))],
+                          outputs=[("y", "float32", (-1, 3)), ("c", "int64", (-1, 2))],
                           batching=il.BatchingConfig(max_batch_size=16, max_queue_delay_us=5000), **kw)
 
 
@@ -106,8 +106,8 @@ def test_dict_outputs_by_name(engine, rng, tmp_path):
     torch.manual_seed(0)
     net = DictNet().eval()
     path = save(net, tmp_path / "dict.pt")
-    config = il.ModelConfig(name="d", inputs=[("x", "FP32", (-1, 4))],
-                            outputs=[("norm", "FP32", (-1, 1)), ("y", "FP32", (-1, 2))])
+    config = il.ModelConfig(name="d", inputs=[("x", "float32", (-1, 4))],
+                            outputs=[("norm", "float32", (-1, 1)), ("y", "float32", (-1, 2))])
     engine.load(config, make_backend(BackendSpec("torchscript", threads=1), path))
     x = rng.standard_normal((5, 4)).astype(np.float32)
     out = engine.infer("d", x)
@@ -120,7 +120,7 @@ def test_dict_outputs_by_name(engine, rng, tmp_path):
 
 def test_identity_output_is_a_copy_of_the_batch(engine, rng, tmp_path):
     path = save(Identity(), tmp_path / "id.pt")
-    config = il.ModelConfig(name="id", inputs=[("x", "FP32", (-1, 3))], outputs=[("x_out", "FP32", (-1, 3))])
+    config = il.ModelConfig(name="id", inputs=[("x", "float32", (-1, 3))], outputs=[("x_out", "float32", (-1, 3))])
     engine.load(config, make_backend(BackendSpec("torchscript"), path))
     xs = [rng.standard_normal((2, 3)).astype(np.float32) for _ in range(20)]
     futures = [engine.submit("id", x) for x in xs]
@@ -130,16 +130,16 @@ def test_identity_output_is_a_copy_of_the_batch(engine, rng, tmp_path):
 
 # ---- signature checks ---------------------------------------------------------------------
 @pytest.mark.parametrize("outputs, expected", [
-    ([("y", "FP64", (-1, 3)), ("c", "INT64", (-1, 2))],
+    ([("y", "float64", (-1, 3)), ("c", "int64", (-1, 2))],
      "output 'y' is float64 [-1, 3] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
-    ([("y", "FP32", (-1, 5)), ("c", "INT64", (-1, 2))],
+    ([("y", "float32", (-1, 5)), ("c", "int64", (-1, 2))],
      "output 'y' is float32 [-1, 5] in the config but model.pt returned float32 [1, 3] for a 1-row batch"),
-    ([("y", "FP32", (-1, 3)), ("c", "INT64", (-1, 2, 1))],
+    ([("y", "float32", (-1, 3)), ("c", "int64", (-1, 2, 1))],
      "output 'c' is int64 [-1, 2, 1] in the config but model.pt returned int64 [1, 2] for a 1-row batch"),
-    ([("y", "FP32", (-1, 3))], "the module returned 2 output(s), the config declares 1 ('y')"),
+    ([("y", "float32", (-1, 3))], "the module returned 2 output(s), the config declares 1 ('y')"),
 ])
 def test_output_mismatch_is_refused_naming_the_tensor(engine, tuple_net, outputs, expected):
-    config = il.ModelConfig(name="t", version=3, inputs=[("x", "FP32", (-1, 4)), ("k", "INT64", (-1, 2))],
+    config = il.ModelConfig(name="t", version=3, inputs=[("x", "float32", (-1, 4)), ("k", "int64", (-1, 2))],
                             outputs=outputs)
     with pytest.raises(InvalidArgument) as e:
         engine.load(config, make_backend(BackendSpec("torchscript"), tuple_net[0]))
@@ -150,8 +150,8 @@ def test_output_mismatch_is_refused_naming_the_tensor(engine, tuple_net, outputs
 
 
 def test_inputs_the_module_cannot_take_are_refused(engine, tuple_net):
-    config = il.ModelConfig(name="t", inputs=[("x", "FP32", (-1, 5)), ("k", "INT64", (-1, 2))],
-                            outputs=[("y", "FP32", (-1, 3)), ("c", "INT64", (-1, 2))])
+    config = il.ModelConfig(name="t", inputs=[("x", "float32", (-1, 5)), ("k", "int64", (-1, 2))],
+                            outputs=[("y", "float32", (-1, 3)), ("c", "int64", (-1, 2))])
     with pytest.raises(InvalidArgument) as e:
         engine.load(config, make_backend(BackendSpec("torchscript"), tuple_net[0]))
     msg = str(e.value)
@@ -162,7 +162,7 @@ def test_inputs_the_module_cannot_take_are_refused(engine, tuple_net):
 
 def test_missing_dict_key_is_refused(engine, tmp_path):
     path = save(DictNet(), tmp_path / "dict.pt")
-    config = il.ModelConfig(name="d", inputs=[("x", "FP32", (-1, 4))], outputs=[("logits", "FP32", (-1, 2))])
+    config = il.ModelConfig(name="d", inputs=[("x", "float32", (-1, 4))], outputs=[("logits", "float32", (-1, 2))])
     with pytest.raises(InvalidArgument, match=r"dict has no output\(s\) 'logits' \(its keys: 'y', 'norm', 'unused'\)"):
         engine.load(config, make_backend(BackendSpec("torchscript"), path))
 

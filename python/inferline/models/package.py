@@ -24,54 +24,38 @@ from typing import Optional
 import numpy as np
 
 from ..backends.spec import BackendSpec
-from ..config import ModelConfig
+from ..config import ModelConfig, config_schema
 from ..errors import InvalidArgument
 from ..registry import check_name, parse_ref
 
 CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
 ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
 
-_TENSOR = {
-    "type": "object", "additionalProperties": False, "required": ["name", "dtype", "shape"],
-    "properties": {"name": {"type": "string", "minLength": 1}, "dtype": {"type": "string"},
-                   "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 1}},
-}
-_NUMS = {"type": "array", "items": {"type": "number"}, "minItems": 1}
-PACKAGE_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["inputs", "outputs"],
-    "properties": {
-        "name": {"type": "string"},
-        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
-        "outputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+def _package_schema() -> dict:
+    """The config part comes from config.py (dataclasses + LIMITS); the rest is the package's own."""
+    config = config_schema()
+    props = dict(config["properties"])
+    own = {
         "backend": {"type": "object", "additionalProperties": False, "properties": {
             "name": {"enum": ["onnxruntime", "torchscript"]}, "threads": {"type": ["integer", "null"], "minimum": 1},
             "inter_op_threads": {"type": ["integer", "null"], "minimum": 1},
             "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
             "graph_optimization": {"enum": ["disable", "basic", "extended", "all"]},
             "options": {"type": "object"}}},
-        "batching": {"type": "object", "additionalProperties": False, "properties": {
-            "max_batch_size": {"type": "integer", "minimum": 1},
-            "max_queue_delay_us": {"type": "integer", "minimum": 0},
-            "preferred_batch_sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-            "mode": {"enum": ["deadline_aware", "fixed_delay"]},
-            "deadline_slack_us": {"type": "integer", "minimum": 0}}},
-        "preprocessing": {"type": "object", "additionalProperties": {"oneOf": [
-            {"type": "object", "additionalProperties": False, "required": ["kind", "mean", "std"],
-             "properties": {"kind": {"const": "tabular"}, "mean": _NUMS, "std": _NUMS, "nan_fill": {"type": "number"},
-                            "clip_lo": {"type": "number"}, "clip_hi": {"type": "number"}}},
-            {"type": "object", "additionalProperties": False, "required": ["kind", "height", "width", "mean", "std"],
-             "properties": {"kind": {"const": "image"}, "height": {"type": "integer", "minimum": 1},
-                            "width": {"type": "integer", "minimum": 1}, "mean": _NUMS, "std": _NUMS}}]}},
-        "instances": {"type": "integer", "minimum": 1, "maximum": 64},
-        "queue_capacity": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
-        "priority_levels": {"type": "integer", "minimum": 1, "maximum": 16},
         "fallback": {"type": ["string", "null"]},
         "golden": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {
             "file": {"type": "string"}, "bitwise": {"type": "boolean"},
             "rtol": {"type": "number", "minimum": 0}, "atol": {"type": "number", "minimum": 0}}},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
+    }
+    ordered = {k: props.pop(k) for k in ("name", "inputs", "outputs")}
+    return {"type": "object", "additionalProperties": False, "required": config["required"],
+            "properties": {**ordered, "backend": own.pop("backend"), **props, **own}}
+
+
+PACKAGE_SCHEMA = _package_schema()
+# Config keys handed to ModelConfig (the rest of PACKAGE_SCHEMA is the package's own).
+CONFIG_KEYS = tuple(k for k in config_schema()["properties"] if k != "name")
 
 
 @dataclass(frozen=True)
@@ -190,8 +174,7 @@ def _read_config(path: str) -> dict:
 
 def _build(data: dict, name: str, files: dict, artifact: str, scratch: Optional[str] = None) -> ModelPackage:
     where = f"model {name!r}"
-    keys = ("inputs", "outputs", "batching", "preprocessing", "instances", "queue_capacity", "priority_levels")
-    config = ModelConfig.from_dict({"name": name, **{k: data[k] for k in keys if k in data}})
+    config = ModelConfig.from_dict({"name": name, **{k: data[k] for k in CONFIG_KEYS if k in data}})
     backend = BackendSpec(**data.get("backend", {}))
     fallback = data.get("fallback")
     if fallback is not None:

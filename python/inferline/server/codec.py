@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE
 from ..errors import InvalidArgument
+
+# KServe v2 datatype names (the wire) -> NumPy names (config.DTYPES: configs, engine, backends).
+KSERVE_TO_NUMPY = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+NUMPY_TO_KSERVE = {v: k for k, v in KSERVE_TO_NUMPY.items()}
 
 # Typed-contents field of InferTensorContents for each datatype.
 CONTENTS_FIELD = {

@@ -12,7 +12,7 @@ import hmac
 from typing import Iterable, Optional
 
 from .. import __version__
-from ..config import NUMPY_TO_KSERVE
+from .codec import NUMPY_TO_KSERVE
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
 from .model_manager import ModelManager
 from .types import InferOutput, InferRequest, InferResponse

@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 from google.protobuf import json_format
 
-from ...config import KSERVE_TO_NUMPY
 from ...errors import InvalidArgument
 from .. import codec
 from ..types import InferInput, InferRequest, InferResponse
@@ -24,7 +23,7 @@ RAW_ONLY = ("FP16", "BF16")  # no typed-contents field carries these
 _INT_PARAMS = ("uint64_param", "int64_param")
 MAX_TIMEOUT_US = 1 << 48
 """Longer `timeout` parameters (about 9 years) mean no timeout."""
-_DTYPES = {name: np.dtype(np_name) for name, np_name in KSERVE_TO_NUMPY.items()}
+_DTYPES = {name: np.dtype(np_name) for name, np_name in codec.KSERVE_TO_NUMPY.items()}
 
 
 # ---- ModelInferRequest -> InferRequest -----------------------------------------
