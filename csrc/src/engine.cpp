@@ -26,6 +26,21 @@ Status EngineClosed(const std::string& what) {
   return Unavailable("engine is shut down: cannot " + what);
 }
 
+bool SameSpecs(const std::vector<TensorSpec>& a, const std::vector<TensorSpec>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape != b[i].shape) return false;
+  }
+  return true;
+}
+
+// Empty if `next` may replace `loaded`, else what differs.
+std::string SignatureChange(const ModelConfig& loaded, const ModelConfig& next) {
+  if (!SameSpecs(loaded.inputs, next.inputs)) return "inputs";
+  if (!SameSpecs(loaded.outputs, next.outputs)) return "outputs";
+  return "";
+}
+
 }  // namespace
 
 Engine::Engine(Clock* clock) noexcept : clock_(clock != nullptr ? clock : &SteadyClock::Instance()) {}
@@ -94,6 +109,42 @@ Status Engine::Load(ModelConfig config, std::shared_ptr<Backend> backend) {
   return st;
 }
 
+Status Engine::Replace(ModelConfig config, std::shared_ptr<Backend> backend, bool drain) {
+  const std::string what = config.Describe();
+  if (config.version < 1) {
+    return InvalidArgument(what + ": version must be >= 1 (0 is Engine::kLatest)");
+  }
+  // Validate and start outside the lock: the old model serves meanwhile.
+  auto created = Model::Create(std::move(config), std::move(backend), clock_);
+  if (!created.ok()) return created.status();
+  std::shared_ptr<Model> model(std::move(created).value());
+  std::shared_ptr<Model> old;
+  Status st;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    auto& versions = models_[model->config().name];  // (erased below if it stays empty)
+    std::shared_ptr<Model>& slot = versions[model->config().version];
+    std::string change = slot != nullptr ? SignatureChange(slot->config(), model->config()) : "";
+    if (closed_) {
+      st = EngineClosed("replace " + what);
+    } else if (!change.empty()) {
+      st = Status(StatusCode::kFailedPrecondition,
+                  what + ": the replacement's " + change + " differ from the loaded ones (load a new version)");
+    } else {
+      old = std::exchange(slot, model);  // published: lookups see the new model from here on
+    }
+    if (slot == nullptr) versions.erase(model->config().version);
+    if (versions.empty()) models_.erase(model->config().name);
+  }
+  if (!st.ok()) {
+    model->Shutdown(false);  // never reachable: nothing to answer
+    return st;
+  }
+  // Outside the lock. Submits that find `old` stopping follow it to `model`.
+  if (old != nullptr) old->Shutdown(drain);
+  return Status::Ok();
+}
+
 Status Engine::Unload(std::string_view name, int64_t version, bool drain) {
   std::shared_ptr<Model> model;
   {
@@ -126,7 +177,28 @@ Expected<std::shared_ptr<Model>> Engine::Get(std::string_view name, int64_t vers
 Status Engine::Submit(std::string_view name, int64_t version, const InferRequest& request) {
   auto model = Get(name, version);
   if (!model.ok()) return model.status();
-  return (*model)->Submit(request);
+  return SubmitFollowingReplace(std::move(model).value(), request);
+}
+
+// Model::Submit refuses with UNAVAILABLE only once the model is stopping, and
+// Replace stops a model only after publishing its successor (under mu_), so a
+// refusal seen here is ordered after the publish and Successor finds the new
+// model. The loop ends: each turn needs yet another Replace of the version.
+Status Engine::SubmitFollowingReplace(std::shared_ptr<Model> model, const InferRequest& request) {
+  for (;;) {
+    Status st = model->Submit(request);
+    if (st.code() != StatusCode::kUnavailable) return st;
+    std::shared_ptr<Model> next = Successor(*model);
+    if (next == nullptr) return st;
+    model = std::move(next);
+  }
+}
+
+std::shared_ptr<Model> Engine::Successor(const Model& old) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (closed_) return nullptr;
+  std::shared_ptr<Model> next = FindLocked(old.config().name, old.config().version);
+  return next.get() == &old ? nullptr : next;
 }
 
 Expected<std::future<InferResult>> Engine::SubmitForFuture(std::string_view name, int64_t version,
@@ -143,7 +215,7 @@ Expected<std::future<InferResult>> Engine::SubmitForFuture(std::string_view name
     return Status(StatusCode::kResourceExhausted, (*model)->config().Describe() + ": out of memory");
   }
   request.sink = sink;
-  Status st = (*model)->Submit(request);
+  Status st = SubmitFollowingReplace(std::move(model).value(), request);
   if (!st.ok()) {
     sink->Abandon();  // refused requests are never answered through their sink
     return st;

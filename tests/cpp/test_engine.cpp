@@ -1,7 +1,8 @@
 // Tests for inferline/engine.h (the C++ host API): loading and finding model
 // versions, NOT_FOUND / ALREADY_EXISTS, futures and callbacks from many threads,
-// Unload and Shutdown answering every request, stats, and load/unload churn
-// under concurrent submits. Also the generated inferline/version.h.
+// Unload and Shutdown answering every request, stats, load/unload churn and
+// hot-reload swaps (Replace) under concurrent submits. Also the generated
+// inferline/version.h.
 #include "inferline/engine.h"
 
 #include <gtest/gtest.h>
@@ -455,6 +456,194 @@ TEST(Engine, LoadUnloadChurnUnderConcurrentSubmits) {
   EXPECT_EQ(failures.load(), 0);
   EXPECT_GT(accepted.load() + refused.load(), 0);
   EXPECT_TRUE(engine.List().empty());
+}
+
+// ---- Replace (hot reload) ----------------------------------------------------
+
+TEST(EngineReplace, SwapsTheModelOfALoadedVersion) {
+  Engine engine;
+  auto first = std::make_shared<AffineBackend>();
+  auto second = std::make_shared<AffineBackend>();
+  ASSERT_TRUE(engine.Load(Config("m", 1), first).ok());
+  EXPECT_EQ(engine.Load(Config("m", 1), second).code(), StatusCode::kAlreadyExists);  // Load never replaces
+  std::shared_ptr<Model> old = engine.Find("m", 1);
+
+  ModelConfig next = Config("m", 1, /*instances=*/2);  // same signature, other settings
+  ASSERT_TRUE(engine.Replace(next, second).ok());
+  std::shared_ptr<Model> now = engine.Find("m", 1);
+  ASSERT_NE(now, nullptr);
+  EXPECT_NE(now, old);
+  EXPECT_EQ(now->config().instances, 2u);
+  ASSERT_EQ(engine.List().size(), 1u);
+  std::vector<float> row = Row(9);
+  EXPECT_EQ(old->Submit(Request(row, 9, nullptr)).code(), StatusCode::kUnavailable);  // the old one stopped
+  auto f = engine.SubmitForFuture("m", 1, Request(row, 9));
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_TRUE(Ready(*f));
+  ExpectComputed(f->get(), row);
+  EXPECT_EQ(first->entered(), 0);
+  EXPECT_EQ(second->entered(), 1);
+
+  // A version that is not loaded is loaded.
+  ASSERT_TRUE(engine.Replace(Config("m", 2), std::make_shared<AffineBackend>()).ok());
+  EXPECT_EQ(engine.Find("m")->config().version, 2);
+}
+
+TEST(EngineReplace, RefusalsKeepTheLoadedVersionServing) {
+  Engine engine;
+  auto loaded = std::make_shared<AffineBackend>();
+  ASSERT_TRUE(engine.Load(Config("m", 3), loaded).ok());
+  std::shared_ptr<Model> before = engine.Find("m", 3);
+
+  ModelConfig wider = Config("m", 3);
+  wider.inputs[0].shape = Shape{-1, kF + 1};
+  Status sig = engine.Replace(wider, std::make_shared<AffineBackend>());
+  EXPECT_EQ(sig.code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Contains(sig.message(), "model 'm' version 3: the replacement's inputs differ")) << sig.message();
+  ModelConfig renamed = Config("m", 3);
+  renamed.outputs[0].name = "z";
+  EXPECT_EQ(engine.Replace(renamed, std::make_shared<AffineBackend>()).code(), StatusCode::kFailedPrecondition);
+  ModelConfig bad = Config("m", 3);
+  bad.instances = 0;
+  EXPECT_EQ(engine.Replace(bad, std::make_shared<AffineBackend>()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.Replace(Config("m", Engine::kLatest), std::make_shared<AffineBackend>()).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.Replace(Config("m", 3), nullptr).code(), StatusCode::kInvalidArgument);
+  // A refused Replace of a version that was not loaded leaves nothing behind.
+  ModelConfig bad_new = Config("other", 1);
+  bad_new.outputs.clear();
+  EXPECT_EQ(engine.Replace(bad_new, std::make_shared<AffineBackend>()).code(), StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(engine.Find("m", 3), before);
+  ASSERT_EQ(engine.List().size(), 1u);
+  std::vector<float> row = Row(4);
+  auto f = engine.SubmitForFuture("m", 3, Request(row, 4));
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(Ready(*f));
+  ExpectComputed(f->get(), row);
+  EXPECT_EQ(loaded->entered(), 1);
+
+  engine.Shutdown();
+  EXPECT_EQ(engine.Replace(Config("m", 3), std::make_shared<AffineBackend>()).code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(engine.List().empty());
+}
+
+// The old model is held at a gate with requests queued; Replace publishes the
+// new one at once (new requests are computed by it while the old one drains) and
+// returns once the old one has answered everything (computed, or CANCELLED).
+void ReplaceAnswersTheOldQueue(bool drain) {
+  Gate gate(/*open=*/false);
+  auto old_backend = std::make_shared<AffineBackend>(&gate);
+  auto new_backend = std::make_shared<AffineBackend>();
+  const int n = Scaled(20, 2);
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 2 * n; ++i) rows.push_back(Row(static_cast<uint64_t>(i)));
+  Engine engine;
+  OpenOnExit open_on_exit(gate);
+  ASSERT_TRUE(engine.Load(Config("m", 1), old_backend).ok());
+  std::shared_ptr<Model> old = engine.Find("m", 1);
+  std::vector<std::future<InferResult>> queued;
+  for (int i = 0; i < n; ++i) {
+    auto f = engine.SubmitForFuture("m", 1, Request(rows[i], i));
+    ASSERT_TRUE(f.ok());
+    queued.push_back(std::move(f).value());
+    if (i == 0) ASSERT_TRUE(Eventually([&] { return old_backend->entered() >= 1; }));  // {0} held at the gate
+  }
+  std::thread replacer([&] { EXPECT_TRUE(engine.Replace(Config("m", 1), new_backend, drain).ok()); });
+  FinishOnExit finish(gate, replacer);
+  ASSERT_TRUE(Eventually([&] { return engine.Find("m", 1) != old; }));
+  for (int i = n; i < 2 * n; ++i) {  // served by the new model while the old one is held
+    auto f = engine.SubmitForFuture("m", Engine::kLatest, Request(rows[i], i));
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ASSERT_TRUE(Ready(*f));
+    ExpectComputed(f->get(), rows[i]);
+  }
+  EXPECT_EQ(new_backend->entered() > 0, true);
+  gate.Open();
+  replacer.join();
+  size_t computed = 0;
+  for (auto& f : queued) {
+    ASSERT_EQ(f.wait_for(std::chrono::seconds(0)), std::future_status::ready);  // before Replace returned
+    InferResult r = f.get();
+    if (r.status.ok()) {
+      ExpectComputed(r, rows[r.tag]);
+      ++computed;
+    } else {
+      EXPECT_EQ(r.status.code(), StatusCode::kCancelled) << r.status.ToString();
+    }
+  }
+  EXPECT_EQ(computed, drain ? static_cast<size_t>(n) : 1u);
+}
+
+TEST(EngineReplace, DrainsTheOldModelAfterPublishingTheNewOne) { ReplaceAnswersTheOldQueue(true); }
+TEST(EngineReplace, WithoutDrainCancelsTheOldQueue) { ReplaceAnswersTheOldQueue(false); }
+
+// Submitters target the version (by number and as the latest) through futures
+// and callback sinks while it is replaced over and over: no submit is refused (a
+// request that reaches a stopping model follows it to its replacement), and
+// every request is computed exactly once. TSan checks the publish/stop order.
+TEST(EngineReplace, ConcurrentSubmitsDuringSwapsAreNeverRefused) {
+  constexpr int kThreads = 4;
+  constexpr size_t kWindow = 16;  // requests in flight per callback submitter (the queue stays short)
+  std::vector<float> row = Row(5);
+  std::vector<CollectSink> sinks(kThreads);
+  std::vector<size_t> submitted(kThreads, 0);
+  Engine engine;  // after the sinks and payload: it stops first
+  ASSERT_TRUE(engine.Load(Config("hot", 1), std::make_shared<AffineBackend>()).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  auto submitter = [&](int t) {
+    const int64_t version = t % 2 == 0 ? 1 : Engine::kLatest;
+    while (!stop.load(std::memory_order_acquire)) {
+      uint64_t tag = submitted[t];
+      if (t < 2) {  // a shared-sink caller, like the Python binding
+        if (submitted[t] >= kWindow && !sinks[t].WaitFor(submitted[t] - kWindow)) {
+          failures.fetch_add(1);
+          return;
+        }
+        Status st = engine.Submit("hot", version, Request(row, tag, &sinks[t]));
+        if (!st.ok()) {
+          ADD_FAILURE() << st.ToString();
+          failures.fetch_add(1);
+          return;
+        }
+        ++submitted[t];
+        continue;
+      }
+      auto f = engine.SubmitForFuture("hot", version, Request(row, tag));
+      if (!f.ok()) {
+        ADD_FAILURE() << f.status().ToString();
+        failures.fetch_add(1);
+        return;
+      }
+      ++submitted[t];
+      if (!Ready(*f)) {
+        failures.fetch_add(1);
+        return;
+      }
+      ExpectComputed(f->get(), row);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) threads.emplace_back(submitter, t);
+  const int swaps = Scaled(40);
+  for (int s = 0; s < swaps; ++s) {
+    Status st = engine.Replace(Config("hot", 1, /*instances=*/1 + s % 2), std::make_shared<AffineBackend>(),
+                               /*drain=*/true);
+    if (!st.ok()) ADD_FAILURE() << st.ToString();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  stop.store(true, std::memory_order_release);
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int t = 0; t < 2; ++t) {
+    ASSERT_TRUE(sinks[t].WaitFor(submitted[t]));
+    auto answers = sinks[t].ByTag();  // each exactly once
+    EXPECT_EQ(answers.size(), submitted[t]);
+    for (const auto& [tag, r] : answers) ExpectComputed(r, row);
+  }
+  for (int t = 0; t < kThreads; ++t) EXPECT_GT(submitted[t], 0u) << "submitter " << t;
+  ASSERT_EQ(engine.List().size(), 1u);
 }
 
 }  // namespace

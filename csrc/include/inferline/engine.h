@@ -7,6 +7,7 @@
 //   Expected<std::future<InferResult>> fut = engine.SubmitForFuture("digits", Engine::kLatest, req);
 //   if (fut.ok()) { InferResult r = fut->get(); /* r.status, r.outputs */ }
 //   StatsSnapshot s = engine.Stats("digits").value();
+//   engine.Replace(new_config, std::make_shared<MyBackend>());          // hot reload, no gap
 //   engine.Shutdown(/*drain=*/true);                                   // every request answered
 //
 // An Engine owns one Model (model.h: queue, micro-batching, executors, stats) per
@@ -21,7 +22,7 @@
 //
 // Thread-safety: every method may be called from any number of threads at once,
 // concurrently with each other, with these exceptions:
-//  - Unload, Shutdown and the destructor wait for executor threads to finish, so
+//  - Unload, Replace, Shutdown and the destructor wait for executor threads to finish, so
 //    they must not be called from a completion callback or a Backend::Run (that
 //    would deadlock); the destructor must not race with any other call.
 //  - A std::shared_ptr<Model> from Find stays valid after Unload/Shutdown; its
@@ -68,9 +69,21 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Validates `config` (INVALID_ARGUMENT naming the field, as Model::Create) and
-  // starts serving it. ALREADY_EXISTS if that (name, version) is loaded;
-  // INVALID_ARGUMENT if version < 1; UNAVAILABLE after Shutdown.
+  // starts serving it. ALREADY_EXISTS if that (name, version) is loaded (a hot
+  // reload of a loaded version is Replace); INVALID_ARGUMENT if version < 1;
+  // UNAVAILABLE after Shutdown.
   Status Load(ModelConfig config, std::shared_ptr<Backend> backend);
+
+  // Hot reload: starts `config` (validated as Load), publishes it in place of the
+  // loaded (name, version) in one step, so no lookup ever misses the version, then
+  // shuts the old model down (its queued requests computed when `drain`, else
+  // CANCELLED) and returns when its executors have stopped. A Submit that reached
+  // the old model as it stopped is resubmitted to the new one (see Submit). Loads
+  // the version if it is not loaded. FAILED_PRECONDITION if the signature (input
+  // and output names, dtypes, shapes) differs from the loaded one: callers holding
+  // the version rely on it, and a new signature needs a new version. Other errors
+  // as Load; on any error the loaded version keeps serving.
+  Status Replace(ModelConfig config, std::shared_ptr<Backend> backend, bool drain = true);
 
   // Stops routing to (name, version) at once, then answers its queued requests
   // (computed when `drain`, else CANCELLED) and returns when its executors have
@@ -83,8 +96,10 @@ class Engine {
   Expected<std::shared_ptr<Model>> Get(std::string_view name, int64_t version = kLatest) const;
 
   // Model::Submit on (name, version): NOT_FOUND if it is not loaded, UNAVAILABLE
-  // after Shutdown, else whatever Model::Submit returns. request.sink receives the
-  // answer; it and the input memory must stay valid until then.
+  // after Shutdown, else whatever Model::Submit returns. If the model refuses
+  // because a Replace is shutting it down, the request goes to its replacement,
+  // so a swap refuses nothing. request.sink receives the answer; it and the input
+  // memory must stay valid until then.
   Status Submit(std::string_view name, int64_t version, const InferRequest& request);
 
   // Submit with a one-shot PromiseSink: the future becomes ready with the answer.
@@ -114,6 +129,11 @@ class Engine {
   // Requires mu_ (shared or exclusive). nullptr if absent.
   std::shared_ptr<Model> FindLocked(std::string_view name, int64_t version) const;
   Status NotFoundStatus(std::string_view name, int64_t version) const;
+  // Model::Submit on `model`, then on its replacements while a Replace stops it.
+  Status SubmitFollowingReplace(std::shared_ptr<Model> model, const InferRequest& request);
+  // The model now published under `old`'s (name, version) if it is not `old`, else
+  // nullptr (unloaded, engine shut down, or still `old`).
+  std::shared_ptr<Model> Successor(const Model& old) const;
 
   Clock* clock_;
   std::mutex shutdown_mu_;  // serialises Shutdown calls; never taken with mu_ held

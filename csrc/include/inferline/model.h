@@ -58,6 +58,10 @@ struct ModelConfig {
   uint32_t instances = 1;         // executors running batches in parallel
   uint32_t queue_capacity = 4096; // requests waiting per priority level; at most kMaxQueueCapacity
   uint32_t priority_levels = 2;   // priorities 0..levels-1; higher is served first
+  // Opaque to the core: a host's own per-version object, kept alive with the model
+  // and released with it (the Python binding keeps the Python config here, so that
+  // the engine's map stays the one record of what is loaded).
+  std::shared_ptr<const void> host_data;
 
   // "model 'name' version N"
   std::string Describe() const;
