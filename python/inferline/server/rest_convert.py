@@ -1,0 +1,217 @@
+"""KServe v2 REST request/response conversion: JSON and Triton's binary tensor extension.
+
+The REST twin of proto/convert.py: bytes in, ``types.InferRequest`` out, and
+``types.InferResponse`` back to bytes; no aiohttp here (rest.py owns the app).
+
+Binary tensor data: the request header ``Inference-Header-Content-Length``
+gives the JSON's length; the inputs with the parameter ``binary_data_size``
+follow it, in input order. Outputs asked for with ``binary_data`` (or the
+request parameter ``binary_data_output``) come back the same way. Malformed
+input raises InvalidArgument naming the model and the tensor; the data plane
+checks the rest (names, dtypes and shapes against the model).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from .codec import from_list, from_raw
+from .types import InferInput, InferRequest, InferResponse
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Request parameters read here; the rest are passed on in InferRequest.parameters.
+_READ_PARAMS = ("priority", "timeout", "routing_key", "binary_data_output")
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers", "U": "strings"}
+
+
+# ---- infer: JSON (+ binary) -> InferRequest -------------------------------------
+
+def decode_infer_request(body: bytes, header_length: Optional[str], model: str, version: str = ""):
+    """Returns (InferRequest, binary_default, {output name: binary}) or raises InvalidArgument."""
+    doc, binary = _split_body(body, header_length)
+    if not isinstance(doc, dict):
+        raise InvalidArgument("infer request: the JSON body must be an object")
+    params = json_object(doc.get("parameters"), "infer request 'parameters'")
+    tensors = doc.get("inputs")
+    if not isinstance(tensors, list):
+        raise InvalidArgument(f"model {model!r}: infer request 'inputs' must be a list of tensors")
+    inputs, offset = [], 0
+    for i, t in enumerate(tensors):
+        inp, size = _decode_input(t, i, model, binary, offset, header_length is None)
+        inputs.append(inp)
+        offset += size
+    if offset != len(binary):
+        sizes = ", ".join(f"{t['name']!r}: {t['parameters']['binary_data_size']}" for t in tensors
+                          if "binary_data_size" in (t.get("parameters") or {}))
+        raise InvalidArgument(f"model {model!r}: {len(binary)} bytes of binary data follow the JSON, but the "
+                              f"inputs' binary_data_size sum to {offset} ({sizes or 'no binary inputs'})")
+    default, chosen = _binary_outputs(doc.get("outputs"), params, model)
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("infer request 'id' must be a string")
+    priority, timeout_us, routing_key = _request_parameters(params)
+    extra = {k: v for k, v in params.items() if k not in _READ_PARAMS}
+    req = InferRequest(model, version, request_id, inputs, list(chosen), priority, timeout_us, routing_key, extra)
+    return req, default, chosen
+
+
+def _request_parameters(params: dict) -> tuple:
+    """(priority, timeout_us or None, routing_key or None), checked."""
+    priority, timeout, routing_key = params.get("priority", 0), params.get("timeout"), params.get("routing_key")
+    if not _is_int(priority) or not 0 <= priority < 2**64:  # uint64, as on the gRPC wire
+        raise InvalidArgument(f"infer request parameter 'priority' must be an integer >= 0, got {_short(priority)}")
+    if timeout is not None and (not _is_int(timeout) or not 0 <= timeout < 2**63):  # int64 µs, as on gRPC
+        raise InvalidArgument(f"infer request parameter 'timeout' must be microseconds >= 0, got {_short(timeout)}")
+    if routing_key is not None and not isinstance(routing_key, str):
+        raise InvalidArgument("infer request parameter 'routing_key' must be a string")
+    return priority, timeout or None, routing_key  # timeout 0 = none, as in Triton
+
+
+def _split_body(body: bytes, header_length: Optional[str]):
+    if header_length is None:
+        json_part, binary = body, memoryview(b"")
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidArgument(f"{HEADER_LENGTH} {_short(header_length)} is not an integer") from None
+        if not 0 <= n <= len(body):
+            raise InvalidArgument(f"{HEADER_LENGTH} {n} is outside the {len(body)}-byte body")
+        view = memoryview(body)
+        json_part, binary = bytes(view[:n]), view[n:]
+    try:
+        return json.loads(json_part), binary
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"malformed JSON in the request body: {e}") from None
+
+
+def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no_header: bool):
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        raise InvalidArgument(f"model {model!r}: inputs[{index}] must be an object with a 'name' string")
+    where = f"model {model!r} input {_short(t['name'])}"
+    datatype, shape = t.get("datatype"), t.get("shape")
+    if not isinstance(datatype, str):
+        raise InvalidArgument(f"{where}: 'datatype' must be a string, got {_short(datatype)}")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {_short(shape)}")
+    params = json_object(t.get("parameters"), f"{where} 'parameters'")
+    if "shared_memory_region" in params:
+        raise InvalidArgument(f"{where}: shared-memory tensors are not supported")
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in t:
+            raise InvalidArgument(f"{where}: neither 'data' nor the parameter binary_data_size")
+        return InferInput(t["name"], datatype, shape, _from_json(t["data"], datatype, shape, where)), 0
+    if not _is_int(size) or size < 0:
+        raise InvalidArgument(f"{where}: binary_data_size must be an integer >= 0, got {_short(size)}")
+    if "data" in t:
+        raise InvalidArgument(f"{where}: both 'data' and binary_data_size given")
+    if offset + size > len(binary):
+        hint = f" (binary data needs the {HEADER_LENGTH} header)" if no_header else ""
+        raise InvalidArgument(f"{where}: binary_data_size {size}, but only {len(binary) - offset} bytes "
+                              f"of binary data remain{hint}")
+    arr = from_raw(binary[offset:offset + size], datatype, shape, where)
+    if not arr.flags.aligned:  # the JSON's length sets the offset: realign for the backends
+        arr = arr.copy()
+    return InferInput(t["name"], datatype, shape, arr), size
+
+
+def _from_json(values, datatype: str, shape: list, where: str) -> np.ndarray:
+    try:
+        probe = np.asarray(values)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        probe = None  # ragged, huge or odd: from_list names the problem
+    if probe is not None and probe.size and probe.dtype.kind not in _json_kinds(datatype) + "O":
+        raise InvalidArgument(f"{where}: JSON data of {_KIND_NAMES.get(probe.dtype.kind, 'values')} "
+                              f"does not fit {datatype}")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return from_list(values, datatype, shape, where)
+    except (OverflowError, FloatingPointError) as e:
+        raise InvalidArgument(f"{where}: a value is out of range for {datatype} ({e})") from None
+    except RecursionError:
+        raise InvalidArgument(f"{where}: data nested too deeply") from None
+
+
+def _json_kinds(datatype: str) -> str:
+    """The numpy kinds of JSON data accepted for a datatype (as Triton: no strings, no float -> int)."""
+    if datatype == "BOOL":
+        return "b"
+    if datatype.startswith("FP"):
+        return "iuf"
+    return "iu" if datatype.startswith(("INT", "UINT")) else ""
+
+
+def _binary_outputs(outputs, params: dict, model: str):
+    default = params.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise InvalidArgument("infer request parameter 'binary_data_output' must be a boolean")
+    if outputs is None:
+        return default, {}
+    if not isinstance(outputs, list):
+        raise InvalidArgument(f"model {model!r}: infer request 'outputs' must be a list")
+    chosen = {}
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InvalidArgument(f"model {model!r}: outputs[{i}] must be an object with a 'name' string")
+        where = f"model {model!r} output {_short(o['name'])}"
+        p = json_object(o.get("parameters"), f"{where} 'parameters'")
+        if p.get("classification") or "shared_memory_region" in p:
+            raise InvalidArgument(f"{where}: classification and shared-memory outputs are not supported")
+        flag = p.get("binary_data", default)
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{where}: 'binary_data' must be a boolean")
+        chosen[o["name"]] = flag
+    return default, chosen
+
+
+# ---- infer: InferResponse -> JSON (+ binary) ------------------------------------
+
+def encode_infer_response(resp: InferResponse, default: bool, chosen: dict) -> Tuple[bytes, str, dict]:
+    """(body, content type, headers): JSON, or JSON + binary outputs as asked by (default, chosen)."""
+    entries, blobs = [], []
+    for o in resp.outputs:
+        entry = {"name": o.name, "datatype": o.datatype, "shape": o.shape}
+        if chosen.get(o.name, default):
+            data = np.ascontiguousarray(o.data)
+            entry["parameters"] = {"binary_data_size": data.nbytes}
+            blobs.append(data.reshape(-1).view(np.uint8).data)
+        else:
+            entry["data"] = o.data.reshape(-1).tolist()
+        entries.append(entry)
+    doc = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.id:
+        doc["id"] = resp.id
+    doc["outputs"] = entries
+    head = dumps(doc)
+    if not blobs:
+        return head, "application/json", {}
+    return b"".join([head, *blobs]), "application/octet-stream", {HEADER_LENGTH: str(len(head))}
+
+
+# ---- JSON helpers (shared with rest.py) ------------------------------------------
+
+def json_object(value, what: str) -> dict:
+    """``value`` when it is a JSON object, {} when absent; else InvalidArgument naming ``what``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def dumps(doc) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
