@@ -251,3 +251,36 @@ def test_package_reads_yaml_and_labels(tmp_path):
     (pkg / "model.yaml").write_text(yaml.safe_dump(data))
     p = load_package(str(pkg))
     assert p.name == "digits-mlp" and p.labels["dataset"] == "sklearn digits" and p.fallback == "digits-logreg"
+
+
+def test_push_fallback_follows_the_registry_rule(capsys, repo, tmp_path):
+    """The one fallback rule on the push path (set-fallback's is in test_registry_store): an
+    older version of the model itself is a valid fallback; the model itself unpinned is not."""
+    registry = open_registry(repo)
+    first = push(registry, demo_package_path("digits-logreg"))
+    pkg = copy_demo(tmp_path, "digits-logreg")
+    edit_config(pkg, labels={"retrained": "yes"}, fallback="digits-logreg:1")
+    second = push(registry, str(pkg))
+    assert (second.version, second.fallback_id) == (2, first.ref)
+    pkg3 = copy_demo(tmp_path, "digits-logreg", dest="pkg3")
+    edit_config(pkg3, labels={"retrained": "again"})
+    code, _, err = cli(capsys, "models", "push", str(pkg3), "--fallback", "digits-logreg", "--repository", repo)
+    assert code == 1 and "must name a version" in err
+    code, _, err = cli(capsys, "models", "push", str(pkg3), "--fallback", "digits-logreg:9", "--repository", repo)
+    assert code == 1 and "fallback 'digits-logreg:9' does not exist" in err
+    assert [r.version for r in registry.list("digits-logreg")] == [1, 2]
+    registry.close()
+
+
+def test_push_hashes_each_file_once(monkeypatch, repo):
+    """A push hashes its files once (for the identical-push lookup and the store alike); the copy
+    then hashes what it writes, which is how a file changing meanwhile is caught."""
+    from inferline.registry import _artifacts
+
+    calls = []
+    real = _artifacts.hash_file
+    monkeypatch.setattr(_artifacts, "hash_file", lambda path: calls.append(path) or real(path))
+    registry = open_registry(repo)
+    record = push(registry, demo_package_path("digits-logreg"))
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == len(load_package(record.model_uri).files)
+    registry.close()

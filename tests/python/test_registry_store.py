@@ -19,7 +19,7 @@ import pytest
 from inferline import errors
 from inferline.registry import (ArtifactMissing, GcReport, Registry, TamperedArtifact, VersionNotFound,
                                 default_metadata_path, package_sha256)
-from inferline.registry import store
+from inferline.registry import _metadata, store
 
 ENV = {"backend": "onnxruntime", "onnxruntime": "1.17.0", "python": "3.11"}
 
@@ -408,7 +408,7 @@ def test_file_url_is_a_local_repository_with_wal_metadata(tmp_path):
 
 
 def test_a_busy_writer_gives_unavailable_and_readers_go_on(tmp_path, monkeypatch, src):
-    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_metadata, "BUSY_TIMEOUT_S", 0.2)
     reg = Registry.open(str(tmp_path / "repo"))
     push(reg, src, "m", b"1")
     holder = sqlite3.connect(reg.metadata_path, isolation_level=None)
@@ -663,3 +663,21 @@ def test_s3_unreachable_endpoint_is_unavailable_quickly(s3_env, tmp_path):
                                        "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}})
     assert time.monotonic() - start < 15
     assert not (tmp_path / "m.db").exists()
+
+
+def test_one_fallback_rule_for_push_and_set_fallback(reg, src):
+    """check_fallback (what a push asks before loading) and set_fallback apply the same rule: any
+    existing, non-failed version of any model, never the version itself; within the same model
+    the fallback must pin a version."""
+    push(reg, src, "a", b"a1")
+    assert reg.check_fallback("a", "a:1") == "a:1"  # for the version being pushed: an older one
+    assert push(reg, src, "a", b"a2", fallback_id="a:1").fallback_id == "a:1"
+    for check in (lambda ref: reg.check_fallback("a", ref), lambda ref: reg.set_fallback("a", 2, ref)):
+        with pytest.raises(errors.InvalidArgument, match="refers to the model itself.*must name a version"):
+            check("a")
+        with pytest.raises(VersionNotFound, match="fallback 'a:9' does not exist"):
+            check("a:9")
+        with pytest.raises(errors.ModelNotFound, match="fallback_id: model 'zz' not found.*'zz' does not exist"):
+            check("zz")
+    with pytest.raises(errors.InvalidArgument, match="refers to model 'a' version 2 itself"):
+        reg.set_fallback("a", 2, "a:2")

@@ -26,7 +26,7 @@ import numpy as np
 from ..backends.spec import BackendSpec
 from ..config import ModelConfig, config_schema
 from ..errors import InvalidArgument
-from ..registry import check_name, parse_ref
+from ..registry import check_fallback_ref, check_name
 
 CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
 ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
@@ -177,10 +177,8 @@ def _build(data: dict, name: str, files: dict, artifact: str, scratch: Optional[
     config = ModelConfig.from_dict({"name": name, **{k: data[k] for k in CONFIG_KEYS if k in data}})
     backend = BackendSpec(**data.get("backend", {}))
     fallback = data.get("fallback")
-    if fallback is not None:
-        fb_name, _ = parse_ref(fallback, "fallback")
-        if fb_name == name:
-            raise InvalidArgument(f"{where}: fallback {fallback!r} refers to the model itself")
+    if fallback is not None:  # the registry's one rule; it checks existence when the package is pushed
+        check_fallback_ref(name, None, fallback, f"{where}: fallback")
     golden = GoldenSpec(**data["golden"]) if "golden" in data else None
     pkg = ModelPackage(name=name, config=config, backend=backend, artifact=artifact, files=dict(files),
                        data={**data, "name": name}, fallback=fallback, golden=golden,

@@ -12,11 +12,9 @@ import os
 from typing import Optional
 
 from ..engine import Engine
-from ..errors import InvalidArgument, ModelNotFound
+from ..registry import Registry, VersionRecord, digest_package
 from . import loader
-from ..registry._artifacts import hash_file, package_sha256
 from .package import load_package
-from ..registry import Registry, VersionRecord, parse_ref
 
 ENV_REPOSITORY = "INFERLINE_REPOSITORY"
 
@@ -57,16 +55,18 @@ def push(registry: Registry, path: str, *, name: Optional[str] = None, fallback:
 
 
 def _push_package(registry: Registry, package, fallback: Optional[str], live: Optional[bool]) -> VersionRecord:
+    """Checks the fallback (before the costly load), hashes the files once for both the identical-
+    push lookup and the store, loads the package once, then stores it and records the version."""
     fallback_ref = fallback if fallback is not None else package.fallback
     if fallback_ref:
-        _check_fallback(registry, package.name, fallback_ref)
-    sha = package_sha256({rel: hash_file(p)[0] for rel, p in package.files.items()})
-    existing = registry.find(package.name, sha)
+        registry.check_fallback(package.name, fallback_ref)  # the one rule; add_version checks again
+    digest = digest_package(package.name, package.files)
+    existing = registry.find(package.name, digest.sha256)
     if existing is not None:
         return registry.promote(existing.name, existing.version) if live and not existing.is_live else existing
     with Engine() as engine:  # load once: the signature, the golden set and the fingerprint must pass
         _, report = loader.load_into_engine(engine, package, version=1)
-    model_uri, sha = registry.put_package(package.name, package.files)
+    model_uri, sha = registry.put_package(package.name, digest)
     try:
         return registry.add_version(
             package.name, sha, model_uri, runtime_env=report.runtime_env, config=package.data,
@@ -75,19 +75,6 @@ def _push_package(registry: Registry, package, fallback: Optional[str], live: Op
     except BaseException:
         registry.discard_package(package.name, sha)
         raise
-
-
-def _check_fallback(registry: Registry, name: str, ref: str) -> None:
-    fb_name, fb_version = parse_ref(ref, "fallback")
-    if fb_name == name:
-        raise InvalidArgument(f"fallback: {ref!r} refers to model {name!r} itself")
-    try:
-        if fb_version is not None:
-            registry.get(fb_name, fb_version)
-        elif not registry.list(fb_name):
-            raise ModelNotFound(f"model {fb_name!r} has no versions")
-    except ModelNotFound as e:
-        raise ModelNotFound(f"fallback {ref!r} does not exist: {e}") from None
 
 
 def load_version(engine: Engine, registry: Registry, record: VersionRecord, dest_dir: Optional[str] = None):

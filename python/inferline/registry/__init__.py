@@ -1,12 +1,17 @@
-"""Model registry: immutable, versioned model packages with live/rollback/fallback metadata.
+"""Model registry (storage only): immutable, versioned model packages with live/rollback/fallback
+metadata, version states and their one transition table, artifacts and retention.
 
-``Registry.open(repository)`` is the entry point; see ``store`` for the layout and the rules.
+``Registry.open(repository)`` is the entry point; see ``store`` for the layout and the rules. This
+package imports nothing above it (no engine, backends or model lifecycle).
 """
 
-from .store import (ArtifactMissing, GcReport, Registry, TamperedArtifact, VersionNotFound,
-                    VersionRecord, check_name, default_metadata_path, package_sha256, parse_ref)
+from ._records import check_fallback_ref
+from ._states import STATES, TRANSITIONS
+from .store import (ArtifactMissing, GcReport, PackageDigest, Registry, TamperedArtifact, VersionNotFound,
+                    VersionRecord, check_name, default_metadata_path, digest_package, package_sha256, parse_ref)
 
 __all__ = [
-    "ArtifactMissing", "GcReport", "Registry", "TamperedArtifact", "VersionNotFound",
-    "VersionRecord", "check_name", "default_metadata_path", "package_sha256", "parse_ref",
+    "ArtifactMissing", "GcReport", "PackageDigest", "Registry", "STATES", "TRANSITIONS", "TamperedArtifact",
+    "VersionNotFound", "VersionRecord", "check_fallback_ref", "check_name", "default_metadata_path", "digest_package",
+    "package_sha256", "parse_ref",
 ]

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import FailedPrecondition, InferlineError, InvalidArgument, Unavailable
@@ -94,6 +95,47 @@ def build_manifest(name: str, listing: List[Dict[str, Any]]) -> Tuple[str, bytes
     sha = package_sha256({f["name"]: f["sha256"] for f in listing})
     doc = {"format": 1, "name": name, "sha256": sha, "files": listing}
     return sha, json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class PackageDigest:
+    """A package's files, each hashed once: its sha256, what to copy and the manifest to commit.
+
+    ``digest_package`` makes one; a push looks the sha256 up (an identical push skips the work)
+    and hands the same digest to ``Registry.put_package``, so no file is hashed twice before the
+    copy (which hashes what it copies, to catch a file changing meanwhile).
+    """
+
+    name: str
+    """Model name the manifest was built for."""
+    sha256: str
+    """The package hash (see ``package_sha256``)."""
+    entries: Tuple[Tuple[str, str, str], ...]
+    """(relative name, local path, file sha256), sorted by relative name."""
+    manifest: bytes
+    """The ``MANIFEST.json`` bytes to commit."""
+
+
+def digest_package(name: str, files: Mapping[str, str]) -> PackageDigest:
+    """Checks the relative names of ``files`` (relative name -> local path) and hashes each file
+    once; InvalidArgument naming the file when a name is bad or a file cannot be read."""
+    if not isinstance(files, Mapping) or not files:
+        raise InvalidArgument("files: a package needs at least one file (relative name -> local path)")
+    rels = sorted(check_rel(rel) for rel in files)
+    dirs = {"/".join(rel.split("/")[:i]) for rel in rels for i in range(1, rel.count("/") + 1)}
+    if dirs & set(rels):
+        raise InvalidArgument(f"files: {sorted(dirs & set(rels))[0]!r} is both a file and a directory")
+    entries, listing = [], []
+    for rel in rels:
+        src = os.fspath(files[rel])
+        try:
+            sha, size = hash_file(src)
+        except OSError as e:
+            raise InvalidArgument(f"files[{rel!r}]: cannot read {src!r}: {cause(e)}") from None
+        entries.append((rel, src, sha))
+        listing.append({"name": rel, "sha256": sha, "size": size})
+    sha, manifest = build_manifest(name, listing)
+    return PackageDigest(name, sha, tuple(entries), manifest)
 
 
 def parse_manifest(raw: bytes, sha256: str, where: str) -> List[Tuple[str, str]]:

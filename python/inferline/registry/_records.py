@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
 
 from ..errors import InvalidArgument, ModelNotFound
+from ._states import STATES
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the metadata file; newer files are refused."""
-STATES = ("staged", "canary", "live", "retired", "failed")
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -62,6 +62,28 @@ def parse_ref(ref: Any, field: str = "ref") -> Tuple[str, Optional[int]]:
     if not _VERSION_RE.fullmatch(ver):
         raise InvalidArgument(f"{field}: version in {ref!r} must be a positive integer")
     return name, int(ver)
+
+
+def check_fallback_ref(name: str, version: Optional[int], ref: Any,
+                       field: str = "fallback_id") -> Tuple[str, Optional[int], str]:
+    """The fallback rule's part that needs no storage; returns (target name, target version or
+    None, normalised text).
+
+    The rule (``Registry.check_fallback`` adds the rest: the target exists and did not fail): a
+    fallback is ``"name:version"`` (pinned) or ``"name"`` (that model's live version when used),
+    of any model, but never the version itself. So a fallback within the same model must pin a
+    version (its live version may be the very version that falls back), and it may be an older
+    version of the model (a rollback target is the most natural fallback). ``version`` is None for
+    a version not numbered yet (a package being pushed: any existing version is older than it).
+    """
+    target_name, target_version = parse_ref(ref, field)
+    text = target_name if target_version is None else f"{target_name}:{target_version}"
+    if target_name == name and target_version is None:
+        raise InvalidArgument(f"{field}: {text!r} refers to the model itself (its live version); "
+                              f"a fallback within the same model must name a version")
+    if target_name == name and target_version == version:
+        raise InvalidArgument(f"{field}: {text!r} refers to model {name!r} version {version} itself")
+    return target_name, target_version, text
 
 
 def check_sha(sha256: Any, field: str = "sha256") -> str:

@@ -1,0 +1,256 @@
+"""SQL access for the registry: the connection, the schema, transactions, rows <-> records.
+
+``Metadata`` owns one SQLite connection in WAL mode. Every call of the registry runs in one
+``tx``: ``BEGIN IMMEDIATE`` for writes (one writer at a time across processes, waiting up to
+``BUSY_TIMEOUT_S``), a snapshot for reads. SQLite errors become inferline errors here and
+nowhere else (busy or unreachable: Unavailable; a broken constraint: FailedPrecondition). The
+query helpers take the transaction's connection (``db``) so that a caller composes several of
+them atomically; every state change goes through ``move`` (the checked transition table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import threading
+import time
+from typing import Iterator, List, Optional, Tuple
+
+from ..errors import FailedPrecondition, ModelNotFound, Unavailable
+from ._artifacts import cause
+from ._records import (COLUMNS, SCHEMA, SCHEMA_VERSION, VersionNotFound, VersionRecord,
+                       record_from_row)
+from ._states import check_transition
+
+BUSY_TIMEOUT_S = 10.0
+"""How long a writer waits for another writer's transaction before giving up (Unavailable)."""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A WAL-mode connection to the metadata file at ``path`` (created if missing).
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite can report "database is
+    locked" for it at once, without its busy handler, while other processes open the same new
+    file: that is retried for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db, mode = _open_wal(path)
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise Unavailable(f"registry metadata {path}: cannot open it: {cause(e)}") from None
+            time.sleep(0.01 + random.random() * 0.05)
+        except (OSError, sqlite3.Error) as e:
+            raise Unavailable(f"registry metadata {path}: cannot open it: {cause(e)}") from None
+    if str(mode).lower() != "wal":
+        db.close()
+        raise FailedPrecondition(f"registry metadata {path}: SQLite refused WAL mode (got {mode!r}); "
+                                 "keep the metadata file on a local filesystem")
+    return db
+
+
+def _open_wal(path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        db.close()
+        raise
+    return db, mode
+
+
+class Metadata:
+    """The metadata file of one repository: transactions and the queries the registry composes.
+
+    Locking: ``_lock`` serialises this process's threads on the one connection (held for a whole
+    ``tx``); SQLite's own locks order processes. Methods that take ``db`` require a ``tx``.
+    """
+
+    def __init__(self, path: str, repository: str, check_owner: bool):
+        """``check_owner``: refuse a file made for another repository (remote repositories; a
+        local directory may be moved with its metadata inside)."""
+        self.path = path
+        self.repository = repository
+        self._lock = threading.RLock()
+        self._db = connect(path)
+        try:
+            self._init_schema(check_owner)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _sql_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            busy = " (another writer held it longer than the busy timeout)" if "locked" in str(e) else ""
+            raise Unavailable(f"registry metadata {self.path}: {cause(e)}{busy}") from None
+        except sqlite3.IntegrityError as e:
+            raise FailedPrecondition(f"registry metadata {self.path}: {e}") from None
+
+    @contextlib.contextmanager
+    def tx(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction: BEGIN IMMEDIATE for writes (one writer at a time), a snapshot for reads.
+        Takes ``_lock`` for its whole length."""
+        with self._lock, self._sql_errors():
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _init_schema(self, check_owner: bool) -> None:
+        """Creates the schema in a new file, refuses a newer schema or another repository's file."""
+        with self.tx(write=False) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            with self.tx(write=True) as db:
+                if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    for stmt in SCHEMA:
+                        db.execute(stmt)
+                    db.execute("INSERT INTO meta VALUES ('repository', ?)", (self.repository,))
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FailedPrecondition(f"registry metadata {self.path}: schema version {version} "
+                                     f"is newer than this inferline's ({SCHEMA_VERSION}); upgrade inferline")
+        with self.tx(write=False) as db:
+            owner = db.execute("SELECT value FROM meta WHERE key = 'repository'").fetchone()
+        if check_owner and owner and owner[0] != self.repository:
+            raise FailedPrecondition(f"registry metadata {self.path} belongs to repository "
+                                     f"{owner[0]!r}, not {self.repository!r}; pass another metadata_path")
+
+    # ------------------------------------------------------------------------------ reads
+
+    def row(self, db, name: str, version: int) -> Optional[VersionRecord]:
+        row = db.execute(f"SELECT {COLUMNS} FROM versions WHERE name = ? AND version = ?",
+                         (name, version)).fetchone()
+        return record_from_row(row) if row else None
+
+    def live_row(self, db, name: str) -> Optional[VersionRecord]:
+        row = db.execute(f"SELECT {COLUMNS} FROM versions WHERE name = ? AND is_live = 1",
+                         (name,)).fetchone()
+        return record_from_row(row) if row else None
+
+    def find(self, db, name: str, sha256: str) -> Optional[VersionRecord]:
+        row = db.execute(f"SELECT {COLUMNS} FROM versions WHERE name = ? AND sha256 = ?",
+                         (name, sha256)).fetchone()
+        return record_from_row(row) if row else None
+
+    def rows(self, db, name: Optional[str] = None) -> List[VersionRecord]:
+        """Every version (of ``name`` if given), ordered by name then version."""
+        if name is None:
+            rows = db.execute(f"SELECT {COLUMNS} FROM versions ORDER BY name, version").fetchall()
+        else:
+            rows = db.execute(f"SELECT {COLUMNS} FROM versions WHERE name = ? ORDER BY version",
+                              (name,)).fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def require(self, db, name: str, version: Optional[int], field: str = "") -> VersionRecord:
+        """The version (the live one if None), else ModelNotFound / VersionNotFound."""
+        rec = self.live_row(db, name) if version is None else self.row(db, name, version)
+        if rec is not None:
+            return rec
+        prefix = f"{field}: " if field else ""
+        if not db.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone():
+            raise ModelNotFound(f"{prefix}model {name!r} not found in repository {self.repository!r}")
+        if version is None:
+            raise VersionNotFound(f"{prefix}model {name!r} has no live version")
+        raise VersionNotFound(f"{prefix}model {name!r} version {version} not found "
+                              f"in repository {self.repository!r}")
+
+    def live_stack(self, db, name: str, current: int) -> List[Tuple[int, int]]:
+        """(seq, version) of the active live history below ``current``, newest first."""
+        return db.execute("SELECT seq, version FROM live_history WHERE name = ? AND active = 1 "
+                          "AND version != ? ORDER BY seq DESC", (name, current)).fetchall()
+
+    # ----------------------------------------------------------------------------- writes
+
+    def next_version(self, db, name: str, now: float) -> int:
+        """Reserves the model's next version number (consumed only if the transaction commits)."""
+        db.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", (name, now))
+        db.execute("UPDATE models SET last_version = last_version + 1 WHERE name = ?", (name,))
+        return db.execute("SELECT last_version FROM models WHERE name = ?", (name,)).fetchone()[0]
+
+    def insert_version(self, db, name: str, version: int, model_uri: str, sha256: str,
+                       values: tuple, state: str, fallback_id: Optional[str], now: float) -> None:
+        """``values``: runtime_env, config, labels, model_load_time_s, fingerprint, failure."""
+        db.execute("INSERT INTO versions (name, version, model_uri, sha256, runtime_env, config, "
+                   "labels, model_load_time_s, fingerprint, failure, state, fallback_id, created_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (name, version, model_uri, sha256) + tuple(values) + (state, fallback_id, now))
+
+    def move(self, db, rec: VersionRecord, to: str, operation: str) -> None:
+        """Changes the state of ``rec`` to ``to`` after checking the transition table."""
+        check_transition(rec, to, operation)
+        db.execute("UPDATE versions SET state = ?, is_live = ? WHERE name = ? AND version = ?",
+                   (to, int(to == "live"), rec.name, rec.version))
+
+    def set_live(self, db, rec: VersionRecord, operation: str, action: str) -> None:
+        """Makes ``rec`` the live version (the previous live becomes retired), records it in the
+        live history (``action``: add, promote or rollback)."""
+        check_transition(rec, "live", operation)
+        old = self.live_row(db, rec.name)
+        if old is not None and old.version != rec.version:
+            self.move(db, old, "retired", operation)
+        self.move(db, rec, "live", operation)
+        db.execute("INSERT INTO live_history (name, version, action, at) VALUES (?, ?, ?, ?)",
+                   (rec.name, rec.version, action, time.time()))
+
+    def pop_live_history(self, db, name: str, seq: int) -> None:
+        """Deactivates the live history from ``seq`` on (a rollback consumed it)."""
+        db.execute("UPDATE live_history SET active = 0 WHERE name = ? AND seq >= ?", (name, seq))
+
+    def update_load(self, db, rec: VersionRecord, failure: Optional[str], load_s: Optional[float],
+                    fingerprint: Optional[str]) -> None:
+        """Stores a load's outcome (None keeps the stored time and fingerprint)."""
+        db.execute("UPDATE versions SET failure = ?, model_load_time_s = COALESCE(?, model_load_time_s), "
+                   "fingerprint = COALESCE(?, fingerprint) WHERE name = ? AND version = ?",
+                   (failure, load_s, fingerprint, rec.name, rec.version))
+
+    def set_fallback_id(self, db, rec: VersionRecord, fallback_id: Optional[str]) -> None:
+        db.execute("UPDATE versions SET fallback_id = ? WHERE name = ? AND version = ?",
+                   (fallback_id, rec.name, rec.version))
+
+    # -------------------------------------------------------------------------- retention
+
+    def retention(self, db, name: str, keep: int) -> List[Tuple[int, str]]:
+        """Deletes the metadata of ``name``'s versions beyond the newest ``keep``, except live,
+        canary and fallback targets; returns (version, sha256) of the deleted ones."""
+        rows = db.execute("SELECT version, sha256, state FROM versions WHERE name = ? "
+                          "ORDER BY version DESC", (name,)).fetchall()
+        if len(rows) <= keep:
+            return []
+        pinned = {r[0] for r in db.execute("SELECT DISTINCT fallback_id FROM versions "
+                                           "WHERE fallback_id IS NOT NULL")}
+        victims = [(v, sha) for v, sha, state in rows[keep:]
+                   if state not in ("live", "canary") and f"{name}:{v}" not in pinned]
+        db.executemany("DELETE FROM versions WHERE name = ? AND version = ?",
+                       [(name, v) for v, _ in victims])
+        return victims
+
+    def referenced(self, db, name: str, sha256: str) -> bool:
+        """Whether some version of ``name`` records the package ``sha256``."""
+        return db.execute("SELECT 1 FROM versions WHERE name = ? AND sha256 = ?",
+                          (name, sha256)).fetchone() is not None
+
+    def model_names(self, db) -> List[str]:
+        return [r[0] for r in db.execute("SELECT name FROM models ORDER BY name")]
+
+    def packages(self, db) -> set:
+        """{(name, sha256)} of every package some version references."""
+        return set(db.execute("SELECT name, sha256 FROM versions").fetchall())
