@@ -4,12 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "inferline/backend.h"
 #include "inferline/completion.h"
+#include "inferline/engine.h"
 #include "inferline/model.h"
 
 namespace py = pybind11;
@@ -17,20 +20,26 @@ using namespace inferline;
 
 namespace {
 
-// ---- errors: a non-OK Status becomes an inferline.errors exception ----------
+// ---- errors: a non-OK Status becomes _core.CoreError(code, message) -----------
+// One exception type, defined here, carrying the gRPC code; inferline.errors
+// maps it to its classes (from_core_error), so the binding never imports the
+// package it is part of.
 struct StatusError {
   Status status;
 };
 
 [[noreturn]] void Throw(const Status& st) { throw StatusError{st}; }
 
+py::handle core_error;  // _core.CoreError; set at import, lives as long as the module
+
 void TranslateStatusError(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
   } catch (const StatusError& e) {
-    py::object errors = py::module_::import("inferline.errors");
-    py::object exc = errors.attr("from_status")(static_cast<int>(e.status.code()), e.status.message());
-    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    py::object exc = py::reinterpret_borrow<py::object>(core_error)(e.status.message());
+    exc.attr("code") = static_cast<int>(e.status.code());
+    exc.attr("message") = e.status.message();
+    PyErr_SetObject(core_error.ptr(), exc.ptr());
   }
 }
 
@@ -111,6 +120,17 @@ PreprocessSpec PreprocessFromPy(const py::handle& h) {
     Throw(InvalidArgument("preprocessing.kind must be 'none', 'tabular' or 'image', got '" + kind + "'"));
   }
   return p;
+}
+
+// A Python object as ModelConfig::host_data: released with the GIL held.
+std::shared_ptr<const void> HostData(py::object obj) {
+  if (obj.is_none()) return nullptr;
+  auto* ref = new py::object(std::move(obj));
+  return std::shared_ptr<const void>(ref, [](const void* p) {
+    if (!Py_IsInitialized()) return;  // interpreter gone: leak rather than crash
+    py::gil_scoped_acquire gil;
+    delete static_cast<const py::object*>(p);
+  });
 }
 
 ModelConfig ConfigFromPy(const py::dict& d) {
@@ -197,60 +217,147 @@ class PyCallableBackend final : public Backend {
   std::vector<std::string> output_names_;
 };
 
-// ---- Model adapters -------------------------------------------------------------
-struct ModelDeleter {
-  void operator()(Model* m) const {
-    py::gil_scoped_release nogil;  // executors may need the GIL to finish
-    delete m;
+// ---- Engine and Model adapters ------------------------------------------------
+// The Engine is destroyed with the GIL released: its Shutdown waits for executors,
+// which may need the GIL to finish a Python backend's batch.
+struct EngineDeleter {
+  void operator()(Engine* e) const {
+    py::gil_scoped_release nogil;
+    delete e;
   }
 };
-using ModelPtr = std::unique_ptr<Model, ModelDeleter>;
+using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
 
-ModelPtr Model_Create(const py::dict& config, std::shared_ptr<Backend> backend) {
-  auto made = Model::Create(ConfigFromPy(config), std::move(backend));
-  if (!made.ok()) Throw(made.status());
-  return ModelPtr(std::move(made).value().release());
+// `host`: any Python object, kept with the version (Model.host); the Python
+// Engine keeps its ModelConfig there.
+void Engine_Load(Engine& e, const py::dict& config, std::shared_ptr<Backend> backend, py::object host) {
+  ModelConfig c = ConfigFromPy(config);
+  c.host_data = HostData(std::move(host));
+  Status st;
+  {
+    py::gil_scoped_release nogil;  // a failed start joins executors that may need the GIL
+    st = e.Load(std::move(c), std::move(backend));
+  }
+  if (!st.ok()) Throw(st);
 }
 
-// inputs: {name: C-contiguous ndarray}. The arrays must stay alive until the
-// answer arrives (the Python engine keeps them with the pending future).
-void Model_Submit(Model& m, const py::dict& inputs, uint64_t tag, PollableSink& sink, uint32_t priority,
-                  uint64_t deadline_us) {
-  const ModelConfig& c = m.config();
+void Engine_Replace(Engine& e, const py::dict& config, std::shared_ptr<Backend> backend, py::object host,
+                    bool drain) {
+  ModelConfig c = ConfigFromPy(config);
+  c.host_data = HostData(std::move(host));
+  Status st;
+  {
+    py::gil_scoped_release nogil;  // drains the old model
+    st = e.Replace(std::move(c), std::move(backend), drain);
+  }
+  if (!st.ok()) Throw(st);
+}
+
+void Engine_Unload(Engine& e, const std::string& name, int64_t version, bool drain) {
+  Status st;
+  {
+    py::gil_scoped_release nogil;
+    st = e.Unload(name, version, drain);
+  }
+  if (!st.ok()) Throw(st);
+}
+
+std::shared_ptr<Model> Engine_Get(const Engine& e, const std::string& name, int64_t version) {
+  auto model = e.Get(name, version);
+  if (!model.ok()) Throw(model.status());
+  return std::move(model).value();
+}
+
+py::list Engine_List(const Engine& e) {
+  py::list out;
+  for (const LoadedModel& m : e.List()) out.append(py::make_tuple(m.name, m.version));
+  return out;
+}
+
+// One request input as a C-contiguous array of a core dtype. Array-likes are
+// converted and non-contiguous arrays copied (only then); `keep` receives the
+// array, which must stay alive until the answer arrives.
+TensorView InputView(const ModelConfig& c, size_t i, PyObject* obj, py::list& keep) {
+  auto arr = py::reinterpret_borrow<py::object>(obj);
+  if (!py::isinstance<py::array>(arr) || !(py::reinterpret_borrow<py::array>(arr).flags() & py::array::c_style)) {
+    arr = py::array::ensure(arr, py::array::c_style);
+    if (!arr) {
+      PyErr_Clear();
+      Throw(InvalidArgument(c.Describe() + " input '" + c.inputs[i].name + "': expected an array of " +
+                            DataTypeName(c.inputs[i].dtype)));
+    }
+  }
+  auto a = py::reinterpret_borrow<py::array>(arr);
+  keep.append(a);
+  TensorView v;
+  if (!DataTypeOf(a.dtype(), &v.dtype)) {  // a dtype the core has no name for: the core cannot say it
+    Throw(InvalidArgument(c.Describe() + " input '" + c.inputs[i].name + "': expected " +
+                          DataTypeName(c.inputs[i].dtype) + ", got unsupported dtype " + std::string(py::str(a.dtype()))));
+  }
+  if (a.ndim() > Shape::kMaxRank) {  // a Shape cannot hold it
+    Throw(InvalidArgument(c.Describe() + " input '" + c.inputs[i].name + "': expected shape " +
+                          c.inputs[i].shape.ToString() + ", got " + std::to_string(a.ndim()) + " dimensions"));
+  }
+  v.shape.rank = static_cast<int32_t>(a.ndim());
+  for (ssize_t d = 0; d < a.ndim(); ++d) v.shape.dims[d] = a.shape(d);
+  v.data = a.data();
+  return v;
+}
+
+// Names in `inputs` that the config does not declare, and declared names missing.
+[[noreturn]] void ThrowNameMismatch(const ModelConfig& c, const py::dict& inputs) {
+  std::string unknown, missing;
+  for (auto item : inputs) {
+    std::string name = py::str(item.first);
+    bool known = std::any_of(c.inputs.begin(), c.inputs.end(), [&](const TensorSpec& s) { return s.name == name; });
+    if (!known) unknown += (unknown.empty() ? "'" : ", '") + name + "'";
+  }
+  for (const auto& s : c.inputs) {
+    if (!inputs.contains(s.name)) missing += (missing.empty() ? "'" : ", '") + s.name + "'";
+  }
+  std::string declared;
+  for (const auto& s : c.inputs) declared += (declared.empty() ? "" : ", ") + s.name;
+  std::string msg = c.Describe() + ":";
+  if (!unknown.empty()) msg += " unknown input " + unknown + ";";
+  if (!missing.empty()) msg += " input " + missing + ": missing from the request;";
+  msg.back() = ' ';
+  Throw(InvalidArgument(msg + "(inputs: " + declared + ")"));
+}
+
+// inputs: {name: array}; converted to the config's input order. The core checks
+// dtypes and shapes (naming model, version, input and what it expected); this
+// only converts. timeout_us is relative (0 = none); the deadline is taken on the
+// model's clock here, so Python never reads the clock per request.
+void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py::dict& inputs, uint64_t tag,
+                   PollableSink& sink, uint32_t priority, uint64_t timeout_us, py::list& keep) {
+  std::shared_ptr<Model> model = Engine_Get(e, name, version);
+  const ModelConfig& c = model->config();
   InferRequest req;
   req.tag = tag;
   req.sink = &sink;
   req.priority = priority;
-  req.deadline_us = deadline_us;
+  if (timeout_us != 0) {
+    constexpr uint64_t kMax = std::numeric_limits<int64_t>::max();
+    uint64_t now = model->NowUs();
+    req.deadline_us = timeout_us >= kMax - now ? kMax : now + timeout_us;
+  }
   req.inputs.resize(c.inputs.size());
   for (size_t i = 0; i < c.inputs.size(); ++i) {
     PyObject* obj = PyDict_GetItemString(inputs.ptr(), c.inputs[i].name.c_str());
-    std::string where = c.Describe() + " input '" + c.inputs[i].name + "'";
-    if (obj == nullptr) Throw(InvalidArgument(where + ": missing from the request"));
-    if (!py::isinstance<py::array>(obj)) Throw(InvalidArgument(where + ": expected a numpy array"));
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    if (!(arr.flags() & py::array::c_style)) Throw(InvalidArgument(where + ": array must be C-contiguous"));
-    TensorView& v = req.inputs[i];
-    if (!DataTypeOf(arr.dtype(), &v.dtype)) {
-      Throw(InvalidArgument(where + ": expected " + DataTypeName(c.inputs[i].dtype) + ", got " +
-                            std::string(py::str(arr.dtype()))));
-    }
-    if (arr.ndim() > Shape::kMaxRank) Throw(InvalidArgument(where + ": more than 8 dimensions"));
-    v.shape.rank = static_cast<int32_t>(arr.ndim());
-    for (ssize_t d = 0; d < arr.ndim(); ++d) v.shape.dims[d] = arr.shape(d);
-    v.data = arr.data();
+    if (obj == nullptr) ThrowNameMismatch(c, inputs);
+    req.inputs[i] = InputView(c, i, obj, keep);
   }
-  if (py::len(inputs) != c.inputs.size()) {
-    for (auto item : inputs) {
-      std::string name = py::str(item.first);
-      bool known = false;
-      for (const auto& s : c.inputs) known = known || s.name == name;
-      if (!known) Throw(InvalidArgument(c.Describe() + ": unknown input '" + name + "'"));
-    }
-  }
-  // Submit never blocks, so the GIL stays held (releasing it costs more).
-  Status st = m.Submit(req);
+  if (py::len(inputs) != c.inputs.size()) ThrowNameMismatch(c, inputs);
+  // By the concrete version: a Replace in between keeps the signature converted
+  // for. Submit never blocks, so the GIL stays held (releasing it costs more).
+  Status st = e.Submit(name, c.version, req);
   if (!st.ok()) Throw(st);
+}
+
+py::object Model_Host(const Model& m) {
+  const auto& host = m.config().host_data;
+  if (host == nullptr) return py::none();
+  return *static_cast<const py::object*>(host.get());
 }
 
 py::dict HistogramToPy(const HistogramSnapshot& h) {
@@ -305,6 +412,11 @@ py::list PollableSink_Drain(PollableSink& sink) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "inferline native core";
+  core_error = PyErr_NewExceptionWithDoc("inferline._core.CoreError",
+                                         "A non-OK core status: .code (its gRPC number) and .message; str() is the message.",
+                                         PyExc_Exception, nullptr);
+  if (core_error.ptr() == nullptr) throw py::error_already_set();
+  m.add_object("CoreError", core_error);  // the module keeps it alive (core_error borrows)
   py::register_exception_translator(&TranslateStatusError);
 
   py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend");
@@ -321,15 +433,27 @@ PYBIND11_MODULE(_core, m) {
       .def("drain", &PollableSink_Drain)
       .def("wait", &PollableSink::WaitReadable, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>());
 
-  py::class_<Model, ModelPtr>(m, "Model")
-      .def(py::init(&Model_Create), py::arg("config"), py::arg("backend"))
-      .def("submit", &Model_Submit, py::arg("inputs"), py::arg("tag"), py::arg("sink"), py::arg("priority") = 0,
-           py::arg("deadline_us") = 0)
-      .def("shutdown", &Model::Shutdown, py::arg("drain") = true, py::call_guard<py::gil_scoped_release>())
-      .def("wake", &Model::Wake)
+  // Loaded versions live in the Engine; a Model is one of them, found by get().
+  py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+      .def_property_readonly("name", [](const Model& model) { return model.config().name; })
+      .def_property_readonly("version", [](const Model& model) { return model.config().version; })
+      .def_property_readonly("host", &Model_Host)
       .def("now_us", &Model::NowUs)
       .def("stats", &Model_Stats)
       .def("reset_stats", &Model::ResetStats);
+
+  py::class_<Engine, EnginePtr>(m, "Engine")
+      .def(py::init([] { return EnginePtr(new Engine()); }))
+      .def("load", &Engine_Load, py::arg("config"), py::arg("backend"), py::arg("host") = py::none())
+      .def("replace", &Engine_Replace, py::arg("config"), py::arg("backend"), py::arg("host") = py::none(),
+           py::arg("drain") = true)
+      .def("unload", &Engine_Unload, py::arg("name"), py::arg("version") = Engine::kLatest, py::arg("drain") = true)
+      .def("get", &Engine_Get, py::arg("name"), py::arg("version") = Engine::kLatest)
+      .def("list", &Engine_List)
+      .def("submit", &Engine_Submit, py::arg("name"), py::arg("version"), py::arg("inputs"), py::arg("tag"),
+           py::arg("sink"), py::arg("priority"), py::arg("timeout_us"), py::arg("keep"))
+      .def("shutdown", &Engine::Shutdown, py::arg("drain") = true, py::call_guard<py::gil_scoped_release>())
+      .def("now_us", &Engine::NowUs);
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

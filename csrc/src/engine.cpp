@@ -60,7 +60,8 @@ std::shared_ptr<Model> Engine::FindLocked(std::string_view name, int64_t version
 
 // Requires mu_. Names what is loaded under `name` (or a few loaded names).
 Status Engine::NotFoundStatus(std::string_view name, int64_t version) const {
-  std::string msg = "model " + Quoted(name) + " " + VersionText(version) + " is not loaded";
+  // "model 'm' is not loaded" when asked for the latest: no version was named.
+  std::string msg = "model " + Quoted(name) + (version == kLatest ? "" : " " + VersionText(version)) + " is not loaded";
   auto it = models_.find(name);
   if (it != models_.end() && !it->second.empty()) {
     std::string list;

@@ -107,3 +107,9 @@ _BY_CODE = {
 def from_status(code: int, message: str) -> InferlineError:
     """The exception for a non-OK core status."""
     return _BY_CODE.get(code, InferlineError)(message)
+
+
+def from_core_error(e) -> InferlineError:
+    """The exception for a ``_core.CoreError``, the one type the native binding raises
+    (it carries ``code`` and ``message``; the binding does not import this module)."""
+    return from_status(e.code, e.message)

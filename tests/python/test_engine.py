@@ -91,7 +91,7 @@ def test_outputs_survive_engine_close(rng):
 
 def test_multi_output_and_int_dtypes(engine):
     cfg = il.ModelConfig(name="multi", inputs=[("a", "int64", (-1, 3)), ("b", "float64", (-1, 1))],
-                         outputs=[("s", "int64", (-1, 1)), ("p", "FP64", (-1, 3))])
+                         outputs=[("s", "int64", (-1, 1)), ("p", "float64", (-1, 3))])
     engine.load(cfg, lambda d: {"s": d["a"].sum(axis=1, keepdims=True), "p": d["a"] * d["b"]})
     a = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
     b = np.array([[0.5], [2.0]])

@@ -144,7 +144,7 @@ def test_close_answers_everything(rng):
     threading.Timer(0.05, gate.set).start()
     e.close(drain=True)
     assert all(f.result(timeout=1)["y"].shape == (1, 4) for f in futures)
-    with pytest.raises(il.errors.ModelNotFound):
+    with pytest.raises(il.errors.Unavailable, match="engine is shut down"):  # the core's answer after close
         e.infer("m", {"x": np.ones((1, 4), np.float32)})
 
 

@@ -23,18 +23,21 @@ class _Dispatcher:
 
     def __init__(self):
         self.sink = _core.Sink()
-        self.pending: dict = {}  # tag -> (future, output names, inputs kept alive until answered)
+        self.pending: dict = {}  # tag -> (future, output names, input arrays kept alive until answered)
         self._tags = itertools.count()
 
     def _new_future(self):
         raise NotImplementedError
 
-    def submit(self, model, inputs: dict, names: tuple, priority: int, deadline_us: int):
+    def submit(self, engine, name: str, version: int, inputs: dict, names: tuple, priority: int,
+               timeout_us: int):
+        """Submits to ``engine`` (a ``_core.Engine``); raises ``_core.CoreError`` if refused."""
         fut = self._new_future()
         tag = next(self._tags)
-        self.pending[tag] = (fut, names, inputs)
+        keep: list = []  # the binding adds the arrays the core reads (copies too): alive until answered
+        self.pending[tag] = (fut, names, keep)
         try:
-            model.submit(inputs, tag, self.sink, priority, deadline_us)
+            engine.submit(name, version, inputs, tag, self.sink, priority, timeout_us, keep)
         except BaseException:
             del self.pending[tag]
             raise
@@ -43,7 +46,7 @@ class _Dispatcher:
     def _resolve(self, answers) -> None:
         pending = self.pending
         for tag, code, message, outputs, _queue_us, _compute_us in answers:
-            fut, names, _inputs = pending.pop(tag)
+            fut, names, _keep = pending.pop(tag)
             if fut.done():  # an awaiting asyncio task was cancelled
                 continue
             if code == 0:

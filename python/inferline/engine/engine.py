@@ -1,12 +1,16 @@
-"""Engine: the in-process API over the native core.
+"""Engine: the in-process API, a thin facade over the native core's Engine.
 
     engine = Engine()
     model = engine.load(config, backend)         # one native scheduler per version
     y = engine.infer("digits", {"x": rows})      # blocking
     f = engine.submit("digits", {"x": rows})     # concurrent.futures.Future
     y = await engine.infer_async("digits", {"x": rows})
+    engine.replace(config, new_backend)          # hot reload of a loaded version, no gap
 
-Inputs are checked (names, dtypes, shapes) before they reach the queue; errors
+What is loaded lives in the core (``_core.Engine``, the one (name, version) ->
+model map); this module converts arguments and maps errors. Loading a version
+that is loaded is refused (AlreadyExists); ``replace`` swaps it atomically. The
+core checks inputs (dtypes, shapes, rows) before they reach the queue; errors
 are ``inferline.errors`` classes whose message names the model, version and
 input at fault. Each result is ``{output name: array}``; the arrays are views of
 the batch output shared with the other requests of the batch (no copy).
@@ -20,27 +24,30 @@ import time
 import weakref
 from typing import Any, Mapping, Optional
 
-import numpy as np
-
 from .. import _core
 from ..backends import as_backend
 from ..config import ModelConfig
-from ..errors import InvalidArgument, ModelNotFound
+from ..errors import InvalidArgument, from_core_error
 from .dispatch import LoopDispatcher, ThreadDispatcher
 
 
-_MAX_DEADLINE_US = 2**63 - 1  # deadlines are uint64 in the core; far enough = none in practice
+_MAX_TIMEOUT_US = 2**63 - 1  # the core saturates the deadline there: far enough = none in practice
 
 
 class ModelHandle:
-    """One loaded model version: infer/submit/infer_async without name lookups."""
+    """One loaded model version, named by (name, version): infer/submit/infer_async/stats.
 
-    def __init__(self, engine: "Engine", config: ModelConfig, core_model):
+    The engine owns the version; a handle only names it. Requests go to whatever
+    model serves (name, version) now: after ``Engine.replace`` (same signature)
+    the handle serves the replacement, after ``unload`` it raises ModelNotFound.
+    ``config`` is the version's config when the handle was made.
+    """
+
+    def __init__(self, engine: "Engine", config: ModelConfig):
         self.config = config
         self.name = config.name
         self.version = config.version
         self._engine = engine
-        self._core = core_model
         self._names = config.output_names
         self._single_input = config.inputs[0].name if len(config.inputs) == 1 else None
 
@@ -58,28 +65,28 @@ class ModelHandle:
     def stats(self) -> dict:
         """The core's counters and histograms, plus ``last_inference_ms`` (Unix time in ms of the
         latest finished batch, 0 before the first)."""
-        s = self._core.stats()
+        core = self._engine._core_model(self.name, self.version)
+        s = core.stats()
         s["model"], s["version"] = self.name, self.version
         last = s["last_batch_end_us"]
-        s["last_inference_ms"] = int(time.time() * 1000 - (self._core.now_us() - last) / 1000) if last else 0
+        s["last_inference_ms"] = int(time.time() * 1000 - (core.now_us() - last) / 1000) if last else 0
         return s
 
     def reset_stats(self) -> None:
         """Zeroes this version's statistics; exact while no request is in flight. The loader
         calls it after warm-up, so that served traffic alone is counted."""
-        self._core.reset_stats()
+        self._engine._core_model(self.name, self.version).reset_stats()
 
     def _submit(self, dispatcher, inputs, priority, timeout_us):
         if type(inputs) is not dict:
             inputs = self._as_dict(inputs)
-        deadline = 0 if timeout_us is None else min(self._core.now_us() + max(int(timeout_us), 1), _MAX_DEADLINE_US)
+        # Relative: the core takes the deadline on its own clock (0 = none).
+        timeout = 0 if timeout_us is None else min(max(int(timeout_us), 1), _MAX_TIMEOUT_US)
         try:
-            return dispatcher.submit(self._core, inputs, self._names, priority, deadline)
-        except InvalidArgument:
-            fixed = _contiguous(inputs)
-            if fixed is inputs:
-                raise
-            return dispatcher.submit(self._core, fixed, self._names, priority, deadline)
+            return dispatcher.submit(self._engine._core, self.name, self.version, inputs, self._names,
+                                     priority, timeout)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
 
     def _as_dict(self, inputs) -> dict:
         if isinstance(inputs, Mapping):
@@ -90,20 +97,13 @@ class ModelHandle:
                               f"(inputs: {', '.join(self.config.input_names)})")
 
 
-def _contiguous(inputs: dict) -> dict:
-    """The same inputs as C-contiguous ndarrays; `inputs` itself if they already are."""
-    if all(isinstance(v, np.ndarray) and v.flags.c_contiguous for v in inputs.values()):
-        return inputs
-    return {k: np.ascontiguousarray(v) for k, v in inputs.items()}
-
-
 class Engine:
     """Loads model versions and serves requests to them in-process."""
 
     def __init__(self):
         # Declared first so that models are shut down before the sinks they answer into.
-        self._models: dict = {}  # name -> {version: ModelHandle}
-        self._lock = threading.Lock()
+        self._core = _core.Engine()
+        self._lock = threading.Lock()  # guards the dispatchers and _closed
         self._thread: Optional[ThreadDispatcher] = None
         self._loops: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._sinks_alive: list = []  # every dispatcher ever made: its sink must outlive its requests
@@ -111,47 +111,45 @@ class Engine:
 
     # ---- model versions -------------------------------------------------------
     def load(self, config: Any, backend: Any) -> ModelHandle:
-        """Starts serving one model version. `config` is a ModelConfig or a mapping."""
-        if not isinstance(config, ModelConfig):
-            config = ModelConfig.from_dict(config)
-        factory = as_backend(backend)
-        core_model = _core.Model(config.to_core(), factory.create(config))
-        handle = ModelHandle(self, config, core_model)
-        with self._lock:
-            if self._closed:
-                core_model.shutdown(True)
-                raise InvalidArgument("engine is closed")
-            old = self._models.setdefault(config.name, {}).get(config.version)
-            self._models[config.name][config.version] = handle
-        if old is not None:
-            old._core.shutdown(True)
-        return handle
+        """Starts serving one model version. `config` is a ModelConfig or a mapping.
+
+        Raises AlreadyExists if that version is loaded: a hot reload is ``replace``.
+        """
+        config, native = self._prepare(config, backend)
+        try:
+            self._core.load(config.to_core(), native, config)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
+        return ModelHandle(self, config)
+
+    def replace(self, config: Any, backend: Any, *, drain: bool = True) -> ModelHandle:
+        """Hot reload: serves `config`'s version from a new model, swapped in atomically (no
+        request sees the version missing or refused), then shuts the old model down after
+        answering its queued requests (computed when `drain`, else Cancelled). Loads the version
+        if it is not loaded. FailedPrecondition if the inputs or outputs differ from the loaded
+        version's (a new signature needs a new version); on any error the loaded version serves on.
+        """
+        config, native = self._prepare(config, backend)
+        try:
+            self._core.replace(config.to_core(), native, config, drain)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
+        return ModelHandle(self, config)
 
     def unload(self, name: str, version: Optional[int] = None, *, drain: bool = True) -> None:
         """Stops a version (the latest when None) after answering its queued requests."""
-        handle = self.model(name, version)
-        with self._lock:
-            versions = self._models[name]
-            del versions[handle.version]
-            if not versions:
-                del self._models[name]
-        handle._core.shutdown(drain)
+        try:
+            self._core.unload(name, _version(version), drain)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
 
     def model(self, name: str, version: Optional[int] = None) -> ModelHandle:
-        versions = self._models.get(name)
-        if not versions:
-            loaded = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFound(f"model {name!r} is not loaded (loaded: {loaded})")
-        if version is None:
-            return versions[max(versions)]
-        handle = versions.get(int(version))
-        if handle is None:
-            raise ModelNotFound(f"model {name!r} version {version} is not loaded "
-                                f"(versions: {', '.join(map(str, sorted(versions)))})")
-        return handle
+        """The loaded version (the latest when None); ModelNotFound names what is loaded."""
+        return ModelHandle(self, self._core_model(name, version).host)
 
     def models(self) -> list:
-        return [(n, v) for n in sorted(self._models) for v in sorted(self._models[n])]
+        """[(name, version)] of every loaded version, sorted."""
+        return self._core.list()
 
     # ---- inference ------------------------------------------------------------
     def infer(self, name: str, inputs, *, version: Optional[int] = None, priority: int = 0,
@@ -171,15 +169,13 @@ class Engine:
 
     # ---- lifecycle ------------------------------------------------------------
     def close(self, *, drain: bool = True) -> None:
-        """Answers every queued request (computed, or CANCELLED when drain=False) and stops."""
+        """Answers every queued request (computed, or Cancelled when drain=False) and stops.
+        Afterwards every call is refused with Unavailable."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            handles = [h for versions in self._models.values() for h in versions.values()]
-            self._models.clear()
-        for h in handles:
-            h._core.shutdown(drain)
+        self._core.shutdown(drain)
         if self._thread is not None:
             self._thread.close()
         for d in list(self._loops.values()):
@@ -190,6 +186,17 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _prepare(self, config: Any, backend: Any) -> tuple:
+        if not isinstance(config, ModelConfig):
+            config = ModelConfig.from_dict(config)
+        return config, as_backend(backend).create(config)
+
+    def _core_model(self, name: str, version: Optional[int]):
+        try:
+            return self._core.get(name, _version(version))
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
 
     def _thread_dispatcher(self) -> ThreadDispatcher:
         d = self._thread
@@ -208,3 +215,8 @@ class Engine:
             self._loops[loop] = d
             self._sinks_alive.append(d)
         return d
+
+
+def _version(version: Optional[int]) -> int:
+    """The core's version number: 0 (Engine::kLatest) for None."""
+    return 0 if version is None else int(version)
