@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,110 @@ def test_stats_shape(engine):
     assert s["end_to_end_us"]["p50"] <= s["end_to_end_us"]["p99"] <= s["end_to_end_us"]["max"]
     assert sum(s["batch_size_counts"]) == s["batches"]
     assert 0 < s["fill_ratio"] <= 1
+
+
+# ---- one rule for a loaded version: load refuses, replace swaps ----------------
+
+def test_load_refuses_a_loaded_version_and_replace_swaps_it(engine):
+    x = np.zeros((1, 4), np.float32)
+    handle = engine.load(make_config(version=1), lambda d: {"y": d["x"] + 1})
+    with pytest.raises(il.errors.AlreadyExists, match="model 'm' version 1 is already loaded"):
+        engine.load(make_config(version=1), lambda d: {"y": d["x"] + 5})
+    assert engine.infer("m", {"x": x})["y"][0, 0] == 1  # the refused load changed nothing
+
+    swapped = engine.replace(make_config(version=1, max_batch=4), lambda d: {"y": d["x"] + 10})
+    assert engine.models() == [("m", 1)]
+    assert engine.infer("m", {"x": x})["y"][0, 0] == 10
+    assert handle.infer({"x": x})["y"][0, 0] == 10  # a handle names the version, not the old model
+    assert swapped.config.batching.max_batch_size == 4
+    assert engine.model("m", 1).config.batching.max_batch_size == 4
+    assert handle.stats()["requests"] == 2  # the new model's counters
+
+    engine.replace(make_config(version=2), lambda d: {"y": d["x"] + 20})  # not loaded: loaded
+    assert engine.models() == [("m", 1), ("m", 2)]
+
+
+def test_replace_refusals_keep_the_loaded_version(engine):
+    x = np.zeros((1, 4), np.float32)
+    engine.load(make_config(), lambda d: {"y": d["x"] + 1})
+    other = il.ModelConfig(name="m", inputs=[("x", "float32", (-1, 5))], outputs=[("y", "float32", (-1, 5))])
+    with pytest.raises(il.errors.FailedPrecondition, match="model 'm' version 1: the replacement's inputs differ"):
+        engine.replace(other, lambda d: {"y": d["x"]})
+    with pytest.raises(il.errors.InvalidArgument, match="preferred_batch_sizes"):
+        engine.replace(make_config(batching=il.BatchingConfig(max_batch_size=8, preferred_batch_sizes=(16,))),
+                       rowwise)
+    assert engine.infer("m", {"x": x})["y"][0, 0] == 1
+
+
+def test_replace_drains_the_old_model_while_the_new_one_serves(engine):
+    gate = threading.Event()
+    old = engine.load(make_config(max_batch=1, delay_us=0), lambda d: (gate.wait(10), {"y": d["x"] + 1})[1])
+    queued = [old.submit({"x": np.full((1, 4), i, np.float32)}) for i in range(5)]
+    swap = threading.Thread(target=engine.replace, args=(make_config(), lambda d: {"y": d["x"] + 100}))
+    swap.start()
+    try:
+        # The old model is held at the gate; the new one answers at once.
+        deadline = time.monotonic() + 10
+        while engine.model("m", 1).config.batching.max_batch_size != 32:  # published?
+            assert time.monotonic() < deadline, "the replacement was never published"
+            time.sleep(0.001)
+        assert engine.infer("m", {"x": np.zeros((1, 4), np.float32)})["y"][0, 0] == 100
+        assert not any(f.done() for f in queued[1:])
+    finally:
+        gate.set()
+        swap.join(10)
+    assert [int(f.result(timeout=10)["y"][0, 0]) for f in queued] == [1, 2, 3, 4, 5]  # drained, computed
+
+
+def test_concurrent_infers_during_replaces_are_never_refused(engine):
+    engine.load(make_config(), lambda d: {"y": d["x"] + 1})
+    stop = threading.Event()
+    errors, seen = [], set()
+
+    def worker(seed):
+        r = np.random.default_rng(seed)
+        while not stop.is_set():
+            x = r.standard_normal((1, 4)).astype(np.float32)
+            try:
+                y = engine.infer("m", {"x": x}, version=1 if seed % 2 else None)["y"]
+            except il.errors.InferlineError as e:
+                errors.append(e)
+                return
+            seen.add(int(np.rint(y - x)[0, 0]))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(2, 12):
+            engine.replace(make_config(), lambda d, k=k: {"y": d["x"] + k})
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert errors == []
+    assert seen <= set(range(1, 12)) and len(seen) > 1
+
+
+def test_unloaded_version_handle_raises_not_found(engine):
+    handle = engine.load(make_config(), rowwise)
+    engine.unload("m")
+    with pytest.raises(il.errors.ModelNotFound, match="model 'm' version 1 is not loaded"):
+        handle.infer({"x": np.ones((1, 4), np.float32)})
+    with pytest.raises(il.errors.ModelNotFound):
+        handle.stats()
+    with pytest.raises(il.errors.ModelNotFound, match="'m' is not loaded"):
+        engine.unload("m")
+
+
+def test_closed_engine_refuses_with_unavailable():
+    e = il.Engine()
+    e.load(make_config(), rowwise)
+    e.close()
+    e.close()  # idempotent
+    assert e.models() == []
+    with pytest.raises(il.errors.Unavailable, match="engine is shut down"):
+        e.load(make_config(name="n"), rowwise)
+    with pytest.raises(il.errors.Unavailable):
+        e.replace(make_config(), rowwise)

@@ -175,3 +175,48 @@ async def test_close_on_the_loop_resolves_awaiting_tasks():
     e.close()  # drains on this (the loop's) thread: the answers must still reach the tasks
     results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [int(r["y"][0, 0]) for r in results] == list(range(10))
+
+
+def test_unknown_and_missing_names_reported_together(engine):
+    cfg = il.ModelConfig(name="two", inputs=[("a", "float32", (-1, 2)), ("b", "float32", (-1, 2))],
+                         outputs=[("y", "float32", (-1, 2))])
+    engine.load(cfg, lambda d: {"y": d["a"] + d["b"]})
+    with pytest.raises(il.errors.InvalidArgument,
+                       match=r"model 'two' version 1: unknown input 'c'; input 'b': missing from the request "
+                             r"\(inputs: a, b\)"):
+        engine.infer("two", {"a": np.ones((1, 2), np.float32), "c": np.ones((1, 2), np.float32)})
+    # an unknown name is refused even when every declared input is there
+    with pytest.raises(il.errors.InvalidArgument, match=r"unknown input 'c'"):
+        engine.infer("two", {"a": np.ones((1, 2), np.float32), "b": np.ones((1, 2), np.float32),
+                             "c": np.ones((1, 2), np.float32)})
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: np.asfortranarray(x),                                   # Fortran order
+    lambda x: np.repeat(x, 2, axis=1)[:, ::2],                        # strided view
+    lambda x: x.tolist(),                                             # array-like: converted like np.asarray
+])
+def test_non_contiguous_and_array_likes_are_converted(engine, rng, make):
+    engine.load(il.ModelConfig(name="m", inputs=[("x", "float64", (-1, 4))], outputs=[("y", "float64", (-1, 4))]),
+                lambda d: {"y": d["x"] * 2})
+    x = rng.standard_normal((3, 4))
+    np.testing.assert_array_equal(engine.infer("m", {"x": make(x)})["y"], x * 2)
+
+
+def test_dtype_errors_use_numpy_names(engine):
+    engine.load(make_config(), rowwise)
+    with pytest.raises(il.errors.InvalidArgument, match=r"model 'm' version 1 input 'x': expected float32, got int64"):
+        engine.infer("m", {"x": np.ones((1, 4), np.int64)})
+    with pytest.raises(il.errors.InvalidArgument, match=r"input 'x': expected float32, got unsupported dtype complex128"):
+        engine.infer("m", {"x": np.ones((1, 4), np.complex128)})
+    with pytest.raises(il.errors.InvalidArgument, match=r"input 'x': expected float32, got unsupported dtype object"):
+        engine.infer("m", {"x": object()})
+
+
+def test_binding_raises_only_core_error():
+    from inferline import _core
+    e = _core.Engine()
+    with pytest.raises(_core.CoreError) as info:
+        e.unload("nope", 1)
+    assert info.value.code == 5 and "model 'nope' version 1 is not loaded" in info.value.message
+    assert not issubclass(_core.CoreError, il.errors.InferlineError)  # mapped by the Python engine
