@@ -5,7 +5,7 @@
         srv.ports[0]                         # where the first frontend listens
         srv.call(srv.dataplane.repository_unload("digits-mlp"))   # a coroutine, run on the server loop
 
-The server (Engine, ModelManager polling every 0.2 s, DataPlane, frontends) lives on
+The server (Engine, Router, ModelManager polling every 0.2 s, DataPlane, frontends) lives on
 its own event loop in a thread, so tests can use blocking clients (tritonclient.grpc,
 tritonclient.http) as well as asyncio ones.
 """
@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from inferline.demo_models import demo_package_path
 from inferline.engine import Engine
 from inferline.models.service import open_registry, push
+from inferline.routing import Router
 from inferline.server.dataplane import DataPlane
 from inferline.server.model_manager import ModelManager
 from inferline.server.settings import ServerSettings
@@ -153,9 +154,11 @@ class ServerThread:
 
     async def _start(self) -> None:
         self.engine = Engine()
-        self.manager = ModelManager(self.engine, repository=self.repository, poll_interval_s=self._poll_interval_s)
+        self.router = Router(self.engine)
+        self.manager = ModelManager(self.engine, repository=self.repository, poll_interval_s=self._poll_interval_s,
+                                    router=self.router)
         await self.manager.sync()
-        self.dataplane = DataPlane.for_settings(self.manager, self.settings)
+        self.dataplane = DataPlane.for_settings(self.manager, self.settings, router=self.router)
         self._polling_stop = asyncio.Event()
         self._polling = asyncio.ensure_future(self.manager.run(self._polling_stop))
         for start in self._starters:

@@ -24,6 +24,7 @@ import sys
 
 from ..engine import Engine
 from ..errors import Unavailable
+from ..routing import Router
 from .dataplane import DataPlane
 from .model_manager import ModelManager
 from .settings import ServerSettings
@@ -92,9 +93,10 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     from .rest import start_rest
 
     engine = Engine()
-    manager = ModelManager(engine, settings.repository, settings.poll_interval_s)
+    router = Router(engine)  # the manager publishes routing snapshots to it; the data plane routes with it
+    manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router)
     await manager.sync()
-    dataplane = DataPlane.for_settings(manager, settings)
+    dataplane = DataPlane.for_settings(manager, settings, router=router)
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
     stop, hurry = asyncio.Event(), asyncio.Event()

@@ -1,8 +1,9 @@
 """The data plane: what every frontend (gRPC, REST) asks of the server, protocol-free.
 
 A frontend converts its wire format to ``types.InferRequest`` and back; this
-class checks the request against the model's signature, routes it to a version
-and runs it on the engine. Errors are ``inferline.errors`` classes, mapped to
+class checks the request against the model's signature, asks the router
+(``inferline.routing``) which version answers and runs it on the engine; the
+model manager answers readiness, the repository index and load/unload. Errors are ``inferline.errors`` classes, mapped to
 gRPC codes and HTTP statuses in one place by each frontend.
 """
 
@@ -14,6 +15,7 @@ from typing import Iterable, Optional
 from .. import __version__
 from .codec import NUMPY_TO_KSERVE
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
+from ..routing import Router
 from .model_manager import ModelManager
 from .types import InferOutput, InferRequest, InferResponse
 
@@ -32,20 +34,22 @@ def kserve_priority_to_level(priority: int, levels: int) -> int:
 
 class DataPlane:
     """`admin_token`: the bearer token repository control needs. Without one, control is open only
-    when `open_control` (the server listens on loopback only) and refused otherwise."""
+    when `open_control` (the server listens on loopback only) and refused otherwise. `router`:
+    where requests are routed (default: the manager's)."""
 
     def __init__(self, models: ModelManager, name: str = "inferline", *, admin_token: Optional[str] = None,
-                 open_control: bool = True):
+                 open_control: bool = True, router: Optional[Router] = None):
         self.models = models
+        self.router = router if router is not None else _router_of(models)
         self.name = name
         self.accepting = True  # false while shutting down: ready turns false, live stays true
         self._admin = admin_token.encode() if admin_token else None
         self._open_control = open_control
 
     @classmethod
-    def for_settings(cls, models: ModelManager, settings) -> "DataPlane":
+    def for_settings(cls, models: ModelManager, settings, router: Optional[Router] = None) -> "DataPlane":
         """The data plane a server with `settings` (a ServerSettings) answers from."""
-        return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only)
+        return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only, router=router)
 
     # ---- health and metadata ------------------------------------------------
     def live(self) -> bool:
@@ -68,15 +72,15 @@ class DataPlane:
         return ready, reason
 
     def model_metadata(self, name: str, version: str = "") -> dict:
-        handle = self.models.handle(name, version)
+        handle = self.router.route(name, version)
         cfg = handle.config
-        versions = [str(v) for n, v, _ in self.models.served() if n == name]
+        versions = [str(v) for n, v, _ in self.router.served() if n == name]
         return {"name": cfg.name, "versions": versions, "platform": self._platform(handle),
                 "inputs": [_tensor_meta(s) for s in cfg.inputs], "outputs": [_tensor_meta(s) for s in cfg.outputs]}
 
     def model_config(self, name: str, version: str = "") -> dict:
         """The Triton ModelConfig fields that tools (perf_analyzer) read, as plain data."""
-        handle = self.models.handle(name, version)
+        handle = self.router.route(name, version)
         cfg = handle.config
         b = cfg.batching
         platform = self._platform(handle)
@@ -94,13 +98,13 @@ class DataPlane:
         }
 
     def model_statistics(self, name: str = "", version: str = "") -> list:
-        targets = [(n, v) for n, v, _ in self.models.served() if not name or n == name]
+        targets = [(n, v) for n, v, _ in self.router.served() if not name or n == name]
         if name and version:
-            self.models.handle(name, version)
+            self.router.route(name, version)
             targets = [(name, int(version))]
         elif name and not targets:
             raise ModelNotFound(f"model {name!r} is not being served")
-        return [_statistics(self.models.handle(n, str(v))) for n, v in targets]
+        return [_statistics(self.router.route(n, str(v))) for n, v in targets]
 
     def repository_index(self, ready_only: bool = False) -> list:
         index = self.models.index()
@@ -135,7 +139,7 @@ class DataPlane:
 
     # ---- inference ------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
-        handle = self.models.handle(req.model_name, req.model_version)
+        handle = self.router.route(req.model_name, req.model_version, req.routing_key)
         cfg = handle.config
         inputs = self._inputs(req, cfg)
         names = self._requested_outputs(req, cfg)
@@ -177,6 +181,25 @@ class DataPlane:
         rec = self.models.record(handle.name, handle.version)
         backend = (rec.config.get("backend") or {}).get("name", "onnxruntime") if rec else "python"
         return PLATFORMS.get(backend, "python")
+
+
+class _LookupRouter:
+    """Routes by a bare ``handle(name, version)`` lookup: a data plane over handles loaded straight
+    into an engine (tests), with no manager and so no routing snapshot."""
+
+    def __init__(self, models):
+        self._models = models
+
+    def route(self, name: str, version: str = "", routing_key: Optional[str] = None):
+        return self._models.handle(name, version)
+
+    def served(self) -> list:
+        return self._models.served()
+
+
+def _router_of(models):
+    router = getattr(models, "router", None)
+    return router if router is not None else _LookupRouter(models)
 
 
 def _require_name(name: str, call: str) -> None:

@@ -1,13 +1,17 @@
-"""Keeps the engine serving what the registry says, and routes requests to versions.
+"""Keeps the engine serving what the registry says, and publishes the routing snapshot.
 
-Every poll interval the manager reads the registry and loads the live and
-canary versions it does not serve yet (each loaded and warmed before it takes
-traffic), then unloads versions that are no longer wanted (their queued
-requests are drained first). A version that fails to load is recorded in the
-registry and never replaces a working one: the model keeps answering from the
-version that served before. A model is ready while any version of it serves.
+Every poll interval the manager (the routing controller) reads the registry and loads the live
+and canary versions that the engine does not hold yet (each loaded and warmed before it takes
+traffic), publishes the new routing snapshot to the ``Router``, then unloads versions that are
+no longer wanted (their queued requests are drained first; new requests already route
+elsewhere). A version that fails to load is recorded in the registry and never replaces a
+working one: the model keeps answering from the version that served before. A model is ready
+while any version of it serves. Which version a request reaches is the Router's job
+(``inferline.routing``); what is loaded is the engine's (``engine.models()``).
 
-All registry access and loading run on one worker thread, off the event loop.
+Locking: all registry access, loading and publishing run on one worker thread, off the event
+loop. ``_lock`` guards ``_records`` and ``_failed`` (read by readiness and the index from any
+thread); it is never held during a load, an unload or a request.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Optional
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
+from ..routing import ModelRoutes, Router, RoutingSnapshot
 
 log = logging.getLogger("inferline.server")
 
@@ -28,43 +33,27 @@ SERVED_STATES = ("live", "canary")
 
 
 class ModelManager:
-    def __init__(self, engine: Engine, repository: Optional[str] = None, poll_interval_s: float = 2.0):
+    def __init__(self, engine: Engine, repository: Optional[str] = None, poll_interval_s: float = 2.0,
+                 router: Optional[Router] = None):
         self.engine = engine
         self.repository = repository
         self.poll_interval_s = poll_interval_s
+        self.router = router if router is not None else Router(engine)
+        """Where the manager publishes the routing snapshot; the data plane routes through it."""
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inferline-registry")
         self._registry = None
         self._lock = threading.Lock()
-        self._served: dict = {}      # name -> {version: ModelHandle}
-        self._route: dict = {}       # name -> version that "" (the live version) goes to
         self._records: dict = {}     # (name, version) -> VersionRecord
         self._failed: dict = {}      # (name, version) -> (sha256, reason)
         self._held: set = set()      # models unloaded on request: not reloaded by polling
 
     # ---- lookups (any thread) ----------------------------------------------
     def handle(self, name: str, version: str = "") -> ModelHandle:
-        with self._lock:
-            versions = self._served.get(name)
-            if not versions:
-                raise ModelNotFound(f"model {name!r} is not being served")
-            if version in ("", None):
-                return versions[self._route[name]]
-            try:
-                v = int(version)
-            except ValueError:
-                raise ModelNotFound(f"model {name!r}: version {version!r} is not a number") from None
-            handle = versions.get(v)
-            if handle is None:
-                served = ", ".join(str(x) for x in sorted(versions))
-                raise ModelNotFound(f"model {name!r} version {v} is not being served (serving: {served})")
-            return handle
+        """The handle a request for ``name``/``version`` reaches (asks the router)."""
+        return self.router.route(name, version)
 
     def ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.handle(name, version)
-            return True
-        except ModelNotFound:
-            return False
+        return self.router.ready(name, version)
 
     def readiness(self, name: str, version: str = "") -> tuple:
         """(ready, reason): why a model (or one version of it) is not serving, in words.
@@ -109,15 +98,15 @@ class ModelManager:
 
     def served(self) -> list:
         """[(name, version, is_routed)] of every version being served."""
-        with self._lock:
-            return [(n, v, self._route.get(n) == v) for n in sorted(self._served) for v in sorted(self._served[n])]
+        return self.router.served()
 
     def index(self) -> list:
         """Every version the registry knows, with its serving state (READY / UNAVAILABLE) and reason."""
+        routes = self.router.snapshot.models
         out = []
         with self._lock:
             for (name, version), rec in sorted(self._records.items()):
-                serving = version in self._served.get(name, {})
+                serving = name in routes and version in routes[name].served
                 out.append({"name": name, "version": str(version), "state": "READY" if serving else "UNAVAILABLE",
                             "reason": "" if serving else self._version_reason(name, version)})
         return out
@@ -138,7 +127,7 @@ class ModelManager:
 
     async def unload_model(self, name: str) -> None:
         """RepositoryModelUnload: stop serving every version of `name` (queued requests are answered)."""
-        if name not in self._served and name not in {n for n, _ in self._records}:
+        if name not in self.router.snapshot.models and name not in {n for n, _ in self._records}:
             raise ModelNotFound(f"model {name!r} is not in the repository")
         self._held.add(name)
         await self.sync()
@@ -161,6 +150,7 @@ class ModelManager:
             self._registry.close()
 
     def _sync(self) -> None:
+        """One reconciliation (worker thread): load what is wanted, publish, then unload the rest."""
         if self._registry is None:
             self._registry = open_registry(self.repository)
         records = self._registry.list()
@@ -169,37 +159,47 @@ class ModelManager:
             by_name.setdefault(r.name, []).append(r)
         with self._lock:  # readers iterate it: replace it whole
             self._records = {(r.name, r.version): r for r in records}
-        for name in set(by_name) | set(self._served):
-            self._sync_model(name, by_name.get(name, []))
+        previous = self.router.snapshot
+        routes, retired = [], []
+        for name in sorted(set(by_name) | set(previous.models)):
+            model_routes, gone = self._sync_model(name, by_name.get(name, []), previous.models.get(name))
+            routes.append(model_routes)
+            retired.extend((name, v) for v in gone)
+        self.router.publish(RoutingSnapshot.build(previous.epoch + 1, routes))
+        for name, version in retired:  # after the publish: no new request reaches them; queued ones drain
+            self.engine.unload(name, version)
+            log.info("unloaded %s:%s", name, version)
 
-    def _sync_model(self, name: str, records: list) -> None:
-        wanted = {} if name in self._held else {r.version: r for r in records if r.state in SERVED_STATES}
+    def _sync_model(self, name: str, records: list, before: Optional[ModelRoutes]) -> tuple:
+        """(this model's routes, versions to unload): loads the wanted versions the engine lacks,
+        routes "" to the live version if it serves, else to what served before, else the newest."""
+        held = name in self._held
+        wanted = {} if held else {r.version: r for r in records if r.state in SERVED_STATES}
         for version, rec in sorted(wanted.items()):
-            if version not in self._served.get(name, {}):
+            if version not in self._loaded(name):
                 self._load(rec)
+        loaded = self._loaded(name)
         live = next((r.version for r in records if r.is_live), None)
-        with self._lock:
-            served = self._served.get(name, {})
-            if live in served:
-                self._route[name] = live
-            elif self._route.get(name) not in served and served:
-                self._route[name] = max(served)  # no working live version: any version that serves
-            keep = set(wanted) | ({self._route[name]} if name in self._route and name not in self._held else set())
-            gone = [v for v in served if v not in keep]
-            handles = [served.pop(v) for v in gone]
-            if not served:
-                self._served.pop(name, None)
-                self._route.pop(name, None)
-        for h in handles:  # drained outside the lock: in-flight requests finish first
-            self.engine.unload(h.name, h.version)
-            log.info("unloaded %s:%s", h.name, h.version)
+        route = _choose_route(live, loaded, before.live if before else None)
+        keep = set() if held else set(wanted) | ({route} if route is not None else set())
+        served = tuple(v for v in sorted(loaded) if v in keep)
+        gone = [v for v in sorted(loaded) if v not in keep]
+        if route not in served:
+            route = max(served) if served else None
+        return ModelRoutes(name, route, served), gone
+
+    def _loaded(self, name: str) -> set:
+        """The versions of ``name`` that the engine holds (the engine is the one owner of that)."""
+        return {v for n, v in self.engine.models() if n == name}
 
     def _load(self, rec) -> None:
+        """Loads one version (worker thread); a failure is recorded and never replaces a working
+        version. The loaded version takes traffic once the next snapshot is published."""
         failed = self._failed.get((rec.name, rec.version))
         if failed and failed[0] == rec.sha256:
             return  # known to fail; not retried every poll
         try:
-            handle, report = load_version(self.engine, self._registry, rec)
+            _, report = load_version(self.engine, self._registry, rec)
         except Exception as e:  # any failure: recorded, and the working version keeps serving
             with self._lock:
                 self._failed[(rec.name, rec.version)] = (rec.sha256, str(e))
@@ -207,6 +207,14 @@ class ModelManager:
             return
         with self._lock:
             self._failed.pop((rec.name, rec.version), None)
-            self._served.setdefault(rec.name, {})[rec.version] = handle
-            self._route.setdefault(rec.name, rec.version)
         log.info("loaded %s:%s in %.2f s", rec.name, rec.version, report.model_load_time_s)
+
+
+def _choose_route(live: Optional[int], loaded: set, before: Optional[int]) -> Optional[int]:
+    """Where "" goes: the live version if the engine holds it, else the version that was routed
+    before (a live version that failed to load never replaces it), else the newest loaded one."""
+    if live in loaded:
+        return live
+    if before in loaded:
+        return before
+    return max(loaded) if loaded else None

@@ -1,0 +1,14 @@
+"""Routing: which model version answers a request.
+
+A controller (the server's ``ModelManager``) decides the policy off the hot path and publishes it
+as an immutable ``RoutingSnapshot``; the ``Router`` swaps snapshots whole and answers
+``route(name, version, routing_key)`` from the current one without taking any lock that the
+controller holds. Today's policy: an explicit version if it is served, else the model's live
+version, else any version that serves. Canary arms, shadow and fallback chains extend
+``ModelRoutes`` (policy stays here; the per-request mechanism moves into the core).
+"""
+
+from .router import EngineLookup, Router
+from .snapshot import EMPTY, ModelRoutes, RoutingSnapshot
+
+__all__ = ["EMPTY", "EngineLookup", "ModelRoutes", "Router", "RoutingSnapshot"]
