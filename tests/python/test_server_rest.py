@@ -627,3 +627,33 @@ def test_control_is_refused_without_a_token_beyond_loopback(server):
         assert server.manager.ready("digits-logreg")
     finally:
         server.call(frontend.stop(1.0))
+
+
+# ---- the KServe Python SDK's REST client (kserve.InferenceRESTClient) ----------------
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_kserve_sdk_rest_client(server, binary):
+    kserve = pytest.importorskip("kserve", reason="the KServe SDK (pip install kserve) is not installed")
+    from kserve.protocol.infer_type import RequestedOutput
+
+    async def run():
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=0, timeout=30))
+        base = f"http://{server.url}"
+        try:
+            inp = kserve.InferInput("pixels", list(PIXELS.shape), "FP32")
+            inp.set_data_from_numpy(PIXELS, binary_data=binary)
+            outputs = [RequestedOutput(n, {"binary_data": binary}) for n in ("logits", "label")]
+            request = kserve.InferRequest("digits-mlp", [inp], request_id="sdk-1", request_outputs=outputs)
+            return (await client.is_server_live(base), await client.is_server_ready(base),
+                    await client.is_model_ready(base, "digits-mlp"), await client.is_model_ready(base, "no-such"),
+                    await client.infer(base, request, model_name="digits-mlp"))
+        finally:
+            await client.close()
+
+    live, ready, model_ready, unknown_ready, result = asyncio.run(run())
+    assert (live, ready, model_ready, unknown_ready) == (True, True, True, False)
+    assert result.model_name == "digits-mlp" and result.id == "sdk-1"
+    got = {o.name: o.as_numpy() for o in result.outputs}
+    np.testing.assert_allclose(got["logits"], GOLDEN["outputs/logits"], rtol=0, atol=1e-4)
+    assert got["label"].dtype == np.int64
+    np.testing.assert_array_equal(got["label"], GOLDEN["outputs/label"])

@@ -1,6 +1,6 @@
 """KServe v2 REST frontend (aiohttp), wire-compatible with tritonclient.http.
 
-    GET  /v2/health/live | /v2/health/ready          200, or 503 when not (empty body)
+    GET  /v2/health/live | /v2/health/ready          200, or 503 when not; {"live" | "ready": bool}
     GET  /v2                                         server metadata
     GET  /v2/models/{m}[/versions/{v}]               model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready         200 / 503
