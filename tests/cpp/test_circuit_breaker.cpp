@@ -242,7 +242,7 @@ TEST(CircuitBreaker, StateNames) {
 // breaker's and must stay within half_open_probes.
 TEST(CircuitBreakerConcurrent, ProbeLimitAndCounterSums) {
   constexpr int kThreads = 4;
-  const int iterations = testing::Scaled(100'000, 10);
+  const int iterations = testing::Scaled(200'000, 10);
   const BreakerConfig config = Config(3, 0.5, 10, 500, 50, 2);
   CircuitBreaker b(config, 0);
   std::atomic<uint64_t> clock_us{0};
@@ -250,7 +250,9 @@ TEST(CircuitBreakerConcurrent, ProbeLimitAndCounterSums) {
   std::atomic<uint32_t> max_probes_seen{0};
   std::atomic<uint64_t> rejected{0}, probes{0}, probe_ok{0}, probe_fail{0};
 
+  std::atomic<bool> go{false};
   auto worker = [&](unsigned seed) {
+    while (!go.load(std::memory_order_acquire)) std::this_thread::yield();  // start together
     std::mt19937 rng(seed);
     uint64_t my_rejected = 0, my_probes = 0, my_ok = 0, my_fail = 0;
     for (int i = 0; i < iterations; ++i) {
@@ -278,6 +280,7 @@ TEST(CircuitBreakerConcurrent, ProbeLimitAndCounterSums) {
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) threads.emplace_back(worker, 1234u + t);
+  go.store(true, std::memory_order_release);
   for (auto& t : threads) t.join();
 
   const BreakerCounters k = b.counters();

@@ -359,7 +359,9 @@ TEST(PredictionCacheConcurrent, ManyThreadsNeverCrossAnswers) {
   PredictionCache c(16 * entry, four_buckets);
   std::atomic<uint64_t> lookups{0}, wrong{0};
 
+  std::atomic<bool> go{false};
   auto worker = [&](unsigned seed) {
+    while (!go.load(std::memory_order_acquire)) std::this_thread::yield();  // start together
     std::mt19937 rng(seed);
     uint64_t my_lookups = 0;
     for (int i = 0; i < iterations; ++i) {
@@ -379,6 +381,7 @@ TEST(PredictionCacheConcurrent, ManyThreadsNeverCrossAnswers) {
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) threads.emplace_back(worker, 99u + t);
+  go.store(true, std::memory_order_release);
   for (auto& t : threads) t.join();
 
   const CacheStats s = c.stats();
