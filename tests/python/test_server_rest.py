@@ -260,7 +260,7 @@ def test_client_errors_carry_status_and_name_the_tensor(client):
     bad.set_data_from_numpy(PIXELS[:1].astype(np.float64))
     with pytest.raises(InferenceServerException) as e:
         client.infer("digits-mlp", [bad])
-    assert e.value.status() == "400" and "'pixels'" in e.value.message() and "FP64" in e.value.message()
+    assert e.value.status() == "400" and "'pixels'" in e.value.message() and "float64" in e.value.message()
     assert client.infer("digits-mlp", [pixels_input(PIXELS[:1])]).as_numpy("label").shape == (1, 1)
 
 
@@ -286,9 +286,9 @@ BAD_REQUESTS = {
     "not json": ((b"{not json", {}), ["malformed JSON"]),
     "not an object": ((b"[1, 2]", {}), ["must be an object"]),
     "no inputs": ((b"{}", {}), ["'inputs' must be a list"]),
-    "missing input": (_plain(inputs=[]), ["missing input", "'pixels'"]),
+    "missing input": (_plain(inputs=[]), ["missing", "'pixels'"]),
     "unknown input": (_plain(inputs=[{**_tensor(data=DATA), "name": "pix"}]), ["unknown input 'pix'"]),
-    "wrong dtype": (_plain(inputs=[_tensor(datatype="FP64", data=DATA)]), ["'pixels'", "FP32", "FP64"]),
+    "wrong dtype": (_plain(inputs=[_tensor(datatype="FP64", data=DATA)]), ["'pixels'", "float32", "float64"]),
     "BYTES": (_plain(inputs=[_tensor(datatype="BYTES", data=DATA)]), ["'pixels'", "BYTES"]),
     "wrong shape": (_plain(inputs=[_tensor((1, 63), data=DATA[:63])]), ["'pixels'", "[1, 63]"]),
     "shape not a list": (_plain(inputs=[_tensor(shape="1x64", data=DATA)]), ["'pixels'", "'shape'"]),
@@ -365,15 +365,20 @@ class Gate:
 
 
 class DirectModels:
-    """The part of ModelManager that DataPlane.infer uses, over versions loaded straight into an engine."""
+    """The part of ModelManager and its Router that DataPlane.infer uses, over versions loaded
+    straight into an engine."""
 
     def __init__(self, **handles):
         self.handles = handles
+        self.router = self
 
-    def handle(self, name, version=""):
+    def route(self, name, version="", routing_key=None):
         if name not in self.handles:
             raise errors.ModelNotFound(f"model {name!r} is not being served")
         return self.handles[name]
+
+    def served(self):
+        return [(h.name, h.version, True) for h in self.handles.values()]
 
 
 @pytest.fixture

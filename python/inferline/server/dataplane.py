@@ -40,7 +40,7 @@ class DataPlane:
     def __init__(self, models: ModelManager, name: str = "inferline", *, admin_token: Optional[str] = None,
                  open_control: bool = True, router: Optional[Router] = None):
         self.models = models
-        self.router = router if router is not None else _router_of(models)
+        self.router = router if router is not None else models.router
         self.name = name
         self.accepting = True  # false while shutting down: ready turns false, live stays true
         self._admin = admin_token.encode() if admin_token else None
@@ -151,21 +151,14 @@ class DataPlane:
 
     @staticmethod
     def _inputs(req: InferRequest, cfg) -> dict:
-        specs = {s.name: s for s in cfg.inputs}
-        inputs = {}
-        for inp in req.inputs:
-            spec = specs.get(inp.name)
-            if spec is None:
-                raise InvalidArgument(f"{cfg.where}: unknown input {inp.name!r} (inputs: {', '.join(specs)})")
-            if inp.name in inputs:
-                raise InvalidArgument(f"{cfg.where} input {inp.name!r}: given twice")
-            expected = NUMPY_TO_KSERVE[spec.dtype]
-            if inp.datatype != expected:
-                raise InvalidArgument(f"{cfg.where} input {inp.name!r}: expected {expected}, got {inp.datatype}")
-            inputs[inp.name] = inp.data
-        missing = [n for n in specs if n not in inputs]
-        if missing:
-            raise InvalidArgument(f"{cfg.where}: missing input(s) {', '.join(repr(m) for m in missing)}")
+        """The request's tensors by name. Names, dtypes and shapes are checked once, by the core
+        (through the engine), against the signature; only a name given twice is refused here,
+        since a mapping cannot hold it."""
+        inputs = {inp.name: inp.data for inp in req.inputs}
+        if len(inputs) != len(req.inputs):
+            seen: set = set()
+            twice = next(inp.name for inp in req.inputs if inp.name in seen or seen.add(inp.name))
+            raise InvalidArgument(f"{cfg.where} input {twice!r}: given twice")
         return inputs
 
     @staticmethod
@@ -181,25 +174,6 @@ class DataPlane:
         rec = self.models.record(handle.name, handle.version)
         backend = (rec.config.get("backend") or {}).get("name", "onnxruntime") if rec else "python"
         return PLATFORMS.get(backend, "python")
-
-
-class _LookupRouter:
-    """Routes by a bare ``handle(name, version)`` lookup: a data plane over handles loaded straight
-    into an engine (tests), with no manager and so no routing snapshot."""
-
-    def __init__(self, models):
-        self._models = models
-
-    def route(self, name: str, version: str = "", routing_key: Optional[str] = None):
-        return self._models.handle(name, version)
-
-    def served(self) -> list:
-        return self._models.served()
-
-
-def _router_of(models):
-    router = getattr(models, "router", None)
-    return router if router is not None else _LookupRouter(models)
 
 
 def _require_name(name: str, call: str) -> None:
