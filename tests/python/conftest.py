@@ -1,20 +1,9 @@
+"""Fixtures for every test folder; helpers live in helpers.py and server_fixtures.py."""
+
 import numpy as np
 import pytest
 
 import inferline as il
-
-
-def make_config(name="m", features=4, max_batch=32, delay_us=2000, outputs=None, **kw):
-    outputs = outputs or [("y", "float32", (-1, features))]
-    batching = kw.pop("batching", None) or il.BatchingConfig(max_batch_size=max_batch, max_queue_delay_us=delay_us)
-    return il.ModelConfig(name=name, inputs=[("x", "float32", (-1, features))], outputs=outputs,
-                          batching=batching, **kw)
-
-
-def rowwise(inputs):
-    """A row-independent backend: y = tanh(x) * 3 + row sum, computed per row."""
-    x = inputs["x"]
-    return {"y": np.tanh(x) * np.float32(3) + x.sum(axis=1, keepdims=True)}
 
 
 @pytest.fixture

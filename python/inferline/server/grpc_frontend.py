@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from ..errors import InferlineError, InvalidArgument, Unimplemented
+from ..errors import InferlineError, Unimplemented
 from .dataplane import DataPlane
 from .proto import convert
 from .proto import inference_pb2 as pb

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import inferline as il
-from conftest import make_config, rowwise
+from helpers import make_config, rowwise
 
 
 @pytest.mark.parametrize("inputs, match", [

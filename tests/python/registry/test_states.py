@@ -13,17 +13,10 @@ import itertools
 import pytest
 
 from inferline import errors
-from inferline.registry import STATES, TRANSITIONS, Registry
+from inferline.registry import STATES, TRANSITIONS
 from inferline.registry._states import OPERATIONS, check_transition
 
-from test_registry_store import push
-
-
-@pytest.fixture
-def reg(tmp_path):
-    r = Registry.open(str(tmp_path / "repo"))
-    yield r
-    r.close()
+from store_helpers import push
 
 
 def version_in(reg, src, state):

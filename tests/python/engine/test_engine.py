@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import inferline as il
-from conftest import make_config, rowwise
+from helpers import make_config, rowwise
 
 
 def test_infer_returns_named_outputs(engine, rng):

@@ -23,7 +23,7 @@ import gevent  # noqa: E402  (tritonclient.http's async requests run on gevent)
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import inferline as il  # noqa: E402
-from conftest import make_config  # noqa: E402
+from helpers import make_config  # noqa: E402
 from inferline import errors  # noqa: E402
 from inferline.demo_models import demo_package_path  # noqa: E402
 from inferline.models.service import open_registry, push  # noqa: E402

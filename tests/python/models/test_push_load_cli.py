@@ -18,18 +18,6 @@ from inferline.models.package import load_package
 from inferline.models.service import load_version, open_registry, push
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("INFERLINE_REPOSITORY", raising=False)
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return str(tmp_path / "repo")
-
-
 def cli(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()

@@ -66,16 +66,6 @@ class Server:
         return code
 
 
-@pytest.fixture
-def repo(tmp_path):
-    path = tmp_path / "repo"
-    registry = open_registry(str(path))
-    push(registry, demo_package_path("digits-logreg"))
-    push(registry, demo_package_path("digits-mlp"))
-    registry.close()
-    return path
-
-
 def grpc_infer(client, rows, model="digits-mlp", version=""):
     inp = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows)

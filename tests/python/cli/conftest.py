@@ -1,0 +1,2 @@
+"""Tests of the `inferline` command. They use the fixtures of tests/python/conftest.py
+(`engine`, `rng`) and the helpers of tests/python/helpers.py."""
