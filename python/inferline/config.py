@@ -1,4 +1,4 @@
-"""Typed model configuration: signature, batching policy, preprocessing.
+"""Typed model configuration: signature, batching policy, preprocessing, breaker and cache.
 
 These are plain frozen dataclasses with a docstring under each field, and this
 module is the one description of a model config: ``LIMITS`` holds the bounds
@@ -7,7 +7,10 @@ test_config_schema.py reads them back from csrc/), and ``config_schema()``
 derives the JSON Schema of a package's config part from the dataclasses and
 ``LIMITS``. The core validates the whole config again when a model loads and
 names the field at fault; this module converts and catches what is easier to
-say in Python (unknown keys, wrong types, dtype spellings).
+say in Python (unknown keys, wrong types, dtype spellings). ``breaker`` and
+``cache`` are routing policy, not part of the engine's model config: the core
+never sees them at load (``to_core`` leaves them out), so this module checks
+their ``LIMITS`` itself, and the routing policy hands them to the core's Router.
 
 Dtypes are NumPy names ("float32"); the KServe wire names ("FP32") belong to
 the server (server/codec.py).
@@ -34,6 +37,7 @@ _WIRE_SPELLINGS = {("FP" + n[5:] if n.startswith("float") else n.upper()): n for
 
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
+_I64_MAX = (1 << 63) - 1
 # "Class.field" -> (minimum, maximum), inclusive; None = unbounded. For a sequence
 # field the bound applies to each item. These are the core's checks at load
 # (csrc/src/model.cpp CheckScheduling, batch_policy.cpp, preprocess.cpp CheckSide)
@@ -48,7 +52,18 @@ LIMITS = {
     "BatchingConfig.deadline_slack_us": (0, _U64_MAX),
     "ImagePreprocess.height": (1, 32768),               # kMaxImageSide (preprocess.h)
     "ImagePreprocess.width": (1, 32768),
+    # Routing policy, checked here (the core never loads it): BreakerConfig::Validate's bounds
+    # (circuit_breaker.cpp), tightened to sane maxima that fit its uint32_t / uint64_t fields.
+    "BreakerConfig.consecutive_failures": (0, 1_000_000),
+    "BreakerConfig.error_rate": (0.0, 1.0),             # [0, 1): see EXCLUSIVE_MAXIMUM
+    "BreakerConfig.min_requests": (0, 1_000_000_000),
+    "BreakerConfig.window_us": (0, _I64_MAX),
+    "BreakerConfig.open_us": (0, _I64_MAX),
+    "BreakerConfig.half_open_probes": (1, 1_000_000),
+    "CacheConfig.max_bytes": (0, 1 << 40),
 }
+# LIMITS keys whose maximum is excluded: the value must be below it.
+EXCLUSIVE_MAXIMUM = frozenset({"BreakerConfig.error_rate"})
 # "Class.field" -> (fewest, most) items of a sequence field; None = unbounded.
 LENGTHS = {
     "TensorSpec.shape": (1, 8),                         # Shape::kMaxRank (tensor.h)
@@ -147,6 +162,47 @@ class ImagePreprocess:
                 "mean": [float(v) for v in np.ravel(self.mean)], "std": [float(v) for v in np.ravel(self.std)]}
 
 
+@dataclass(frozen=True)
+class BreakerConfig:
+    """When the router stops sending a version traffic (the core's CircuitBreaker): a closed
+    breaker opens on either trigger, stays open ``open_us``, then lets ``half_open_probes``
+    requests through; a success closes it. Meanwhile requests go to the version's fallback."""
+
+    consecutive_failures: int = 5
+    """Open after this many failures in a row; 0 turns this trigger off."""
+    error_rate: float = 0.5
+    """Open when failures / requests in the window exceeds this (strictly); in [0, 1), 0 turns
+    this trigger off."""
+    min_requests: int = 20
+    """Outcomes the error-rate trigger needs in the window before it may fire (0 behaves as 1)."""
+    window_us: int = 10_000_000
+    """Length of the error-rate trigger's tumbling window; 0 turns that trigger off."""
+    open_us: int = 5_000_000
+    """How long the breaker stays open before it half-opens (0: the next request is a probe)."""
+    half_open_probes: int = 1
+    """Most probes outstanding at once while half-open."""
+
+    def to_core(self) -> dict:
+        """The fields of the core's ``BreakerConfig``, by the same names."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """A per-version prediction cache (the core's PredictionCache): the outputs of recent inputs,
+    bounded in bytes. Only for a version whose fingerprint is batch-invariant (checked at load)."""
+
+    max_bytes: int = 0
+    """Bytes of keys and outputs the cache may hold; 0 = no cache (the default)."""
+    mode: Literal["on_hit", "last_resort"] = "on_hit"
+    """"on_hit": a cached answer is returned without running the model; "last_resort": the cache
+    answers only when the version and its whole fallback chain could not."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+
 Preprocess = Union[TabularPreprocess, ImagePreprocess]
 _PREPROCESS_KINDS = {"tabular": TabularPreprocess, "image": ImagePreprocess}
 
@@ -171,12 +227,19 @@ class ModelConfig:
     """Requests that may wait per priority level before RESOURCE_EXHAUSTED."""
     priority_levels: int = 2
     """Priorities 0..levels-1; higher is served first."""
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    """When the router stops sending this version traffic and uses its fallback instead."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """This version's prediction cache (off by default)."""
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(_as_spec(s) for s in self.inputs))
         object.__setattr__(self, "outputs", tuple(_as_spec(s) for s in self.outputs))
-        if isinstance(self.batching, Mapping):
-            object.__setattr__(self, "batching", _build(BatchingConfig, self.batching, f"{self.where}: batching"))
+        for key, cls in (("batching", BatchingConfig), ("breaker", BreakerConfig), ("cache", CacheConfig)):
+            if isinstance(getattr(self, key), Mapping):
+                object.__setattr__(self, key, _build(cls, getattr(self, key), f"{self.where}: {key}"))
+        for key in ("breaker", "cache"):  # routing policy: the core does not check it at load
+            object.__setattr__(self, key, _checked(getattr(self, key), f"{self.where}: {key}"))
         prep = {}
         for name, spec in dict(self.preprocessing).items():
             if name not in self.input_names:
@@ -202,6 +265,7 @@ class ModelConfig:
         return _build(cls, d, f"model config {d.get('name', '?')!r}")
 
     def to_core(self) -> dict:
+        """The engine's model config (breaker and cache are routing policy: see routing/policy.py)."""
         prep = [self.preprocessing[s.name].to_core() if s.name in self.preprocessing else None for s in self.inputs]
         return {"name": self.name, "version": int(self.version), "inputs": [s.to_core() for s in self.inputs],
                 "outputs": [s.to_core() for s in self.outputs], "preprocessing": prep,
@@ -220,6 +284,29 @@ def _build(cls, data: Mapping, where: str):
         return cls(**data)
     except TypeError as e:
         raise InvalidArgument(f"{where}: {e}") from e
+
+
+def _checked(obj, where: str):
+    """``obj`` (a BreakerConfig or CacheConfig) if its fields have the right types and lie within
+    LIMITS, float fields as floats; else InvalidArgument naming ``where``.field."""
+    hints = typing.get_type_hints(type(obj))
+    values = {}
+    for f in dataclasses.fields(obj):
+        key, tp, v = f"{type(obj).__name__}.{f.name}", hints[f.name], getattr(obj, f.name)
+        if typing.get_origin(tp) is Literal:
+            if v not in typing.get_args(tp):
+                choices = ", ".join(map(repr, typing.get_args(tp)))
+                raise InvalidArgument(f"{where}.{f.name}: {v!r} is not one of {choices}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float) if tp is float else int):
+            expected = "a number" if tp is float else "an integer"
+            raise InvalidArgument(f"{where}.{f.name}: expected {expected}, got {v!r}")
+        elif key in LIMITS:
+            lo, hi = LIMITS[key]
+            below = key in EXCLUSIVE_MAXIMUM
+            if not (lo <= v and (v < hi if below else v <= hi)):  # also NaN
+                raise InvalidArgument(f"{where}.{f.name}: {v!r} is outside [{lo}, {hi}{')' if below else ']'}")
+        values[f.name] = float(v) if tp is float else v
+    return dataclasses.replace(obj, **values)
 
 
 def _as_spec(s: Union[TensorSpec, Mapping, Sequence]) -> TensorSpec:
@@ -273,10 +360,12 @@ def _type_schema(tp, key: str, item: bool = False) -> dict:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp in _JSON_TYPES:
         schema = {"type": _JSON_TYPES[tp]}
-        lo, hi = LIMITS.get(key, (None, None)) if tp is int else (None, None)
+        lo, hi = LIMITS.get(key, (None, None)) if tp in (int, float) else (None, None)
         if tp is str and not item:
             lo_len, hi_len = LENGTHS.get(key, (None, None))
             schema.update(_present(minLength=lo_len, maxLength=hi_len))
+        if key in EXCLUSIVE_MAXIMUM:
+            return {**schema, **_present(minimum=lo, exclusiveMaximum=hi)}
         return {**schema, **_present(minimum=lo, maximum=hi)}
     if dataclasses.is_dataclass(tp):
         return _object_schema(tp)

@@ -50,6 +50,18 @@ CORE_LIMITS = {
     "ImagePreprocess.height": (1, MAX_SIDE),
     "ImagePreprocess.width": (1, MAX_SIDE),
 }
+# Routing policy (the core's Router gets it, not its model load): bounds of the routing issue,
+# within BreakerConfig::Validate's (error_rate in [0, 1), half_open_probes >= 1) and its field widths.
+I64 = (1 << 63) - 1
+POLICY_LIMITS = {
+    "BreakerConfig.consecutive_failures": (0, 1_000_000),
+    "BreakerConfig.error_rate": (0.0, 1.0),  # maximum excluded
+    "BreakerConfig.min_requests": (0, 1_000_000_000),
+    "BreakerConfig.window_us": (0, I64),
+    "BreakerConfig.open_us": (0, I64),
+    "BreakerConfig.half_open_probes": (1, 1_000_000),
+    "CacheConfig.max_bytes": (0, 1 << 40),
+}
 # The C++ field each bound applies to, and the width it must fit.
 CORE_FIELDS = {
     "ModelConfig.instances": ("include/inferline/model.h", "uint32_t instances"),
@@ -60,11 +72,27 @@ CORE_FIELDS = {
     "BatchingConfig.preferred_batch_sizes": ("include/inferline/batch_policy.h",
                                              "std::vector<uint32_t> preferred_batch_sizes"),
     "BatchingConfig.deadline_slack_us": ("include/inferline/batch_policy.h", "uint64_t deadline_slack_us"),
+    "BreakerConfig.consecutive_failures": ("include/inferline/circuit_breaker.h", "uint32_t consecutive_failures"),
+    "BreakerConfig.error_rate": ("include/inferline/circuit_breaker.h", "double error_rate"),
+    "BreakerConfig.min_requests": ("include/inferline/circuit_breaker.h", "uint32_t min_requests"),
+    "BreakerConfig.window_us": ("include/inferline/circuit_breaker.h", "uint64_t window_us"),
+    "BreakerConfig.open_us": ("include/inferline/circuit_breaker.h", "uint64_t open_us"),
+    "BreakerConfig.half_open_probes": ("include/inferline/circuit_breaker.h", "uint32_t half_open_probes"),
 }
+WIDTHS = {"uint32_t": U32, "uint64_t": U64, "double": 1.0}
+
+
+def _core_default(header: str, decl: str):
+    """The default of `decl = <value>;` in a core header, as a number."""
+    m = re.search(re.escape(decl).replace(r"\ ", r"\s+") + r"\s*=\s*([\d.']+)\s*;", _text(header))
+    assert m, f"{decl} has no default in {header}"
+    value = m.group(1).replace("'", "")
+    return float(value) if "." in value else int(value)
 
 
 def test_core_bounds_match_limits():
-    assert cfg.LIMITS == CORE_LIMITS
+    assert cfg.LIMITS == {**CORE_LIMITS, **POLICY_LIMITS}
+    assert cfg.EXCLUSIVE_MAXIMUM == {"BreakerConfig.error_rate"}
     assert _constant("include/inferline/model.h", "kMaxQueueCapacity") == cfg.LIMITS["ModelConfig.queue_capacity"][1]
     assert "batching.max_batch_size must be >= 1" in _text("src/batch_policy.cpp")
     assert cfg.LENGTHS["TensorSpec.shape"] == (1, _constant("include/inferline/tensor.h", "kMaxRank"))
@@ -76,12 +104,31 @@ def test_core_field_widths(key):
     assert re.search(re.escape(decl).replace(r"\ ", r"\s+") + r"\s*[=;]", _text(header)), f"{decl} in {header}"
 
 
+def test_policy_bounds_fit_the_core_breaker():
+    for key, (lo, hi) in POLICY_LIMITS.items():
+        if key in CORE_FIELDS:
+            assert 0 <= lo and hi <= WIDTHS[CORE_FIELDS[key][1].split()[0]], key
+    source = _text("src/circuit_breaker.cpp")
+    assert re.search(r"error_rate\s*>=\s*0\.0\s*&&\s*error_rate\s*<\s*1\.0", source)
+    assert re.search(r"half_open_probes\s*==\s*0", source)
+
+
+def test_breaker_defaults_are_the_cores():
+    defaults = cfg.BreakerConfig()
+    for key, (header, decl) in CORE_FIELDS.items():
+        if key.startswith("BreakerConfig."):
+            assert getattr(defaults, key.split(".")[1]) == _core_default(header, decl), key
+    assert defaults.to_core() == dataclasses.asdict(defaults)
+    assert cfg.CacheConfig() == cfg.CacheConfig(max_bytes=0, mode="on_hit") and not cfg.CacheConfig().enabled
+
+
 def _schema_at(path: str) -> dict:
     """PACKAGE_SCHEMA's node for "ModelConfig.instances", "BatchingConfig.mode", "ImagePreprocess.height"..."""
     cls, name = path.split(".")
     props = PACKAGE_SCHEMA["properties"]
-    if cls == "BatchingConfig":
-        return props["batching"]["properties"][name]
+    section = {"BatchingConfig": "batching", "BreakerConfig": "breaker", "CacheConfig": "cache"}.get(cls)
+    if section:
+        return props[section]["properties"][name]
     if cls == "TensorSpec":
         return props["inputs"]["items"]["properties"][name]
     if cls in ("TabularPreprocess", "ImagePreprocess"):
@@ -91,11 +138,13 @@ def _schema_at(path: str) -> dict:
     return props[name]
 
 
-@pytest.mark.parametrize("key", sorted(CORE_LIMITS))
-def test_schema_carries_the_core_bounds(key):
+@pytest.mark.parametrize("key", sorted(cfg.LIMITS))
+def test_schema_carries_the_bounds(key):
     node = _schema_at(key)
     node = node.get("items", node)
-    assert (node["minimum"], node["maximum"]) == CORE_LIMITS[key]
+    top = "exclusiveMaximum" if key in cfg.EXCLUSIVE_MAXIMUM else "maximum"
+    assert (node["minimum"], node[top]) == cfg.LIMITS[key]
+    assert set(node) & {"maximum", "exclusiveMaximum"} == {top}
 
 
 def test_dataclass_fields_match_schema_properties():
@@ -107,6 +156,9 @@ def test_dataclass_fields_match_schema_properties():
         return {f.name for f in dataclasses.fields(cls)}
 
     assert set(props["batching"]["properties"]) == names(cfg.BatchingConfig)
+    assert set(props["breaker"]["properties"]) == names(cfg.BreakerConfig)
+    assert set(props["cache"]["properties"]) == names(cfg.CacheConfig)
+    assert props["cache"]["properties"]["mode"] == {"enum": ["on_hit", "last_resort"]}
     assert set(props["inputs"]["items"]["properties"]) == names(cfg.TensorSpec)
     assert set(props["outputs"]["items"]["properties"]) == names(cfg.TensorSpec)
     tabular, image = props["preprocessing"]["additionalProperties"]["oneOf"]
@@ -119,7 +171,7 @@ def test_dataclass_fields_match_schema_properties():
     assert PACKAGE_SCHEMA["required"] == ["inputs", "outputs"]
     assert tabular["required"] == ["kind", "mean", "std"]
     assert image["required"] == ["kind", "height", "width", "mean", "std"]
-    assert "required" not in props["batching"]
+    assert all("required" not in props[k] for k in ("batching", "breaker", "cache"))
 
 
 def test_every_limit_names_a_field():
@@ -163,6 +215,12 @@ def _package(tmp_path, **extra):
     ({"batching": {"max_batch_size": 0}}, "field batching.max_batch_size: 0 is less than the minimum of 1"),
     ({"batching": {"max_batch_size": 1 << 32}}, "field batching.max_batch_size: 4294967296 is greater than"),
     ({"inputs": [{"name": "x", "dtype": "float32", "shape": [-1] + [2] * 8}]}, "field inputs.0.shape: .* too long"),
+    ({"breaker": {"error_rate": 1}}, "field breaker.error_rate: 1 is greater than or equal to the maximum of 1"),
+    ({"breaker": {"half_open_probes": 0}}, "field breaker.half_open_probes: 0 is less than the minimum of 1"),
+    ({"breaker": {"consecutive_failures": -1}}, "field breaker.consecutive_failures: -1 is less than the minimum"),
+    ({"breaker": {"window": 5}}, "field breaker: Additional properties are not allowed"),
+    ({"cache": {"max_bytes": (1 << 40) + 1}}, "field cache.max_bytes: 1099511627777 is greater than the maximum"),
+    ({"cache": {"max_bytes": 1024, "mode": "always"}}, "field cache.mode: 'always' is not one of"),
 ])
 def test_package_schema_refuses_what_the_core_would(tmp_path, extra, message):
     with pytest.raises(InvalidArgument, match=message):
@@ -178,3 +236,34 @@ def test_package_with_a_wire_dtype_says_which_name_to_use(tmp_path):
     pkg = _package(tmp_path, inputs=[{"name": "x", "dtype": "FP32", "shape": [-1, 4]}])
     with pytest.raises(InvalidArgument, match="dtype 'FP32' is a wire \\(KServe\\) name; .*use 'float32'"):
         load_package(str(pkg))
+
+
+def test_breaker_and_cache_default_to_the_core_defaults_and_cache_off(tmp_path):
+    config = load_package(str(_package(tmp_path))).config
+    assert config.breaker == cfg.BreakerConfig() and config.cache == cfg.CacheConfig()
+    assert "breaker" not in config.to_core() and "cache" not in config.to_core()  # routing policy
+
+
+def test_breaker_and_cache_from_a_package(tmp_path):
+    config = load_package(str(_package(tmp_path, breaker={"consecutive_failures": 0, "error_rate": 0.25},
+                                       cache={"max_bytes": 1 << 20, "mode": "last_resort"}))).config
+    assert (config.breaker.consecutive_failures, config.breaker.error_rate, config.breaker.min_requests) == (0, 0.25, 20)
+    assert config.cache == cfg.CacheConfig(max_bytes=1 << 20, mode="last_resort") and config.cache.enabled
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("breaker", {"error_rate": 1.0}, r"breaker.error_rate: 1.0 is outside \[0.0, 1.0\)"),
+    ("breaker", {"error_rate": float("nan")}, r"breaker.error_rate: nan is outside"),
+    ("breaker", {"half_open_probes": 0}, r"breaker.half_open_probes: 0 is outside \[1, 1000000\]"),
+    ("breaker", {"open_us": True}, r"breaker.open_us: expected an integer, got True"),
+    ("breaker", {"min_requests": 2.5}, r"breaker.min_requests: expected an integer"),
+    ("breaker", {"probes": 1}, r"breaker: unknown field\(s\) probes"),
+    ("cache", {"max_bytes": -1}, r"cache.max_bytes: -1 is outside \[0, 1099511627776\]"),
+    ("cache", {"mode": "always"}, r"cache.mode: 'always' is not one of 'on_hit', 'last_resort'"),
+])
+def test_breaker_and_cache_are_checked_in_python(field, value, message):
+    """The core never loads them, so a config built in Python is checked here, naming the model."""
+    with pytest.raises(InvalidArgument, match=r"^model 'm' version 3: " + message):
+        cfg.ModelConfig("m", [("x", "float32", (-1, 4))], [("y", "float32", (-1, 4))], version=3, **{field: value})
+    assert cfg.ModelConfig("m", [("x", "float32", (-1, 4))], [("y", "float32", (-1, 4))],
+                           breaker={"error_rate": 0}).breaker.error_rate == 0.0  # an int is a number
