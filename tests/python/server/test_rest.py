@@ -11,6 +11,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -636,29 +637,50 @@ def test_control_is_refused_without_a_token_beyond_loopback(server):
 
 # ---- the KServe Python SDK's REST client (kserve.InferenceRESTClient) ----------------
 
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+import kserve
+from kserve.protocol.infer_type import RequestedOutput
+
+base, binary = sys.argv[1], sys.argv[2] == "1"
+pixels = np.load(sys.argv[3])["inputs/pixels"]
+
+async def run():
+    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=0, timeout=30))
+    try:
+        inp = kserve.InferInput("pixels", list(pixels.shape), "FP32")
+        inp.set_data_from_numpy(pixels, binary_data=binary)
+        outputs = [RequestedOutput(n, {"binary_data": binary}) for n in ("logits", "label")]
+        request = kserve.InferRequest("digits-mlp", [inp], request_id="sdk-1", request_outputs=outputs)
+        health = [await client.is_server_live(base), await client.is_server_ready(base),
+                  await client.is_model_ready(base, "digits-mlp"), await client.is_model_ready(base, "no-such")]
+        result = await client.infer(base, request, model_name="digits-mlp")
+    finally:
+        await client.close()
+    got = {o.name: o.as_numpy().tolist() for o in result.outputs}
+    print(json.dumps({"health": health, "model_name": result.model_name, "id": result.id, "outputs": got,
+                      "label_dtype": str(result.outputs[[o.name for o in result.outputs].index("label")]
+                                         .as_numpy().dtype)}))
+
+asyncio.run(run())
+"""
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_kserve_sdk_rest_client(server, binary):
-    kserve = pytest.importorskip("kserve", reason="the KServe SDK (pip install kserve) is not installed")
-    from kserve.protocol.infer_type import RequestedOutput
-
-    async def run():
-        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=0, timeout=30))
-        base = f"http://{server.url}"
-        try:
-            inp = kserve.InferInput("pixels", list(PIXELS.shape), "FP32")
-            inp.set_data_from_numpy(PIXELS, binary_data=binary)
-            outputs = [RequestedOutput(n, {"binary_data": binary}) for n in ("logits", "label")]
-            request = kserve.InferRequest("digits-mlp", [inp], request_id="sdk-1", request_outputs=outputs)
-            return (await client.is_server_live(base), await client.is_server_ready(base),
-                    await client.is_model_ready(base, "digits-mlp"), await client.is_model_ready(base, "no-such"),
-                    await client.infer(base, request, model_name="digits-mlp"))
-        finally:
-            await client.close()
-
-    live, ready, model_ready, unknown_ready, result = asyncio.run(run())
-    assert (live, ready, model_ready, unknown_ready) == (True, True, True, False)
-    assert result.model_name == "digits-mlp" and result.id == "sdk-1"
-    got = {o.name: o.as_numpy() for o in result.outputs}
-    np.testing.assert_allclose(got["logits"], GOLDEN["outputs/logits"], rtol=0, atol=1e-4)
-    assert got["label"].dtype == np.int64
-    np.testing.assert_array_equal(got["label"], GOLDEN["outputs/label"])
+    """Run in its own interpreter: kserve's protos and tritonclient's both define `inference.*`
+    messages, and one process cannot hold both."""
+    if subprocess.run([sys.executable, "-c", "import kserve"], capture_output=True).returncode != 0:
+        pytest.skip("the KServe SDK (pip install kserve) is not installed")
+    golden = os.path.join(demo_package_path("digits-mlp"), "golden.npz")
+    out = subprocess.run([sys.executable, "-c", KSERVE_CLIENT, f"http://{server.url}", "1" if binary else "0", golden],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["health"] == [True, True, True, False]
+    assert doc["model_name"] == "digits-mlp" and doc["id"] == "sdk-1"
+    np.testing.assert_allclose(np.array(doc["outputs"]["logits"], np.float32), GOLDEN["outputs/logits"],
+                               rtol=0, atol=1e-4)
+    assert doc["label_dtype"] == "int64"
+    np.testing.assert_array_equal(np.array(doc["outputs"]["label"]), GOLDEN["outputs/label"])
