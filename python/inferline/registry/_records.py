@@ -10,9 +10,9 @@ import json
 import operator
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple
 
-from ..errors import InvalidArgument, ModelNotFound
+from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from ._states import STATES
 
 SCHEMA_VERSION = 1
@@ -84,6 +84,83 @@ def check_fallback_ref(name: str, version: Optional[int], ref: Any,
     if target_name == name and target_version == version:
         raise InvalidArgument(f"{field}: {text!r} refers to model {name!r} version {version} itself")
     return target_name, target_version, text
+
+
+class FallbackNode(NamedTuple):
+    """What a fallback walk needs of a version (a VersionRecord has these fields too)."""
+
+    name: str
+    version: Optional[int]
+    """None only for a version being pushed that has no number yet."""
+    fallback_id: Optional[str]
+
+
+Resolve = Callable[[str, Optional[int]], Optional[Any]]
+"""``resolve(name, version)``: the version's record (any object with name, version and
+fallback_id), the model's live version for ``version`` None, or None if there is none."""
+
+
+def fallback_path(start: Any, resolve: Resolve) -> Tuple[List[Tuple[str, Optional[int]]], bool]:
+    """Follows fallback links from ``start`` (a record): returns (path, closed), where path lists
+    the (name, version) reached, ``start``'s first, and closed says that its last entry was already
+    on it (a cycle; the walk stops there). A ``"name"`` link is that model's live version as
+    ``resolve`` says now. The walk also stops at a version without a fallback, and at a link that
+    resolves to nothing (a model without a live version, a version deleted meanwhile)."""
+    node = (start.name, start.version)
+    path, seen, ref = [node], {node}, start.fallback_id
+    while ref is not None:
+        target = resolve(*parse_ref(ref, "fallback_id"))
+        if target is None:
+            break
+        node = (target.name, target.version)
+        path.append(node)
+        if node in seen:
+            return path, True
+        seen.add(node)
+        ref = target.fallback_id
+    return path, False
+
+
+def check_fallback_cycle(name: str, version: Optional[int], ref: str, resolve: Resolve,
+                         becomes_live: bool = False, field: str = "fallback_id") -> None:
+    """InvalidArgument if giving ``name:version`` the fallback ``ref`` closes a cycle: following
+    fallback links from ``ref`` (``"name"``: that model's live version now, or this version if it
+    ``becomes_live`` with this change, as a push may) comes back to this version. The message names
+    the whole cycle: ``fallback cycle: a:1 -> b:2 -> a:1``. ``version`` None: a version being pushed
+    that has no number yet (shown as ``a:new``)."""
+    def resolve_after(n: str, v: Optional[int]):
+        if becomes_live and n == name and v is None:
+            return FallbackNode(name, version, None)
+        return resolve(n, v)
+
+    path, closed = fallback_path(FallbackNode(name, version, ref), resolve_after)
+    if closed and path[-1] == path[0]:
+        hops = " -> ".join(f"{n}:{'new' if v is None else v}" for n, v in path)
+        raise InvalidArgument(f"{field}: fallback cycle: {hops}; a fallback chain must end at a version "
+                              f"without a fallback")
+
+
+def check_fallback_target(name: str, version: Optional[int], ref: Any, require: Callable[..., Any],
+                          becomes_live: bool = False, field: str = "fallback_id") -> str:
+    """The whole fallback rule (``Registry.check_fallback`` documents it) over ``require(name,
+    version or None for live, field)``, which returns a record or raises ModelNotFound /
+    VersionNotFound. Returns the normalised ``fallback_id``."""
+    target_name, target_version, text = check_fallback_ref(name, version, ref, field)
+    try:  # unpinned: the model's live version now (a fallback that resolves to nothing is a mistake)
+        target = require(target_name, target_version, field)
+    except ModelNotFound as e:
+        raise type(e)(f"{e}; fallback {text!r} does not exist") from None
+    if target.state == "failed":
+        raise FailedPrecondition(f"{field}: {target.where} failed to load; it cannot be a fallback")
+
+    def resolve(n: str, v: Optional[int]):
+        try:
+            return require(n, v, "")
+        except ModelNotFound:
+            return None
+
+    check_fallback_cycle(name, version, text, resolve, becomes_live, field)
+    return text
 
 
 def check_sha(sha256: Any, field: str = "sha256") -> str:

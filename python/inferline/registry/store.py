@@ -35,7 +35,8 @@ rollback to and from live; record_load to and from failed.
 
 At most one version per model is live, and a version is live exactly when ``is_live``. A
 ``fallback_id`` is ``"name:version"`` (pinned) or ``"name"`` (that model's live version when used),
-of any model but never the version itself (``check_fallback``, for pushes and set_fallback alike).
+of any model but never the version itself, closing no cycle (``check_fallback``, for pushes and
+set_fallback alike; a promote or rollback may still close one through a ``"name"`` link).
 ``rollback`` pops the live history (``live_history``), so repeated rollbacks walk further back.
 
 Retention
@@ -67,8 +68,8 @@ from ._artifacts import (ArtifactMissing, ArtifactStore, PackageDigest, Tampered
 from ._location import default_metadata_path, locate
 from ._metadata import Metadata
 from ._records import (SCHEMA_VERSION, GcReport, VersionNotFound, VersionRecord, check_failure,
-                       check_fallback_ref, check_name, check_seconds, check_sha, check_version,
-                       initial_state, parse_ref, to_json)
+                       check_fallback_ref, check_fallback_target, check_name, check_seconds, check_sha,
+                       check_version, initial_state, parse_ref, to_json)
 from ._retention import collect, remove_unreferenced, remove_victims
 from ._states import STATES, TRANSITIONS
 
@@ -258,8 +259,8 @@ class Registry:
             self._check_stored(name, sha256, model_uri)  # under the lock: gc cannot race it
             now = time.time()
             version = self._meta.next_version(db, name, now)
-            fb = None if fallback_id is None else self._check_fallback(db, name, version, fallback_id)
             make_live = live is True or (live is None and self._meta.live_row(db, name) is None)
+            fb = None if fallback_id is None else self._check_fallback(db, name, version, fallback_id, make_live)
             self._meta.insert_version(db, name, version, model_uri, sha256, values, state or "staged", fb, now)
             record = self._meta.row(db, name, version)
             if make_live:
@@ -281,22 +282,18 @@ class Registry:
                        field: str = "fallback_id") -> str:
         """The one fallback rule, for a push (``version`` None: the version not numbered yet) and
         for set_fallback alike: ``ref`` names an existing version of any model that did not fail
-        to load (unpinned: a model that has a live version now), and never the version itself
-        (see ``check_fallback_ref``). Returns the normalised ``fallback_id``."""
+        to load (unpinned: a model that has a live version now), never the version itself (see
+        ``check_fallback_ref``), and closes no cycle (``check_fallback_cycle``; a push is taken to
+        become live when the model has no live version). Returns the normalised ``fallback_id``."""
         check_name(name, "name")
         with self._meta.tx(write=False) as db:
-            return self._check_fallback(db, name, version, ref, field)
+            live = version is None and self._meta.live_row(db, name) is None
+            return self._check_fallback(db, name, version, ref, live, field)
 
-    def _check_fallback(self, db, name: str, version: Optional[int], ref: str,
+    def _check_fallback(self, db, name: str, version: Optional[int], ref: str, becomes_live: bool = False,
                         field: str = "fallback_id") -> str:
-        target_name, target_version, text = check_fallback_ref(name, version, ref, field)
-        try:  # unpinned: the model's live version now (a fallback that resolves to nothing is a mistake)
-            target = self._meta.require(db, target_name, target_version, field)
-        except ModelNotFound as e:
-            raise type(e)(f"{e}; fallback {text!r} does not exist") from None
-        if target.state == "failed":
-            raise FailedPrecondition(f"{field}: {target.where} failed to load; it cannot be a fallback")
-        return text
+        require = lambda n, v, f: self._meta.require(db, n, v, f)  # noqa: E731
+        return check_fallback_target(name, version, ref, require, becomes_live, field)
 
     def promote(self, name: str, version: int) -> VersionRecord:
         """Makes ``version`` live; the previous live version becomes retired (rollback returns
@@ -329,7 +326,7 @@ class Registry:
         """Sets (``to="name[:version]"``) or clears (``to=None``) the fallback of ``name:version``
         (the live version if None). Without a version the fallback follows that model's live
         version. The target must pass ``check_fallback`` (ModelNotFound / VersionNotFound naming
-        fallback_id, FailedPrecondition for a failed target, InvalidArgument for itself)."""
+        fallback_id, FailedPrecondition for a failed target, InvalidArgument for itself or a cycle)."""
         check_name(name, "name")
         version = None if version is None else check_version(version)
         with self._meta.tx(write=True) as db:

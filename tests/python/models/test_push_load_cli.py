@@ -272,3 +272,24 @@ def test_push_hashes_each_file_once(monkeypatch, repo):
     record = push(registry, demo_package_path("digits-logreg"))
     assert sorted(calls) == sorted(set(calls)) and len(calls) == len(load_package(record.model_uri).files)
     registry.close()
+
+
+def test_fallback_cycles_refused_by_push_and_set_fallback(capsys, repo, tmp_path):
+    """digits-mlp's package falls back to "digits-logreg" (its live version): a fallback from that
+    version back to digits-mlp closes a cycle, whichever command sets it."""
+    assert cli(capsys, "models", "push", demo_package_path("digits-logreg"), "--repository", repo)[0] == 0
+    assert cli(capsys, "models", "push", demo_package_path("digits-mlp"), "--repository", repo)[0] == 0
+    for to in ("digits-mlp:1", "digits-mlp"):
+        code, _, err = cli(capsys, "models", "set-fallback", "digits-logreg:1", "--to", to, "--repository", repo)
+        assert code == 1 and "fallback cycle: digits-logreg:1 -> digits-mlp:1 -> digits-logreg:1" in err
+    pkg = copy_demo(tmp_path, "digits-logreg")
+    edit_config(pkg, labels={"retrained": "yes"})
+    code, _, err = cli(capsys, "models", "push", str(pkg), "--fallback", "digits-mlp", "--live", "--repository", repo)
+    assert code == 1 and "fallback cycle: digits-logreg:2 -> digits-mlp:1 -> digits-logreg:2" in err
+    # staged, the new version is not what "digits-logreg" means: no cycle
+    code, out, _ = cli(capsys, "models", "push", str(pkg), "--fallback", "digits-mlp", "--repository", repo)
+    assert code == 0 and out == "digits-logreg:2\n"
+    registry = open_registry(repo)
+    assert [(r.ref, r.fallback_id) for r in registry.list("digits-logreg")] == [
+        ("digits-logreg:1", None), ("digits-logreg:2", "digits-mlp")]
+    registry.close()
