@@ -84,7 +84,9 @@ void PromiseSink::Deliver(InferResult* results, size_t count) noexcept {
     if (count > 0) {
       promise_.set_value(std::move(results[0]));
     } else {
-      promise_.set_value(InferResult{0, Status(StatusCode::kInternal, "PromiseSink: delivered no result"), {}, 0, 0});
+      InferResult none;
+      none.status = Status(StatusCode::kInternal, "PromiseSink: delivered no result");
+      promise_.set_value(std::move(none));
     }
   } catch (...) {  // std::future_error cannot happen (one set); bad_alloc copying the Status
   }

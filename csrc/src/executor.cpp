@@ -33,10 +33,15 @@ void DeliverGrouped(Request* const* requests, InferResult* results, size_t count
 }
 
 void Finish(Model::Impl& m, Request* const* requests, InferResult* results, size_t count, uint64_t now_us) {
+  uint64_t rows = 0;
   for (size_t i = 0; i < count; ++i) {
     const Request* r = requests[i];
+    rows += r->rows;
+    results[i].answered_model = m.config_.name;
+    results[i].answered_version = m.config_.version;
     if (!r->is_part) RecordOutcome(m.stats_, results[i].status, results[i].queue_us, now_us - r->enqueue_us);
   }
+  m.unanswered_rows_.fetch_sub(rows, std::memory_order_relaxed);
   DeliverGrouped(requests, results, count);
   for (size_t i = 0; i < count; ++i) delete requests[i];
 }
@@ -142,7 +147,12 @@ void Model::Impl::RunRange(const std::vector<NamedTensor>& inputs, Request* cons
   uint64_t t1 = clock_->NowUs();
   if (top_level) {
     stats_.RecordBatch(rows, t1 - start_us, t1);
-    if (st.ok()) estimator_.Observe(rows, t1 - t0);
+    if (st.ok()) {
+      estimator_.Observe(rows, t1 - t0);
+      const ComputeModel m = estimator_.Current();
+      estimate_fixed_us_.store(m.fixed_us, std::memory_order_relaxed);
+      estimate_per_row_us_.store(m.per_row_us, std::memory_order_relaxed);
+    }
   }
   if (backend_failed && count > 1) {  // isolate the failing rows
     size_t half = count / 2;

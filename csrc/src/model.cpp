@@ -113,6 +113,30 @@ StatsSnapshot Model::Stats() const { return impl_->stats_.Snapshot(); }
 
 void Model::ResetStats() noexcept { impl_->stats_.Reset(); }
 uint64_t Model::NowUs() const noexcept { return impl_->clock_->NowUs(); }
+
+namespace {
+
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) noexcept { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+// Compute time of `rows` rows run in batches of `max_rows` (full ones, then the rest).
+uint64_t BatchesUs(const ComputeModel& m, uint64_t rows, uint32_t max_rows) noexcept {
+  const uint64_t full = rows / max_rows, rest = rows % max_rows;
+  uint64_t full_us = 0;
+  if (__builtin_mul_overflow(full, m.EstimateUs(max_rows), &full_us)) full_us = UINT64_MAX;
+  return SaturatingAdd(full_us, rest != 0 ? m.EstimateUs(static_cast<uint32_t>(rest)) : 0);
+}
+
+}  // namespace
+
+uint64_t Model::EstimateCompletionUs(uint32_t rows) const noexcept {
+  const Impl& m = *impl_;
+  const ComputeModel compute{m.estimate_fixed_us_.load(std::memory_order_relaxed),
+                             m.estimate_per_row_us_.load(std::memory_order_relaxed)};
+  const uint32_t max_rows = std::max<uint32_t>(m.config_.batching.max_batch_size, 1);
+  const uint64_t ahead = m.unanswered_rows_.load(std::memory_order_relaxed);
+  const uint64_t wait_us = BatchesUs(compute, ahead, max_rows) / m.config_.instances;
+  return SaturatingAdd(wait_us, BatchesUs(compute, rows, max_rows));
+}
 const ModelConfig& Model::config() const noexcept { return impl_->config_; }
 const std::vector<TensorSpec>& Model::backend_inputs() const noexcept { return impl_->backend_inputs_; }
 
@@ -233,6 +257,7 @@ Status Model::Impl::Admit(const std::vector<Request*>& requests, uint32_t level,
                                                       std::to_string(level) + ")");
   }
   stats_.AddRequests(1, rows);  // before the push: no answer can precede its count
+  unanswered_rows_.fetch_add(rows, std::memory_order_relaxed);  // before the push, as the count
   const uint64_t now = clock_->NowUs();
   const uint64_t deadline_us = requests.front()->req.deadline_us;  // read before the push hands it over
   for (Request* r : requests) {

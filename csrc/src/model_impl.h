@@ -97,6 +97,11 @@ class Model::Impl {
   Clock* clock_;
   ModelStats stats_;
   ComputeEstimator estimator_;
+  // For EstimateCompletionUs (model.cpp): estimator_.Current() as of the latest
+  // batch, and the rows admitted but not yet answered (Admit adds, Finish subtracts).
+  std::atomic<double> estimate_fixed_us_{0.0};
+  std::atomic<double> estimate_per_row_us_{0.0};
+  std::atomic<uint64_t> unanswered_rows_{0};
 
  private:
   Status CheckRequest(const InferRequest& request, uint32_t* rows) const;

@@ -23,6 +23,8 @@ class SplitRequest final : public CompletionSink {
       remaining_ -= count;
       if (remaining_ > 0) return;
       final_result.tag = tag_;
+      final_result.answered_model = model_.config_.name;
+      final_result.answered_version = model_.config_.version;
       final_result.status = status_;
       final_result.queue_us = queue_us_;
       final_result.compute_us = compute_us_;

@@ -22,6 +22,9 @@
 #include <mutex>
 #include <vector>
 
+#include <string>
+
+#include "inferline/route_policy.h"
 #include "inferline/status.h"
 #include "inferline/tensor.h"
 
@@ -33,6 +36,15 @@ struct InferResult {
   std::vector<Tensor> outputs;  // one per declared output, in config order; dim 0 = the request's rows
   uint64_t queue_us = 0;        // enqueue -> batch start
   uint64_t compute_us = 0;      // the batch's gather + backend + scatter time
+  // Who answered: the model version that computed the outputs (or whose error
+  // this is). Set on every answer, by Model and by Router (router.h). A Router
+  // answer from its prediction cache names the version the entry came from.
+  std::string answered_model;
+  int64_t answered_version = 0;
+  // kNone unless a Router took a fallback for this request: then why it left the
+  // primary (the first fallback's reason), also when the caller gets the
+  // primary's error after every fallback failed.
+  FallbackReason fallback_reason = FallbackReason::kNone;
 };
 
 class CompletionSink {

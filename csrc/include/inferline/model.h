@@ -95,6 +95,16 @@ class Model {
   void Wake();
 
   StatsSnapshot Stats() const;
+  // Predicted microseconds from now until a request of `rows` rows submitted now
+  // would be answered, for deadline decisions (Router): the compute time of the
+  // rows already admitted and not yet answered, in batches of max_batch_size
+  // shared by the `instances` executors, plus the compute of this request's own
+  // batch(es). Compute times come from the model's online ComputeEstimator.
+  // Approximations: rows of batches already running count in full; the batching
+  // delay (max_queue_delay_us) and priorities are ignored; before the first batch
+  // has run the estimate is 0 (never predicts a miss). Lock-free: two relaxed
+  // loads of the estimate (refreshed once per batch) and one of the row count.
+  uint64_t EstimateCompletionUs(uint32_t rows) const noexcept;
   // Zeroes the statistics (see ModelStats::Reset): call while no request is in flight.
   void ResetStats() noexcept;
   uint64_t NowUs() const noexcept;
