@@ -1,4 +1,4 @@
-"""Loading a model version: backend -> warm-up -> golden check -> determinism fingerprint.
+"""Loading a model version: backend -> warm-up -> golden check -> determinism fingerprint -> cache check.
 
 Fetching the artifact and verifying its sha256 is the store's job
 (``Registry.fetch``); this module takes a local package and makes it serve.
@@ -28,6 +28,10 @@ from .package import ModelPackage
 
 class GoldenMismatch(FailedPrecondition):
     """The golden inputs did not produce the golden outputs."""
+
+
+class CacheNotAllowed(FailedPrecondition):
+    """The config enables a prediction cache but the version's outputs depend on the batch."""
 
 
 class LoadFailed(FailedPrecondition):
@@ -68,6 +72,8 @@ def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, roo
             check_golden(handle, golden[0], golden[1], package.golden)
         step = "fingerprint"
         fp = fingerprint(handle, golden[0] if golden is not None else None)
+        step = "cache"
+        check_cache(config, fp)
         handle.reset_stats()  # the statistics count served traffic, not the loader's own
     except InferlineError as e:
         engine.unload(config.name, config.version)
@@ -149,6 +155,18 @@ def fingerprint(handle: ModelHandle, inputs: Optional[dict] = None, rows: int = 
                 invariant &= out[name][pos + i].tobytes() == alone[i][name][0].tobytes()
     return {"sha256": digest.hexdigest(), "batch_invariant": bool(invariant), "rows": n,
             "positions": positions, "hardware": hardware_class()}
+
+
+def check_cache(config: ModelConfig, fp: dict) -> None:
+    """CacheNotAllowed if ``config`` enables the prediction cache while the fingerprint ``fp``
+    says the outputs are not batch-invariant: a cached answer would then depend on the batch
+    that first computed it, and differ from what the version answers now."""
+    if config.cache.enabled and not fp.get("batch_invariant", False):
+        raise CacheNotAllowed(
+            f"cache.max_bytes = {config.cache.max_bytes} enables a prediction cache, but the fingerprint "
+            f"says batch_invariant false (the outputs of a row depend on the batch it is run in, so a "
+            f"cached answer could differ from a fresh one); set cache.max_bytes to 0 or use a "
+            f"batch-invariant backend")
 
 
 def hardware_class() -> str:

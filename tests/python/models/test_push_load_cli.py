@@ -13,6 +13,7 @@ import inferline as il
 from inferline.cli import main
 from inferline.demo_models import demo_package_path
 from inferline.registry import Registry, TamperedArtifact
+from inferline.models import loader
 from inferline.models.loader import GoldenMismatch, LoadFailed
 from inferline.models.package import load_package
 from inferline.models.service import load_version, open_registry, push
@@ -292,4 +293,54 @@ def test_fallback_cycles_refused_by_push_and_set_fallback(capsys, repo, tmp_path
     registry = open_registry(repo)
     assert [(r.ref, r.fallback_id) for r in registry.list("digits-logreg")] == [
         ("digits-logreg:1", None), ("digits-logreg:2", "digits-mlp")]
+    registry.close()
+
+
+def _batch_dependent_package(tmp_path, cache):
+    """A TorchScript model whose rows depend on the rest of the batch (x minus the batch mean)."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    class Centered(torch.nn.Module):
+        def forward(self, x):
+            return x - x.mean(dim=0, keepdim=True)
+
+    pkg = tmp_path / "centered"
+    pkg.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Centered()), str(pkg / "model.pt"))
+    (pkg / "model.json").write_text(json.dumps({
+        "name": "centered", "backend": {"name": "torchscript", "threads": 1},
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 3]}],
+        "batching": {"max_batch_size": 8, "max_queue_delay_us": 500}, **({"cache": cache} if cache else {})}))
+    return pkg
+
+
+def test_cache_refused_for_a_version_that_is_not_batch_invariant(capsys, repo, tmp_path):
+    registry = open_registry(repo)
+    plain = push(registry, str(_batch_dependent_package(tmp_path / "a", None)))
+    assert plain.fingerprint["batch_invariant"] is False  # loads without a cache
+    pkg = _batch_dependent_package(tmp_path / "b", {"max_bytes": 1 << 20, "mode": "last_resort"})
+    with pytest.raises(LoadFailed, match=r"^model 'centered' version 1: cache: cache.max_bytes = 1048576 enables "
+                                         r"a prediction cache, but the fingerprint says batch_invariant false") as e:
+        push(registry, str(pkg))
+    assert e.value.step == "cache" and [r.version for r in registry.list("centered")] == [1]
+    # a stored version whose package asks for a cache fails to load, naming the model and version
+    with il.Engine() as engine:
+        with pytest.raises(LoadFailed, match=r"^model 'centered' version 2: cache: .*batch_invariant false"):
+            loader.load_into_engine(engine, load_package(str(pkg)), version=2)
+        assert engine.models() == []  # unloaded again
+    code, _, err = cli(capsys, "models", "push", str(pkg), "--repository", repo)
+    assert code == 1 and "model 'centered' version 1: cache:" in err and "batch_invariant false" in err
+    registry.close()
+
+
+def test_cache_accepted_for_a_batch_invariant_version(repo, tmp_path):
+    pkg = copy_demo(tmp_path)
+    edit_config(pkg, cache={"max_bytes": 1 << 20}, fallback=None)
+    registry = open_registry(repo)
+    record = push(registry, str(pkg))
+    assert record.fingerprint["batch_invariant"] is True and record.config["cache"] == {"max_bytes": 1 << 20}
     registry.close()
