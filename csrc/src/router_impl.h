@@ -100,6 +100,8 @@ class Router::Dispatcher final : public CompletionSink {
   Status Try(Routed* r, FallbackReason* reason);   // OK: accepted
   bool OnFailure(Routed* r, const Status& st, FallbackReason reason);  // false: stop here
   void RecordBreaker(const Routed* r, bool failed);
+  bool AnswerFromCache(const RouterModelEntry& entry, int64_t version, const RouterVersionState* vs,
+                       const InferRequest& request);
   bool LookupCache(const RouterVersionState* vs, const RouterModelEntry& entry, int64_t version,
                    const InferRequest& req, InferResult* out);
   InferResult FinalError(Routed* r);

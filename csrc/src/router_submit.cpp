@@ -75,56 +75,58 @@ bool Router::Dispatcher::LookupCache(const RouterVersionState* vs, const RouterM
   return true;
 }
 
+// On-hit cache of the primary: answers `request` at once on a hit.
+bool Router::Dispatcher::AnswerFromCache(const RouterModelEntry& entry, int64_t version, const RouterVersionState* vs,
+                                         const InferRequest& request) {
+  if (vs == nullptr || !vs->cache || vs->policy.cache_last_resort) return false;
+  InferResult res;
+  if (!LookupCache(vs, entry, version, request, &res)) return false;
+  entry.counters->requests.fetch_add(1, std::memory_order_relaxed);
+  entry.counters->answered_ok.fetch_add(1, std::memory_order_relaxed);
+  vs->counters->primary.fetch_add(1, std::memory_order_relaxed);
+  res.tag = request.tag;
+  request.sink->Deliver(&res, 1);
+  return true;
+}
+
 Status Router::Dispatcher::Submit(std::shared_ptr<const Snapshot> snap, const RouterModelEntry& entry,
                                   const RouteRequest& route, const InferRequest& request) {
   if (request.sink == nullptr) return InvalidArgument("router: request for '" + entry.name + "' has no completion sink");
   if (route.version < 0) return InvalidArgument("router: version " + std::to_string(route.version) + " must be >= 0");
   if (request.inputs.empty()) return InvalidArgument("router: request for '" + entry.name + "' has no inputs");
-  auto r = std::make_unique<Routed>();
-  if (NeedsHash(entry, route)) {
-    r->hash = route.has_routing_key ? HashRoutingKey(route.routing_key) : HashInputs(request.inputs);
-  }
-  r->primary_version = route.version != 0 ? route.version
-                                          : PickArm(entry.policy.route, RouteBucket(r->hash))->version;
-  r->primary = entry.Find(r->primary_version);
-  RouterModelCounters& counters = *entry.counters;
-  const RouterVersionState* vs = r->primary;
-  if (vs != nullptr && vs->cache && !vs->policy.cache_last_resort) {  // on-hit cache
-    InferResult res;
-    if (LookupCache(vs, entry, r->primary_version, request, &res)) {
-      counters.requests.fetch_add(1, std::memory_order_relaxed);
-      counters.answered_ok.fetch_add(1, std::memory_order_relaxed);
-      vs->counters->primary.fetch_add(1, std::memory_order_relaxed);
-      res.tag = request.tag;
-      request.sink->Deliver(&res, 1);
-      return Status::Ok();
-    }
-  }
+  uint64_t hash = 0;
+  if (NeedsHash(entry, route)) hash = route.has_routing_key ? HashRoutingKey(route.routing_key) : HashInputs(request.inputs);
+  const int64_t version = route.version != 0 ? route.version : PickArm(entry.policy.route, RouteBucket(hash))->version;
+  const RouterVersionState* vs = entry.Find(version);
+  if (AnswerFromCache(entry, version, vs, request)) return Status::Ok();
+
+  auto* r = new Routed();
   r->snap = std::move(snap);
   r->entry = &entry;
   r->req = request;
   r->req.sink = this;
-  r->req.tag = reinterpret_cast<uintptr_t>(r.get());
+  r->req.tag = reinterpret_cast<uintptr_t>(r);
   r->sink = request.sink;
   r->tag = request.tag;
   r->rows = static_cast<uint32_t>(request.inputs[0].shape.rank > 0 ? request.inputs[0].shape.dims[0] : 1);
-  r->chain = &entry.ChainOf(r->primary_version);
+  r->hash = hash;
+  r->primary_version = version;
+  r->primary = vs;
+  r->chain = &entry.ChainOf(version);
   if (vs != nullptr) vs->counters->primary.fetch_add(1, std::memory_order_relaxed);
   in_flight_.fetch_add(1, std::memory_order_relaxed);
-  Routed* raw = r.release();
-  counters.requests.fetch_add(1, std::memory_order_relaxed);  // before the attempt: no answer precedes it
-  if (Advance(raw)) return Status::Ok();
+  entry.counters->requests.fetch_add(1, std::memory_order_relaxed);  // before the attempt: no answer precedes it
+  if (Advance(r)) return Status::Ok();
   // Nothing accepted it: a last-resort cache hit is answered, else refused.
-  InferResult res = FinalError(raw);
+  InferResult res = FinalError(r);
   if (res.status.ok()) {
-    raw->sink->Deliver(&res, 1);
-    Finish(raw);
+    r->sink->Deliver(&res, 1);
+    Finish(r);
     return Status::Ok();
   }
-  counters.requests.fetch_sub(1, std::memory_order_relaxed);
-  Status st = std::move(res.status);
-  Finish(raw);
-  return st;
+  entry.counters->requests.fetch_sub(1, std::memory_order_relaxed);  // refused: not a request after all
+  Finish(r);
+  return std::move(res.status);
 }
 
 bool Router::Dispatcher::Advance(Routed* r) {
