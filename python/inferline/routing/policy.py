@@ -12,11 +12,12 @@ registry refuses cycles at push and set-fallback, but a promote or rollback can 
 through a ``"name"`` link: a chain stops before it would revisit a version (the served version
 itself included), and at a link that resolves to nothing (a model without a live version).
 
-Shapes (``to_core``), by the core's names (route_policy.h ``FallbackLink``, circuit_breaker.h
-``BreakerConfig``)::
+Shapes (``to_core``), by the core's names (router.h ``VersionPolicy``, route_policy.h
+``FallbackLink``, circuit_breaker.h ``BreakerConfig``); the core tries a primary's chain only
+(flat), which is why each chain here is already followed to its end::
 
     {"name": "m", "live": 3, "served": [3, 4], "versions": [
-        {"version": 3, "fallback": [{"model": "m", "version": 2}, {"model": "small", "version": 1}],
+        {"version": 3, "chain": [{"model": "m", "version": 2}, {"model": "small", "version": 1}],
          "breaker": {"consecutive_failures": 5, ...}, "cache_bytes": 0, "cache_last_resort": False}, ...]}
 """
 
@@ -64,7 +65,7 @@ class VersionPolicy:
     """This version's prediction cache (max_bytes 0: none)."""
 
     def to_core(self) -> dict:
-        return {"version": int(self.version), "fallback": [link.to_core() for link in self.fallback],
+        return {"version": int(self.version), "chain": [link.to_core() for link in self.fallback],
                 "breaker": self.breaker.to_core(), "cache_bytes": int(self.cache.max_bytes),
                 "cache_last_resort": self.cache.mode == "last_resort"}
 

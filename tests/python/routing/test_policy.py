@@ -70,7 +70,7 @@ def test_to_core_has_the_core_structs_fields():
     core = build_model_policy("m", records).to_core()
     assert core["name"] == "m" and core["live"] == 2 and core["served"] == [2, 3]
     v2, v3 = core["versions"]
-    assert v2 == {"version": 2, "fallback": [{"model": "m", "version": 1}],
+    assert v2 == {"version": 2, "chain": [{"model": "m", "version": 1}],
                   "breaker": dataclasses.asdict(BreakerConfig()), "cache_bytes": 64, "cache_last_resort": False}
     assert v3["cache_last_resort"] is True
     assert set(v2["breaker"]) == {"consecutive_failures", "error_rate", "min_requests", "window_us", "open_us",
