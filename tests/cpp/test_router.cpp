@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -82,13 +83,17 @@ ModelPolicy Single(int64_t version, std::vector<FallbackLink> chain = {}, uint64
   return p;
 }
 
-// Rows owned by the fixture so that input memory outlives every answer.
+// Rows and sinks owned by the fixture, declared before the engine: input
+// memory outlives every answer, and a sink outlives the executors that may
+// still be returning from its Deliver after a test saw the answer.
 struct Fixture {
+  std::deque<CollectSink> sinks;
   Engine engine;
   std::vector<std::unique_ptr<std::vector<float>>> rows;
   std::map<std::string, std::shared_ptr<TestBackend>> backends;
 
   explicit Fixture(Clock* clock = nullptr) : engine(clock) {}
+  CollectSink& NewSink() { return sinks.emplace_back(); }
   TestBackend& Load(const std::string& name, int64_t version, float scale, bool fail_flagged = false,
                     Gate* gate = nullptr, uint32_t capacity = 4096) {
     auto b = std::make_shared<TestBackend>(scale, fail_flagged, gate);
@@ -111,7 +116,7 @@ float Y0(const InferResult& r) { return r.outputs.empty() ? 0.0f : ToFloats(r.ou
 TEST(RouterTest, PlainEngineAnswersNameTheirVersion) {
   Fixture f;
   f.Load("m", 3, 2.0f);
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   ASSERT_TRUE(f.engine.Submit("m", 0, f.Request(1, 5, &sink)).ok());
   ASSERT_TRUE(sink.WaitFor(1));
   InferResult r = sink.results()[0];
@@ -126,7 +131,7 @@ TEST(RouterTest, FailingRowsUnderConcurrencyAreAnsweredByTheFallback) {
   f.Load("b", 1, 3.0f);
   Router router(&f.engine);
   ASSERT_TRUE(router.Publish("a", Single(1, {{"b", 1}})).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   const int kThreads = 4, kPer = Scaled(500);
   std::vector<std::vector<InferRequest>> reqs(kThreads);
   for (int t = 0; t < kThreads; ++t) {
@@ -178,7 +183,7 @@ TEST(RouterTest, ChainIsTriedInOrderAndExhaustionGivesThePrimarysError) {
     ModelPolicy p = Single(1);
     p.versions = {VersionPolicy{1, {{"b", 1}, {"c", 0}}, std::nullopt, 0, false}};
     ASSERT_TRUE(router.Publish("a", p).ok());
-    CollectSink sink;
+    CollectSink& sink = f.NewSink();
     ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(kFail, 9, &sink)).ok());
     ASSERT_TRUE(sink.WaitFor(1));
     InferResult r = sink.results()[0];
@@ -200,7 +205,7 @@ TEST(RouterTest, InvalidArgumentNeverFallsBack) {
   f.Load("b", 1, 3.0f);
   Router router(&f.engine);
   ASSERT_TRUE(router.Publish("a", Single(1, {{"b", 1}})).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   std::vector<float> wide(3, 1.0f);
   InferRequest bad;
   bad.inputs = {TensorView{wide.data(), DataType::kFloat32, Shape{1, 3}}};
@@ -216,7 +221,7 @@ TEST(RouterTest, NotLoadedPrimaryFallsBackOrRefusesWithItsError) {
   f.Load("b", 1, 3.0f);
   Router router(&f.engine);
   ASSERT_TRUE(router.Publish("a", Single(7, {{"b", 1}})).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, 1, &sink)).ok());
   ASSERT_TRUE(sink.WaitFor(1));
   EXPECT_EQ(sink.results()[0].answered_model, "b");
@@ -233,7 +238,7 @@ TEST(RouterTest, OverloadGoesToTheFallback) {
   f.Load("b", 1, 3.0f);
   Router router(&f.engine);
   ASSERT_TRUE(router.Publish("a", Single(1, {{"b", 1}})).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   const int kN = 6;  // one running, one queued, the rest refused by the full queue
   for (int i = 0; i < kN; ++i) ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, i, &sink)).ok());
   gate.Open();
@@ -256,11 +261,11 @@ TEST(RouterTest, DeadlineOutOfReachGoesStraightToTheFallback) {
   f.Load("b", 1, 3.0f);
   Router router(&f.engine);
   ASSERT_TRUE(router.Publish("a", Single(1, {{"b", 1}})).ok());
-  CollectSink warm;
+  CollectSink& warm = f.NewSink();
   ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, 0, &warm)).ok());  // teaches the estimator
   ASSERT_TRUE(warm.WaitFor(1));
   ASSERT_GE(f.engine.Find("a")->EstimateCompletionUs(1), 10'000u);
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   InferRequest r = f.Request(1, 1, &sink);
   r.deadline_us = f.engine.NowUs() + 5'000;  // far less than one batch of `a`
   ASSERT_TRUE(router.Submit("a", RouteRequest{}, r).ok());
@@ -284,7 +289,7 @@ TEST(RouterTest, BreakerOpensSendsTrafficToTheFallbackAndAProbeClosesIt) {
   p.versions = {VersionPolicy{1, {{"b", 1}}, bc, 0, false}};
   ASSERT_TRUE(router.Publish("a", p).ok());
   auto one = [&](uint64_t tag) {
-    CollectSink sink;
+    CollectSink& sink = f.NewSink();
     EXPECT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, tag, &sink)).ok());
     f.engine.Find("a")->Wake();
     EXPECT_TRUE(sink.WaitFor(1));
@@ -314,7 +319,7 @@ TEST(RouterTest, ArmsSplitByKeyDeterministicallyAndExplicitVersionBypasses) {
   ModelPolicy p;
   p.route.arms = {{1, 0, 9000}, {2, 9000, kRouteBuckets}};
   ASSERT_TRUE(router.Publish("m", p).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   const int kKeys = Scaled(4000, 2);
   std::vector<std::string> keys;
   for (int i = 0; i < kKeys; ++i) keys.push_back("user-" + std::to_string(i));
@@ -334,7 +339,7 @@ TEST(RouterTest, ArmsSplitByKeyDeterministicallyAndExplicitVersionBypasses) {
     v2 += r.answered_version == 2;
   }
   EXPECT_NEAR(static_cast<double>(v2) / kKeys, 0.10, 0.03);
-  CollectSink one;
+  CollectSink& one = f.NewSink();
   ASSERT_TRUE(router.Submit("m", RouteRequest{2, keys[0], true}, f.Request(1, 1, &one)).ok());
   ASSERT_TRUE(one.WaitFor(1));
   EXPECT_EQ(one.results()[0].answered_version, 2);
@@ -370,7 +375,7 @@ TEST(RouterTest, CacheAnswersRepeatsExactlyAndLastResortOnlyWhenExhausted) {
   ModelPolicy p = Single(1);
   p.versions = {VersionPolicy{1, {}, std::nullopt, 1 << 20, false}};
   ASSERT_TRUE(router.Publish("a", p).ok());
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   for (int round = 0; round < 2; ++round) {
     for (int i = 0; i < 10; ++i) {
       ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, i, &sink)).ok());
@@ -392,7 +397,7 @@ TEST(RouterTest, CacheAnswersRepeatsExactlyAndLastResortOnlyWhenExhausted) {
   p.versions[0].cache_last_resort = true;
   p.versions[0].cache_bytes = 2 << 20;  // a new cache
   ASSERT_TRUE(router.Publish("a", p).ok());
-  CollectSink lr;
+  CollectSink& lr = f.NewSink();
   ASSERT_TRUE(router.Submit("a", RouteRequest{}, f.Request(1, 3, &lr)).ok());
   ASSERT_TRUE(lr.WaitFor(1));
   a.fail_all = true;
@@ -422,7 +427,7 @@ TEST(RouterTest, PublishWhileSubmittingAnswersEverything) {
   ASSERT_TRUE(router.Publish("fb", Single(1)).ok());
   const int kPer = Scaled(1000), kThreads = 3;
   std::vector<std::vector<InferRequest>> reqs(kThreads);
-  CollectSink sink;
+  CollectSink& sink = f.NewSink();
   for (int t = 0; t < kThreads; ++t) {
     for (int i = 0; i < kPer; ++i) reqs[t].push_back(f.Request(i % 7 == 0 ? kFail : 1.0f, t * kPer + i, &sink));
   }
