@@ -70,7 +70,7 @@ def _serve(repo: str, port_queue) -> None:
     from inferline.engine import Engine
     from inferline.server.dataplane import DataPlane
     from inferline.server.grpc_frontend import start_grpc
-    from inferline.server.model_manager import ModelManager
+    from inferline.service.sync import ModelManager
     from inferline.server.settings import ServerSettings
 
     async def main():

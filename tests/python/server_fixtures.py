@@ -28,7 +28,7 @@ from inferline.engine import Engine
 from inferline.models.service import open_registry, push
 from inferline.routing import Router
 from inferline.server.dataplane import DataPlane
-from inferline.server.model_manager import ModelManager
+from inferline.service.sync import ModelManager
 from inferline.server.settings import ServerSettings
 
 DEMO = ("digits-logreg", "digits-mlp")  # the fallback first: the MLP refers to it

@@ -26,7 +26,7 @@ from ..engine import Engine
 from ..errors import Unavailable
 from ..routing import Router
 from .dataplane import DataPlane
-from .model_manager import ModelManager
+from ..service.sync import ModelManager
 from .settings import ServerSettings
 
 log = logging.getLogger("inferline.server")

@@ -16,7 +16,8 @@ from .. import __version__
 from .codec import NUMPY_TO_KSERVE
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
 from ..routing import Router
-from .model_manager import ModelManager
+from ..service import Service
+from ..service.sync import ModelManager
 from .types import InferOutput, InferRequest, InferResponse
 
 EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "parameters",
@@ -41,6 +42,8 @@ class DataPlane:
                  open_control: bool = True, router: Optional[Router] = None):
         self.models = models
         self.router = router if router is not None else models.router
+        self.service = Service(manager=models)
+        """The in-process service that every frontend adapts: routing and running requests."""
         self.name = name
         self.accepting = True  # false while shutting down: ready turns false, live stays true
         self._admin = admin_token.encode() if admin_token else None
@@ -139,15 +142,21 @@ class DataPlane:
 
     # ---- inference ------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
-        handle = self.router.route(req.model_name, req.model_version, req.routing_key)
-        cfg = handle.config
+        """Wire request -> the Service (which routes and runs it) -> wire response naming who answered."""
+        version = int(req.model_version) if req.model_version.isdigit() else req.model_version or None
+        cfg = self.service.config(req.model_name, version)
         inputs = self._inputs(req, cfg)
         names = self._requested_outputs(req, cfg)
         level = kserve_priority_to_level(req.priority, cfg.priority_levels)
-        result = await handle.infer_async(inputs, priority=level, timeout_us=req.timeout_us)
+        answer = await self.service.infer_async(req.model_name, inputs, version=version, routing_key=req.routing_key,
+                                                priority=level, timeout_us=req.timeout_us)
+        result = answer.outputs
         outputs = [InferOutput(n, NUMPY_TO_KSERVE[result[n].dtype.name], list(result[n].shape), result[n])
                    for n in names]
-        return InferResponse(cfg.name, str(cfg.version), req.id, outputs)
+        params = {"routed_to": answer.routed_to}
+        if answer.fallback_reason:
+            params["fallback_reason"] = answer.fallback_reason
+        return InferResponse(answer.model, str(answer.version), req.id, outputs, params)
 
     @staticmethod
     def _inputs(req: InferRequest, cfg) -> dict:

@@ -186,6 +186,8 @@ def encode_infer_response(resp: InferResponse, default: bool, chosen: dict) -> T
     doc = {"model_name": resp.model_name, "model_version": resp.model_version}
     if resp.id:
         doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = resp.parameters
     doc["outputs"] = entries
     head = dumps(doc)
     if not blobs:

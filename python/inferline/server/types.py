@@ -46,5 +46,9 @@ class InferOutput:
 class InferResponse:
     model_name: str
     model_version: str
+    """The version that produced the outputs (a fallback's, when one answered)."""
     id: str = ""
     outputs: list = field(default_factory=list)
+    parameters: dict = field(default_factory=dict)
+    """Response parameters (string values): ``routed_to`` NAME:VERSION and, when a fallback
+    answered, ``fallback_reason``."""

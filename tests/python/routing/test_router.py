@@ -12,7 +12,7 @@ from inferline.demo_models import demo_package_path
 from inferline.engine import Engine
 from inferline.models.service import open_registry, push
 from inferline.routing import EMPTY, ModelRoutes, Router, RoutingSnapshot
-from inferline.server.model_manager import ModelManager, _choose_route
+from inferline.service.sync import ModelManager, _choose_route
 
 from server_fixtures import make_repository
 

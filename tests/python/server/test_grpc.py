@@ -179,6 +179,13 @@ def test_infer_fp32_matches_golden(client):
         assert one.as_numpy("label").item() == LABELS[row].item()
 
 
+def test_response_names_who_answered(client):
+    response = client.infer("digits-mlp", [infer_input(PIXELS[:1])]).get_response()
+    assert response.model_version == "1"
+    assert response.parameters["routed_to"].string_param == "digits-mlp:1"
+    assert "fallback_reason" not in response.parameters  # the routed version answered itself
+
+
 def test_infer_int64_input(client):
     ids = np.array([[1, 2, 3, 4], [-5, 10, 1 << 40, 0]], dtype=np.int64)
     result = client.infer("int-sum", [infer_input(ids, "INT64", "ids")])

@@ -170,6 +170,7 @@ def test_infer_matches_golden(client, binary, compression):
     np.testing.assert_array_equal(result.as_numpy("label"), GOLDEN["outputs/label"])
     response = result.get_response()
     assert response["model_name"] == "digits-mlp" and response["model_version"] == "1" and response["id"] == "req-7"
+    assert response["parameters"] == {"routed_to": "digits-mlp:1"}  # who answered; no fallback_reason
     has_binary = [("parameters" in o) for o in response["outputs"]]
     assert has_binary == [binary, binary]
 
@@ -372,6 +373,7 @@ class DirectModels:
     def __init__(self, **handles):
         self.handles = handles
         self.router = self
+        self.engine = None  # the handles' engine serves them
 
     def route(self, name, version="", routing_key=None):
         if name not in self.handles:

@@ -118,6 +118,8 @@ def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
     for o in resp.outputs:
         tensors.add(name=o.name, datatype=o.datatype, shape=o.shape)
         raws.append(o.data.tobytes())  # C order whatever the array's strides
+    for key, value in resp.parameters.items():
+        msg.parameters[key].string_param = value
     return msg
 
 

@@ -27,7 +27,7 @@ from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
 from ..routing import ModelRoutes, Router, RoutingSnapshot
 
-log = logging.getLogger("inferline.server")
+log = logging.getLogger("inferline.service")
 
 SERVED_STATES = ("live", "canary")
 
@@ -114,6 +114,10 @@ class ModelManager:
     # ---- changes (worker thread) --------------------------------------------
     async def sync(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._worker, self._sync)
+
+    def sync_blocking(self) -> None:
+        """One reconciliation now, from a thread that is not the worker (the in-process Service)."""
+        self._worker.submit(self._sync).result()
 
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: serve `name` again (its live/canary versions) now."""

@@ -1,0 +1,149 @@
+"""The service: what a server does, in-process — and what the server's frontends adapt.
+
+    with inferline.Service() as svc:                        # the default repository, kept in sync
+        answer = svc.infer("digits-mlp", {"pixels": x})     # routed like a network request
+        answer["label"], answer.routed_to, answer.fallback_reason
+        answer = await svc.infer_async("digits-mlp", {"pixels": x}, routing_key="user-7")
+
+    svc = inferline.Service.from_model("model.onnx")        # one model file, no registry to manage
+
+A ``Service`` owns an ``Engine``, the ``ModelManager`` that keeps the engine serving the
+registry's live and canary versions, and the routing of each request to a version. The gRPC
+and REST frontends (``inferline.server``) are thin adapters over one ``Service``: the same
+request gets the same version, and the same answer, on every entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from ..engine import Engine
+from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
+from ..routing import Router
+from .sync import ModelManager
+
+__all__ = ["Answer", "ModelManager", "Service"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outputs of one request and who produced them."""
+
+    outputs: Mapping[str, Any]
+    model: str
+    version: int
+    fallback_reason: Optional[str] = None
+    """Why a fallback answered ("error", "deadline", "overload", "breaker_open", "unavailable");
+    None when the routed version itself answered."""
+
+    @property
+    def routed_to(self) -> str:
+        """NAME:VERSION of the version that produced the outputs."""
+        return f"{self.model}:{self.version}"
+
+    def __getitem__(self, output: str):
+        return self.outputs[output]
+
+
+class Service:
+    """The registry's models served in-process: loaded, kept in sync, routed."""
+
+    def __init__(self, repository: Optional[str] = None, *, poll_interval_s: float = 2.0,
+                 engine: Optional[Engine] = None, manager: Optional[ModelManager] = None):
+        """`repository`: as for ``inferline models`` (None: INFERLINE_REPOSITORY, else the default
+        repository with the demo models). Polls it every `poll_interval_s` (0: load once, never
+        poll). `engine`/`manager`: a server passes its own (it polls on its event loop)."""
+        self._owns = manager is None
+        self.engine = engine if engine is not None else (manager.engine if manager else Engine())
+        self.models = manager if manager is not None else ModelManager(self.engine, repository, poll_interval_s)
+        self.router: Router = self.models.router
+        self._stop = threading.Event()
+        self._poller: Optional[threading.Thread] = None
+        self._cleanup: Optional[str] = None
+        if self._owns:
+            self.models.sync_blocking()
+            if poll_interval_s > 0:
+                self._poller = threading.Thread(target=self._poll, args=(poll_interval_s,), daemon=True,
+                                                name="inferline-service-poll")
+                self._poller.start()
+
+    @classmethod
+    def from_model(cls, path: str, *, name: Optional[str] = None) -> "Service":
+        """Serves one model package (directory) or bare .onnx file, without a registry to manage:
+        it is validated, loaded, warmed and golden-checked as a push would, in a private
+        repository removed at close."""
+        from ..models.service import open_registry, push
+
+        if not os.path.exists(path):
+            raise InvalidArgument(f"{path}: no such model file or package directory")
+        root = tempfile.mkdtemp(prefix="inferline-model-")
+        try:
+            registry = open_registry(root)
+            try:
+                push(registry, path, name=name, live=True)
+            except ModelNotFound as e:
+                if "fallback" not in str(e):
+                    raise
+                raise FailedPrecondition(f"{path}: the package declares a fallback model, which from_model cannot "
+                                         f"serve alongside; push both with `inferline models push` and use "
+                                         f"Service(repository) ({e})") from None
+            finally:
+                registry.close()
+            svc = cls(root, poll_interval_s=0)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        svc._cleanup = root
+        return svc
+
+    # ---- inference ----------------------------------------------------------------
+    def infer(self, model: str, inputs, *, version: Optional[int] = None, routing_key: Optional[str] = None,
+              priority: int = 0, timeout_us: Optional[int] = None) -> Answer:
+        """Routes and runs one request (blocking). `priority`: the engine's level (higher first)."""
+        handle = self.router.route(model, "" if version is None else str(version), routing_key)
+        outputs = handle.infer(inputs, priority=priority, timeout_us=timeout_us)
+        return Answer(outputs, handle.name, handle.version)
+
+    async def infer_async(self, model: str, inputs, *, version: Optional[int] = None,
+                          routing_key: Optional[str] = None, priority: int = 0,
+                          timeout_us: Optional[int] = None) -> Answer:
+        """As ``infer``, awaiting the answer on the running event loop."""
+        handle = self.router.route(model, "" if version is None else str(version), routing_key)
+        outputs = await handle.infer_async(inputs, priority=priority, timeout_us=timeout_us)
+        return Answer(outputs, handle.name, handle.version)
+
+    def config(self, model: str, version: Optional[int] = None):
+        """The ModelConfig of the version a request for (`model`, `version`) reaches now."""
+        return self.router.route(model, "" if version is None else str(version)).config
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def close(self) -> None:
+        """Stops polling, answers every queued request, releases the engine (when owned)."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        if self._owns:
+            self.models.close()
+            self.engine.close()
+        if self._cleanup:
+            shutil.rmtree(self._cleanup, ignore_errors=True)
+            self._cleanup = None
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _poll(self, interval_s: float) -> None:
+        import logging
+        while not self._stop.wait(interval_s):
+            try:
+                self.models.sync_blocking()
+            except Exception:  # a registry hiccup must not stop serving
+                logging.getLogger("inferline.service").exception("registry poll failed")

@@ -1,0 +1,1 @@
+"""Tests of the in-process Service: the registry's models routed and run without a network."""
