@@ -14,6 +14,8 @@
 #include "inferline/completion.h"
 #include "inferline/engine.h"
 #include "inferline/model.h"
+#include "inferline/router.h"
+#include "policy_from_py.h"
 
 namespace py = pybind11;
 using namespace inferline;
@@ -324,21 +326,21 @@ TensorView InputView(const ModelConfig& c, size_t i, PyObject* obj, py::list& ke
   Throw(InvalidArgument(msg + "(inputs: " + declared + ")"));
 }
 
-// inputs: {name: array}; converted to the config's input order. The core checks
-// dtypes and shapes (naming model, version, input and what it expected); this
-// only converts. timeout_us is relative (0 = none); the deadline is taken on the
+// The request for `model`: inputs ({name: array}) converted to its config's
+// input order, tag, sink, priority and a deadline. The core checks dtypes and
+// shapes (naming model, version, input and what it expected); this only
+// converts. timeout_us is relative (0 = none); the deadline is taken on the
 // model's clock here, so Python never reads the clock per request.
-void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py::dict& inputs, uint64_t tag,
-                   PollableSink& sink, uint32_t priority, uint64_t timeout_us, py::list& keep) {
-  std::shared_ptr<Model> model = Engine_Get(e, name, version);
-  const ModelConfig& c = model->config();
+InferRequest RequestFor(const Model& model, const py::dict& inputs, uint64_t tag, PollableSink& sink,
+                        uint32_t priority, uint64_t timeout_us, py::list& keep) {
+  const ModelConfig& c = model.config();
   InferRequest req;
   req.tag = tag;
   req.sink = &sink;
   req.priority = priority;
   if (timeout_us != 0) {
     constexpr uint64_t kMax = std::numeric_limits<int64_t>::max();
-    uint64_t now = model->NowUs();
+    uint64_t now = model.NowUs();
     req.deadline_us = timeout_us >= kMax - now ? kMax : now + timeout_us;
   }
   req.inputs.resize(c.inputs.size());
@@ -348,10 +350,130 @@ void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py
     req.inputs[i] = InputView(c, i, obj, keep);
   }
   if (py::len(inputs) != c.inputs.size()) ThrowNameMismatch(c, inputs);
+  return req;
+}
+
+void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py::dict& inputs, uint64_t tag,
+                   PollableSink& sink, uint32_t priority, uint64_t timeout_us, py::list& keep) {
+  std::shared_ptr<Model> model = Engine_Get(e, name, version);
+  InferRequest req = RequestFor(*model, inputs, tag, sink, priority, timeout_us, keep);
   // By the concrete version: a Replace in between keeps the signature converted
   // for. Submit never blocks, so the GIL stays held (releasing it costs more).
-  Status st = e.Submit(name, c.version, req);
+  Status st = e.Submit(name, model->config().version, req);
   if (!st.ok()) Throw(st);
+}
+
+// ---- Router adapters ----------------------------------------------------------
+// A core Router with the engine it routes over (kept alive by py::keep_alive).
+// Destroyed with the GIL released: ~Router waits for every accepted request's
+// answer, which a Python backend may need the GIL to compute. The Python Engine
+// facade shuts its router down (drops it) before it shuts the engine down.
+struct PyRouter {
+  explicit PyRouter(Engine* e) : engine(e), router(e) {}
+  Engine* engine;
+  Router router;
+};
+struct PyRouterDeleter {
+  void operator()(PyRouter* r) const {
+    py::gil_scoped_release nogil;
+    delete r;
+  }
+};
+using PyRouterPtr = std::unique_ptr<PyRouter, PyRouterDeleter>;
+
+void Router_Publish(PyRouter& r, const std::string& model, const py::dict& policy) {
+  Status st;
+  ModelPolicy p = inferline_py::PolicyFromPy(model, policy, &st);
+  if (!st.ok()) Throw(st);
+  st = r.router.Publish(model, std::move(p));
+  if (!st.ok()) Throw(st);
+}
+
+void Router_Remove(PyRouter& r, const std::string& model) {
+  Status st = r.router.Remove(model);
+  if (!st.ok()) Throw(st);
+}
+
+// The version whose signature a routed request is converted for: the explicit
+// one, else the policy's default arm (router.h DefaultVersion), else (that
+// version not loaded, or no policy) the latest loaded version of the model.
+// The core checks every attempt against it (RouteRequest::inputs_for).
+std::shared_ptr<Model> ConvertFor(const PyRouter& r, const std::string& model, int64_t version) {
+  if (version != 0) return Engine_Get(*r.engine, model, version);
+  int64_t by_policy = r.router.DefaultVersion(model);
+  if (by_policy != 0) {
+    if (std::shared_ptr<Model> m = r.engine->Find(model, by_policy)) return m;
+  }
+  return Engine_Get(*r.engine, model, Engine::kLatest);
+}
+
+// Engine_Submit through the router; routing_key: bytes, str or None (hash the inputs).
+void Router_Submit(PyRouter& r, const std::string& model, int64_t version, const py::object& routing_key,
+                   const py::dict& inputs, uint64_t tag, PollableSink& sink, uint32_t priority, uint64_t timeout_us,
+                   py::list& keep) {
+  if (version < 0) Throw(InvalidArgument("router: version " + std::to_string(version) + " must be >= 0"));
+  std::shared_ptr<Model> m = ConvertFor(r, model, version);
+  InferRequest req = RequestFor(*m, inputs, tag, sink, priority, timeout_us, keep);
+  RouteRequest route;
+  route.version = version;
+  std::string key;
+  if (!routing_key.is_none()) {
+    if (py::isinstance<py::bytes>(routing_key)) key = routing_key.cast<std::string>();
+    else if (py::isinstance<py::str>(routing_key)) key = routing_key.cast<std::string>();  // UTF-8
+    else Throw(InvalidArgument("router: routing_key must be bytes, str or None"));
+    route.routing_key = key;
+    route.has_routing_key = true;
+  }
+  route.inputs_for = m;
+  // Without a policy the router passes straight to the engine: pin the version
+  // converted for, as Engine_Submit does.
+  if (version == 0 && r.router.DefaultVersion(model) == 0) route.version = m->config().version;
+  Status st = r.router.Submit(model, route, req);
+  if (!st.ok()) Throw(st);
+}
+
+py::dict Router_Stats(const PyRouter& r, const std::string& model) {
+  Expected<RouterStats> got = r.router.Stats(model);
+  if (!got.ok()) Throw(got.status());
+  const RouterStats& s = got.value();
+  py::dict d;
+  d["epoch"] = s.epoch;
+  d["requests"] = s.requests;
+  d["answered_ok"] = s.answered_ok;
+  d["answered_error"] = s.answered_error;
+  d["answered_by_fallback"] = s.answered_by_fallback;
+  d["cache_hits"] = s.cache_hits;
+  d["cache_misses"] = s.cache_misses;
+  py::dict fallbacks;
+  for (size_t i = 1; i < s.fallbacks.size(); ++i) {
+    fallbacks[FallbackReasonName(static_cast<FallbackReason>(i))] = s.fallbacks[i];
+  }
+  d["fallbacks"] = fallbacks;
+  py::list versions;
+  for (const RouterVersionStats& v : s.versions) {
+    py::dict vd;
+    vd["version"] = v.version;
+    vd["primary"] = v.primary;
+    vd["answered"] = v.answered;
+    vd["failed"] = v.failed;
+    vd["breaker"] = v.breaker ? py::object(py::str(BreakerStateName(*v.breaker))) : py::object(py::none());
+    const BreakerCounters& b = v.breaker_counters;
+    vd["breaker_counters"] = py::dict(py::arg("opened") = b.opened, py::arg("reopened") = b.reopened,
+                                      py::arg("recovered") = b.recovered, py::arg("rejected") = b.rejected,
+                                      py::arg("probes") = b.probes, py::arg("probe_successes") = b.probe_successes,
+                                      py::arg("probe_failures") = b.probe_failures);
+    if (v.cache) {
+      const CacheStats& c = *v.cache;
+      vd["cache"] = py::dict(py::arg("hits") = c.hits, py::arg("misses") = c.misses,
+                             py::arg("insertions") = c.insertions, py::arg("evictions") = c.evictions,
+                             py::arg("bytes") = c.bytes, py::arg("entries") = c.entries);
+    } else {
+      vd["cache"] = py::none();
+    }
+    versions.append(vd);
+  }
+  d["versions"] = versions;
+  return d;
 }
 
 py::object Model_Host(const Model& m) {
@@ -393,7 +515,8 @@ py::dict Model_Stats(const Model& m) {
   return d;
 }
 
-// [(tag, status_code, message or None, (outputs...), queue_us, compute_us)]
+// [(tag, status_code, message or None, (outputs...), queue_us, compute_us,
+//   answered_model, answered_version, fallback_reason name)]
 py::list PollableSink_Drain(PollableSink& sink) {
   std::vector<InferResult> results;
   sink.Drain(&results);
@@ -403,7 +526,8 @@ py::list PollableSink_Drain(PollableSink& sink) {
     py::tuple outs(r.outputs.size());
     for (size_t k = 0; k < r.outputs.size(); ++k) outs[k] = ToNumpy(r.outputs[k]);
     py::object msg = r.status.ok() ? py::object(py::none()) : py::object(py::str(r.status.message()));
-    out[i] = py::make_tuple(r.tag, static_cast<int>(r.status.code()), msg, outs, r.queue_us, r.compute_us);
+    out[i] = py::make_tuple(r.tag, static_cast<int>(r.status.code()), msg, outs, r.queue_us, r.compute_us,
+                            std::move(r.answered_model), r.answered_version, FallbackReasonName(r.fallback_reason));
   }
   return out;
 }
@@ -454,6 +578,19 @@ PYBIND11_MODULE(_core, m) {
            py::arg("sink"), py::arg("priority"), py::arg("timeout_us"), py::arg("keep"))
       .def("shutdown", &Engine::Shutdown, py::arg("drain") = true, py::call_guard<py::gil_scoped_release>())
       .def("now_us", &Engine::NowUs);
+
+  // Routes by a published policy, with fallback (router.h). Keeps its Engine
+  // alive; drop it (it waits for its accepted requests) before engine.shutdown().
+  py::class_<PyRouter, PyRouterPtr>(m, "Router")
+      .def(py::init([](Engine& e) { return PyRouterPtr(new PyRouter(&e)); }), py::arg("engine"),
+           py::keep_alive<1, 2>())
+      .def("publish", &Router_Publish, py::arg("model"), py::arg("policy"))
+      .def("remove", &Router_Remove, py::arg("model"))
+      .def("stats", &Router_Stats, py::arg("model"))
+      .def("default_version", [](const PyRouter& r, const std::string& model) { return r.router.DefaultVersion(model); },
+           py::arg("model"))
+      .def("submit", &Router_Submit, py::arg("model"), py::arg("version"), py::arg("routing_key"), py::arg("inputs"),
+           py::arg("tag"), py::arg("sink"), py::arg("priority"), py::arg("timeout_us"), py::arg("keep"));
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

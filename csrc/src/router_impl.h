@@ -70,6 +70,7 @@ struct Router::Routed {
   CompletionSink* sink = nullptr;           // the caller's
   uint64_t tag = 0;                         // the caller's
   uint32_t rows = 0;
+  std::shared_ptr<const Model> inputs_for;  // RouteRequest::inputs_for (null: unchecked)
   uint64_t hash = 0;                        // routing key hash (when arms or live links need it)
   int64_t primary_version = 0;
   const RouterVersionState* primary = nullptr;  // null: no state for it
@@ -98,6 +99,7 @@ class Router::Dispatcher final : public CompletionSink {
   bool Advance(Routed* r);                         // true: an attempt was accepted (r is no longer ours)
   bool NextTarget(Routed* r);                      // false: the path is exhausted
   Status Try(Routed* r, FallbackReason* reason);   // OK: accepted
+  Status CheckSignature(const Routed* r) const;    // OK: r's inputs fit the attempt's version
   bool OnFailure(Routed* r, const Status& st, FallbackReason reason);  // false: stop here
   void RecordBreaker(const Routed* r, bool failed);
   bool AnswerFromCache(const RouterModelEntry& entry, int64_t version, const RouterVersionState* vs,

@@ -197,6 +197,12 @@ Status Router::Remove(std::string_view model) {
   return Status::Ok();
 }
 
+int64_t Router::DefaultVersion(std::string_view model) const {
+  std::shared_ptr<const Snapshot> snap = Load();
+  const RouterModelEntry* e = snap->Find(model);
+  return e == nullptr ? 0 : e->policy.route.arms.front().version;
+}
+
 Expected<RouterStats> Router::Stats(std::string_view model) const {
   std::shared_ptr<const Snapshot> snap = Load();
   const RouterModelEntry* e = snap->Find(model);

@@ -109,6 +109,7 @@ Status Router::Dispatcher::Submit(std::shared_ptr<const Snapshot> snap, const Ro
   r->sink = request.sink;
   r->tag = request.tag;
   r->rows = static_cast<uint32_t>(request.inputs[0].shape.rank > 0 ? request.inputs[0].shape.dims[0] : 1);
+  r->inputs_for = route.inputs_for;
   r->hash = hash;
   r->primary_version = version;
   r->primary = vs;
@@ -173,6 +174,7 @@ Status Router::Dispatcher::Try(Routed* r, FallbackReason* reason) {
       return Status(StatusCode::kDeadlineExceeded, "router: " + Where(r->model, r->version) + " would miss the deadline");
     }
   }
+  if (Status sig = CheckSignature(r); !sig.ok()) return sig;  // *reason stays kNone: no breaker, no fallback of the primary
   r->admitted = false;
   if (r->state != nullptr && r->state->breaker) {
     Admission a = r->state->breaker->Allow(engine_->NowUs());
@@ -188,6 +190,24 @@ Status Router::Dispatcher::Try(Routed* r, FallbackReason* reason) {
   *reason = FallbackFor(st.code());
   RecordBreaker(r, *reason != FallbackReason::kNone);
   return st;
+}
+
+Status Router::Dispatcher::CheckSignature(const Routed* r) const {
+  if (r->inputs_for == nullptr) return Status::Ok();
+  const ModelConfig& want = r->inputs_for->config();
+  if (r->model == want.name && r->version == want.version) return Status::Ok();  // Replace keeps the signature
+  std::shared_ptr<Model> m = engine_->Find(r->model, r->version);
+  if (m == nullptr) return Status::Ok();  // Engine::Submit reports it (NOT_FOUND)
+  const std::vector<TensorSpec>& have = m->config().inputs;
+  bool same = have.size() == want.inputs.size();
+  for (size_t i = 0; same && i < have.size(); ++i) {
+    same = have[i].name == want.inputs[i].name && have[i].dtype == want.inputs[i].dtype &&
+           have[i].shape == want.inputs[i].shape;
+  }
+  if (same) return Status::Ok();
+  std::string msg = "router: " + m->config().Describe() + " takes other inputs (names, dtypes or shapes) than " +
+                    want.Describe() + ", which the request was converted for";
+  return r->on_primary ? InvalidArgument(msg) : Status(StatusCode::kFailedPrecondition, msg);
 }
 
 void Router::Dispatcher::RecordBreaker(const Routed* r, bool failed) {

@@ -5,7 +5,7 @@ raises only ``CoreError``; ``inferline.errors.from_core_error`` maps it to the
 ``inferline.errors`` classes.
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,8 +29,10 @@ def echo_backend(outputs: List[str]) -> Backend:
 def python_backend(fn: Callable[[Dict[str, np.ndarray]], Any], outputs: List[str]) -> Backend:
     """Backend calling fn({input: array}) once per batch; returns {output: array} or arrays in order."""
 
-# (tag, status code, message or None, outputs in declared order, queue_us, compute_us)
-Answer = Tuple[int, int, Optional[str], Tuple[np.ndarray, ...], int, int]
+# (tag, status code, message or None, outputs in declared order, queue_us, compute_us,
+#  answered_model, answered_version, fallback_reason: "none" when the primary (or a plain engine
+#  request's model) answered, else "error", "deadline", "overload", "breaker_open", "unavailable")
+Answer = Tuple[int, int, Optional[str], Tuple[np.ndarray, ...], int, int, str, int, str]
 
 class Sink:
     """Where answers queue; its eventfd is readable when some are waiting (once per batch)."""
@@ -74,3 +76,29 @@ class Engine:
         reads (copies where an input was not a C-contiguous array) to `keep`, which must outlive the answer."""
     def shutdown(self, drain: bool = True) -> None: ...
     def now_us(self) -> int: ...
+
+class Router:
+    """Routes requests by a published per-model policy, with fallback (the core's Router).
+
+    Keeps its Engine alive. Dropping it waits (GIL released) for every request it accepted to be
+    answered, so drop it before ``engine.shutdown()``; never from a backend."""
+
+    def __init__(self, engine: Engine) -> None: ...
+    def publish(self, model: str, policy: Mapping[str, Any]) -> None:
+        """policy: routing.policy.ModelPolicy.to_core()'s dict ("name", "live", "served", "versions":
+        [{"version", "chain": [{"model", "version"}], "breaker": {...} | None, "cache_bytes",
+        "cache_last_resort"}]) plus optional "epoch", "arms" [{"version", "lo", "hi"}] (default: every
+        bucket to "live") and "fallback" [{"model", "version"}]. CoreError INVALID_ARGUMENT names the
+        field (unknown keys too); FAILED_PRECONDITION for an epoch older than the published one."""
+    def remove(self, model: str) -> None:
+        """CoreError NOT_FOUND if no policy is published for the model."""
+    def stats(self, model: str) -> Dict[str, Any]:
+        """CoreError NOT_FOUND if no policy is published for the model."""
+    def default_version(self, model: str) -> int:
+        """The version owning bucket 0 of the model's arms; 0 without a policy."""
+    def submit(self, model: str, version: int, routing_key: Optional[Union[bytes, str]],
+               inputs: Mapping[str, Any], tag: int, sink: Sink, priority: int, timeout_us: int,
+               keep: List[Any]) -> None:
+        """As Engine.submit; version 0 = by the policy's arms (routing_key, else the inputs, picks the
+        arm). Inputs are converted for the explicit version, else the policy's default version (else
+        the latest loaded); the core refuses a primary and skips a fallback with other inputs."""

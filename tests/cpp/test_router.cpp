@@ -216,6 +216,34 @@ TEST(RouterTest, InvalidArgumentNeverFallsBack) {
   EXPECT_EQ(f.backends["b:1"]->runs.load(), 0);
 }
 
+// A version whose inputs are named otherwise (same dtype and shape) never gets
+// the request's positional views: a link is skipped, a primary refuses.
+TEST(RouterTest, InputsForSkipsLinksAndRefusesPrimariesWithAnotherSignature) {
+  Fixture f;
+  f.Load("a", 1, 2.0f, /*fail_flagged=*/true);
+  ModelConfig other = Config("b", 1);
+  other.inputs[0].name = "z";
+  ASSERT_TRUE(f.engine.Load(other, std::make_shared<TestBackend>(3.0f)).ok());
+  f.Load("c", 1, 5.0f);
+  Router router(&f.engine);
+  ASSERT_TRUE(router.Publish("a", Single(1, {{"b", 1}, {"c", 1}})).ok());
+  EXPECT_EQ(router.DefaultVersion("a"), 1);
+  EXPECT_EQ(router.DefaultVersion("nothing"), 0);
+  RouteRequest route;
+  route.inputs_for = f.engine.Find("a", 1);
+  CollectSink& sink = f.NewSink();
+  ASSERT_TRUE(router.Submit("a", route, f.Request(kFail, 1, &sink)).ok());
+  ASSERT_TRUE(sink.WaitFor(1));
+  EXPECT_TRUE(sink.results()[0].status.ok());
+  EXPECT_EQ(sink.results()[0].answered_model, "c");  // b skipped: it names its input 'z'
+  EXPECT_EQ(sink.results()[0].fallback_reason, FallbackReason::kError);
+  route.version = 0;
+  ASSERT_TRUE(router.Publish("b", Single(1)).ok());
+  Status st = router.Submit("b", route, f.Request(1, 2, &sink));  // converted for a:1, primary b:1
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.message();
+  EXPECT_EQ(sink.count(), 1u);
+}
+
 TEST(RouterTest, NotLoadedPrimaryFallsBackOrRefusesWithItsError) {
   Fixture f;
   f.Load("b", 1, 3.0f);

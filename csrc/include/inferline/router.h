@@ -26,6 +26,8 @@
 //     batch-mates keep their answers). The primary's INVALID_ARGUMENT, CANCELLED
 //     and other codes never fall back. Breakers record every outcome of an
 //     attempt they admitted: failure = a status with a fallback reason.
+//     With RouteRequest::inputs_for, an attempt on a version with another
+//     input signature is refused (primary) or skipped (link) first.
 //  4. Chain exhausted: the primary's prediction cache in last-resort mode, else
 //     the caller gets the PRIMARY's error (a fallback's error would mislead).
 //  Chains are flat: a request tries its primary's chain only; the links' own
@@ -105,6 +107,13 @@ struct RouteRequest {
   int64_t version = 0;            // > 0: this version, bypassing the arms
   std::string_view routing_key;   // used when has_routing_key (any bytes, may be empty)
   bool has_routing_key = false;
+  // Optional: the loaded version whose input signature (names, dtypes, shapes,
+  // in config order) request.inputs were converted for. Then every attempt on
+  // another (model, version) first compares that version's inputs: a primary
+  // that differs refuses the request (INVALID_ARGUMENT, no fallback), a link
+  // that differs is skipped (FAILED_PRECONDITION; kNone, the next link is
+  // tried). Positional inputs never reach a version that names them otherwise.
+  std::shared_ptr<const Model> inputs_for;
 };
 
 struct RouterVersionStats {
@@ -143,6 +152,10 @@ class Router {
   // Stops routing `model` by policy (NOT_FOUND if none was published).
   Status Remove(std::string_view model);
   Status Submit(std::string_view model, const RouteRequest& route, const InferRequest& request);
+  // The version owning bucket 0 of `model`'s arms (its live version under a
+  // single-arm policy), or 0 if `model` has no policy. A host converts inputs
+  // for this version's signature (every version a policy routes to shares it).
+  int64_t DefaultVersion(std::string_view model) const;
   // The model's routing stats, or NOT_FOUND if it has no policy.
   Expected<RouterStats> Stats(std::string_view model) const;
 

@@ -14,8 +14,27 @@ import concurrent.futures
 import itertools
 import threading
 
+from dataclasses import dataclass
+from typing import Optional
+
 from .. import _core
 from ..errors import from_status
+
+
+@dataclass(frozen=True)
+class RoutedResult:
+    """The answer of a routed request (``Engine.submit_routed``): who answered it, and why not
+    the primary when a fallback did."""
+
+    outputs: dict
+    """{output name: array}, by the answering version's output names."""
+    model: str
+    """The model that answered (the requested one, or a fallback link's)."""
+    version: int
+    """The version that answered."""
+    fallback_reason: Optional[str] = None
+    """None when the primary answered, else why it did not: "error", "deadline", "overload",
+    "breaker_open" or "unavailable" (route_policy.h FallbackReasonName)."""
 
 
 class _Dispatcher:
@@ -23,7 +42,9 @@ class _Dispatcher:
 
     def __init__(self):
         self.sink = _core.Sink()
-        self.pending: dict = {}  # tag -> (future, output names, input arrays kept alive until answered)
+        # tag -> (future, output names, input arrays kept alive until answered); for a routed
+        # request the names are a callable (answered model, version) -> output names.
+        self.pending: dict = {}
         self._tags = itertools.count()
 
     def _new_future(self):
@@ -43,16 +64,38 @@ class _Dispatcher:
             raise
         return fut
 
+    def submit_routed(self, router, name: str, version: int, routing_key, inputs: dict, names,
+                      priority: int, timeout_us: int):
+        """Submits through ``router`` (a ``_core.Router``); the future gets a ``RoutedResult``.
+        ``names(model, version)`` gives the answering version's output names."""
+        fut = self._new_future()
+        tag = next(self._tags)
+        keep: list = []
+        self.pending[tag] = (fut, names, keep)
+        try:
+            router.submit(name, version, routing_key, inputs, tag, self.sink, priority, timeout_us, keep)
+        except BaseException:
+            del self.pending[tag]
+            raise
+        return fut
+
     def _resolve(self, answers) -> None:
         pending = self.pending
-        for tag, code, message, outputs, _queue_us, _compute_us in answers:
+        for tag, code, message, outputs, _queue_us, _compute_us, model, version, reason in answers:
             fut, names, _keep = pending.pop(tag)
             if fut.done():  # an awaiting asyncio task was cancelled
                 continue
-            if code == 0:
+            if code != 0:
+                fut.set_exception(from_status(code, message))
+            elif type(names) is tuple:
                 fut.set_result(dict(zip(names, outputs)))
             else:
-                fut.set_exception(from_status(code, message))
+                try:
+                    result = dict(zip(names(model, version), outputs))
+                except Exception as e:  # the answering version was unloaded meanwhile
+                    fut.set_exception(e)
+                    continue
+                fut.set_result(RoutedResult(result, model, version, None if reason == "none" else reason))
 
 
 class ThreadDispatcher(_Dispatcher):

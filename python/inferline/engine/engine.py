@@ -7,6 +7,9 @@
     y = await engine.infer_async("digits", {"x": rows})
     engine.replace(config, new_backend)          # hot reload of a loaded version, no gap
 
+    engine.publish_policy("digits", policy.to_core())      # routing with fallback, in the core
+    r = engine.infer_routed("digits", {"x": rows})         # RoutedResult(outputs, model, version, reason)
+
 What is loaded lives in the core (``_core.Engine``, the one (name, version) ->
 model map); this module converts arguments and maps errors. Loading a version
 that is loaded is refused (AlreadyExists); ``replace`` swaps it atomically. The
@@ -14,6 +17,14 @@ core checks inputs (dtypes, shapes, rows) before they reach the queue; errors
 are ``inferline.errors`` classes whose message names the model, version and
 input at fault. Each result is ``{output name: array}``; the arrays are views of
 the batch output shared with the other requests of the batch (no copy).
+
+Routed requests (``submit_routed``, ``infer_routed``, ``infer_routed_async``) go
+through the core's Router (router.h): a model with a published policy
+(``publish_policy``) is routed by its arms and falls back along its chains; a
+model without one passes straight to the engine. Every version a policy can
+send a request to must take the inputs (names, dtypes, shapes) of the version
+the request was converted for (the policy's default arm, or the explicit
+version): the core refuses a primary, and skips a fallback link, that differs.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from .. import _core
 from ..backends import as_backend
 from ..config import ModelConfig
 from ..errors import InvalidArgument, from_core_error
-from .dispatch import LoopDispatcher, ThreadDispatcher
+from ..errors import Unavailable
+from .dispatch import LoopDispatcher, RoutedResult, ThreadDispatcher
 
 
 _MAX_TIMEOUT_US = 2**63 - 1  # the core saturates the deadline there: far enough = none in practice
@@ -107,6 +119,8 @@ class Engine:
         self._thread: Optional[ThreadDispatcher] = None
         self._loops: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._sinks_alive: list = []  # every dispatcher ever made: its sink must outlive its requests
+        self._router: Optional[Any] = None  # _core.Router, made on first use; dropped by close() first
+        self._names: dict = {}  # (model, version) -> output names, for routed answers; reset by (re)loads
         self._closed = False
 
     # ---- model versions -------------------------------------------------------
@@ -116,6 +130,7 @@ class Engine:
         Raises AlreadyExists if that version is loaded: a hot reload is ``replace``.
         """
         config, native = self._prepare(config, backend)
+        self._names.pop((config.name, config.version), None)
         try:
             self._core.load(config.to_core(), native, config)
         except _core.CoreError as e:
@@ -167,14 +182,90 @@ class Engine:
     def stats(self, name: str, version: Optional[int] = None) -> dict:
         return self.model(name, version).stats()
 
+    # ---- routing (the core's Router) --------------------------------------------
+    def publish_policy(self, model: str, policy: Any) -> None:
+        """Routes ``model``'s routed requests by ``policy``: a ``routing.policy.ModelPolicy`` or its
+        ``to_core()`` dict (optional extra keys: "epoch", "arms" [{"version", "lo", "hi"}] over
+        10000 buckets, "fallback" [{"model", "version"}]). Swapped in whole; requests in flight
+        keep the policy they started under. InvalidArgument names the field at fault (also a
+        fallback cycle); FailedPrecondition when its epoch is older than the published one."""
+        if hasattr(policy, "to_core"):
+            policy = policy.to_core()
+        self._call_router("publish", model, dict(policy))
+
+    def remove_policy(self, model: str) -> None:
+        """Stops routing ``model`` by policy (its routed requests pass straight to the engine);
+        ModelNotFound if none was published."""
+        self._call_router("remove", model)
+
+    def routing_stats(self, model: str) -> dict:
+        """The router's counters for ``model``: requests, answered_ok / _error / _by_fallback,
+        cache_hits / _misses, fallbacks {reason: count}, epoch, and per version of the policy
+        {version, primary, answered, failed, breaker (state or None), breaker_counters, cache}."""
+        return self._call_router("stats", model)
+
+    def submit_routed(self, model: str, inputs, *, version: Optional[int] = None, routing_key=None,
+                      priority: int = 0, timeout_us: Optional[int] = None):
+        """A ``concurrent.futures.Future`` of a ``RoutedResult``. ``version`` bypasses the arms (its
+        chain still applies); ``routing_key`` (bytes or str) picks the arm, else the inputs do."""
+        return self._submit_routed(self._thread_dispatcher(), model, inputs, version, routing_key, priority,
+                                   timeout_us)
+
+    def infer_routed(self, model: str, inputs, **kw) -> RoutedResult:
+        """``submit_routed(...).result()``."""
+        return self.submit_routed(model, inputs, **kw).result()
+
+    async def infer_routed_async(self, model: str, inputs, *, version: Optional[int] = None, routing_key=None,
+                                 priority: int = 0, timeout_us: Optional[int] = None) -> RoutedResult:
+        dispatcher = self._loop_dispatcher(asyncio.get_running_loop())
+        return await self._submit_routed(dispatcher, model, inputs, version, routing_key, priority, timeout_us)
+
+    def _core_router(self):
+        r = self._router
+        if r is None:
+            with self._lock:
+                if self._closed:
+                    raise Unavailable("the engine is closed")
+                if self._router is None:
+                    self._router = _core.Router(self._core)
+                r = self._router
+        return r
+
+    def _call_router(self, method: str, *args):
+        try:
+            return getattr(self._core_router(), method)(*args)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
+
+    def _submit_routed(self, dispatcher, model, inputs, version, routing_key, priority, timeout_us):
+        if type(inputs) is not dict:
+            inputs = self.model(model, version)._as_dict(inputs)
+        timeout = 0 if timeout_us is None else min(max(int(timeout_us), 1), _MAX_TIMEOUT_US)
+        try:
+            return dispatcher.submit_routed(self._core_router(), model, _version(version), routing_key, inputs,
+                                            self._output_names, priority, timeout)
+        except _core.CoreError as e:
+            raise from_core_error(e) from None
+
+    def _output_names(self, model: str, version: int) -> tuple:
+        """The output names of a version that answered (cached: its answers may arrive after close)."""
+        names = self._names.get((model, version))
+        if names is None:
+            names = self._names[(model, version)] = self._core_model(model, version).host.output_names
+        return names
+
     # ---- lifecycle ------------------------------------------------------------
     def close(self, *, drain: bool = True) -> None:
         """Answers every queued request (computed, or Cancelled when drain=False) and stops.
-        Afterwards every call is refused with Unavailable."""
+        Afterwards every call is refused with Unavailable. The router goes first: dropping it
+        waits for the routed requests it accepted (computed even when drain=False), while the
+        engine still serves their fallbacks."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            router, self._router = self._router, None
+        del router  # ~Router (GIL released) waits for its accepted requests
         self._core.shutdown(drain)
         if self._thread is not None:
             self._thread.close()
