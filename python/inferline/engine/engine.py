@@ -266,6 +266,8 @@ class Engine:
             self._closed = True
             router, self._router = self._router, None
         del router  # ~Router (GIL released) waits for its accepted requests
+        for name, version in self._core.list():  # routed answers may resolve after shutdown
+            self._names.setdefault((name, version), self._core.get(name, version).host.output_names)
         self._core.shutdown(drain)
         if self._thread is not None:
             self._thread.close()
