@@ -101,7 +101,7 @@ class Router::Dispatcher final : public CompletionSink {
   Status Try(Routed* r, FallbackReason* reason);   // OK: accepted
   Status CheckSignature(const Routed* r) const;    // OK: r's inputs fit the attempt's version
   bool OnFailure(Routed* r, const Status& st, FallbackReason reason);  // false: stop here
-  void RecordBreaker(const Routed* r, bool failed);
+  void RecordBreaker(const Routed* r, FallbackReason outcome);
   bool AnswerFromCache(const RouterModelEntry& entry, int64_t version, const RouterVersionState* vs,
                        const InferRequest& request);
   bool LookupCache(const RouterVersionState* vs, const RouterModelEntry& entry, int64_t version,

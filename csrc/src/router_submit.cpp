@@ -188,7 +188,7 @@ Status Router::Dispatcher::Try(Routed* r, FallbackReason* reason) {
   Status st = engine_->Submit(r->model, r->version, r->req);
   if (st.ok()) return st;  // r now belongs to the attempt
   *reason = FallbackFor(st.code());
-  RecordBreaker(r, *reason != FallbackReason::kNone);
+  RecordBreaker(r, *reason);
   return st;
 }
 
@@ -210,7 +210,11 @@ Status Router::Dispatcher::CheckSignature(const Routed* r) const {
   return r->on_primary ? InvalidArgument(msg) : Status(StatusCode::kFailedPrecondition, msg);
 }
 
-void Router::Dispatcher::RecordBreaker(const Routed* r, bool failed) {
+// The breaker tracks a version's health, not its load: backend errors and being
+// unavailable count as failures; a full queue or a missed deadline does not (they
+// have fallback reasons of their own, and a full queue already refuses cheaply).
+void Router::Dispatcher::RecordBreaker(const Routed* r, FallbackReason outcome) {
+  const bool failed = outcome == FallbackReason::kError || outcome == FallbackReason::kUnavailable;
   if (r->admitted) r->state->breaker->Record(!failed, r->probe, engine_->NowUs());
 }
 
@@ -257,7 +261,7 @@ void Router::Dispatcher::Deliver(InferResult* results, size_t count) noexcept {
     InferResult& res = results[i];
     auto* r = reinterpret_cast<Routed*>(static_cast<uintptr_t>(res.tag));
     const FallbackReason reason = FallbackFor(res.status.code());
-    RecordBreaker(r, reason != FallbackReason::kNone);
+    RecordBreaker(r, reason);
     if (!res.status.ok()) {
       if (OnFailure(r, res.status, reason) && Advance(r)) continue;  // resubmitted: no longer ours
       InferResult final_res = FinalError(r);

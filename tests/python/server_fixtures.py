@@ -109,6 +109,56 @@ def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1) 
     return pkg
 
 
+def flaky_package(root, name: str = "flaky", fallback=None, max_batch: int = 8) -> str:
+    """A package `name`: x FP32 [-1, 4] -> y FP32 [-1, 4] = row x[0] (as an index) of a 10x4 table.
+    A row whose x[0] is 99 is out of the table: ONNX Runtime fails the batch, and the core's
+    halving isolates exactly those rows (FLAG marks them)."""
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "s0", "s1", "s_axis"], ["x0"]),
+         helper.make_node("Cast", ["x0"], ["idx2"], to=TensorProto.INT64),
+         helper.make_node("Squeeze", ["idx2", "s_axis"], ["idx"]),
+         helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[table, numpy_helper.from_array(np.array([0], np.int64), "s0"),
+                     numpy_helper.from_array(np.array([1], np.int64), "s1"),
+                     numpy_helper.from_array(np.array([1], np.int64), "s_axis")])
+    return _package(root, name, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                    fallback, max_batch)
+
+
+FLAG = 99.0
+"""x[0] of a row that the flaky model fails on."""
+
+
+def steady_package(root, name: str = "steady", max_batch: int = 8) -> str:
+    """A package `name` with the flaky model's signature that always answers: y = x + 1000."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "k"], ["y"])], name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.array(1000.0, np.float32), "k")])
+    return _package(root, name, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None,
+                    max_batch)
+
+
+def _package(root, name, model, fallback, max_batch) -> str:
+    pkg = os.path.join(str(root), name)
+    os.makedirs(pkg, exist_ok=True)
+    _save(model, os.path.join(pkg, "model.onnx"))
+    config = {"name": name, "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+              "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]}],
+              "backend": {"name": "onnxruntime", "threads": 1},
+              "batching": {"max_batch_size": max_batch, "max_queue_delay_us": 1000}}
+    if fallback:
+        config["fallback"] = fallback
+    with open(os.path.join(pkg, "model.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return pkg
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as s:

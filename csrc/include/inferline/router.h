@@ -25,7 +25,8 @@
 //     link from the completion callback (the core isolates failing rows, so
 //     batch-mates keep their answers). The primary's INVALID_ARGUMENT, CANCELLED
 //     and other codes never fall back. Breakers record every outcome of an
-//     attempt they admitted: failure = a status with a fallback reason.
+//     attempt they admitted: failure = a backend error or unavailable (load —
+//     a full queue, a missed deadline — never opens a breaker).
 //     With RouteRequest::inputs_for, an attempt on a version with another
 //     input signature is refused (primary) or skipped (link) first.
 //  4. Chain exhausted: the primary's prediction cache in last-resort mode, else

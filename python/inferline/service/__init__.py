@@ -105,17 +105,26 @@ class Service:
     def infer(self, model: str, inputs, *, version: Optional[int] = None, routing_key: Optional[str] = None,
               priority: int = 0, timeout_us: Optional[int] = None) -> Answer:
         """Routes and runs one request (blocking). `priority`: the engine's level (higher first)."""
-        handle = self.router.route(model, "" if version is None else str(version), routing_key)
-        outputs = handle.infer(inputs, priority=priority, timeout_us=timeout_us)
-        return Answer(outputs, handle.name, handle.version)
+        result = self.engine.infer_routed(model, inputs, version=self._served(model, version),
+                                          routing_key=routing_key, priority=priority, timeout_us=timeout_us)
+        return Answer(result.outputs, result.model, result.version, result.fallback_reason)
 
     async def infer_async(self, model: str, inputs, *, version: Optional[int] = None,
                           routing_key: Optional[str] = None, priority: int = 0,
                           timeout_us: Optional[int] = None) -> Answer:
         """As ``infer``, awaiting the answer on the running event loop."""
-        handle = self.router.route(model, "" if version is None else str(version), routing_key)
-        outputs = await handle.infer_async(inputs, priority=priority, timeout_us=timeout_us)
-        return Answer(outputs, handle.name, handle.version)
+        result = await self.engine.infer_routed_async(model, inputs, version=self._served(model, version),
+                                                      routing_key=routing_key, priority=priority,
+                                                      timeout_us=timeout_us)
+        return Answer(result.outputs, result.model, result.version, result.fallback_reason)
+
+    def _served(self, model: str, version: Optional[int]) -> Optional[int]:
+        """`version` after checking that it is served (ModelNotFound naming what is); None stays
+        None: the core routes it by the model's policy (a model without one goes to the engine's
+        latest version, NOT_FOUND when it has none)."""
+        if version is not None:
+            self.router.route(model, str(version))  # raises ModelNotFound
+        return version
 
     def config(self, model: str, version: Optional[int] = None):
         """The ModelConfig of the version a request for (`model`, `version`) reaches now."""

@@ -25,7 +25,7 @@ from typing import Optional
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
-from ..routing import ModelRoutes, Router, RoutingSnapshot
+from ..routing import ModelRoutes, Router, RoutingSnapshot, build_policies
 
 log = logging.getLogger("inferline.service")
 
@@ -169,10 +169,29 @@ class ModelManager:
             model_routes, gone = self._sync_model(name, by_name.get(name, []), previous.models.get(name))
             routes.append(model_routes)
             retired.extend((name, v) for v in gone)
-        self.router.publish(RoutingSnapshot.build(previous.epoch + 1, routes))
+        snapshot = RoutingSnapshot.build(previous.epoch + 1, routes)
+        self.router.publish(snapshot)
+        self._publish_policies(snapshot, records, previous)
         for name, version in retired:  # after the publish: no new request reaches them; queued ones drain
             self.engine.unload(name, version)
             log.info("unloaded %s:%s", name, version)
+
+    def _publish_policies(self, snapshot: RoutingSnapshot, records: list, previous: RoutingSnapshot) -> None:
+        """Hands each served model's policy (its route, and per served version the fallback chain,
+        breaker and cache from the registry) to the core, which applies it to every request; a
+        model no longer served loses its policy. A policy the core refuses is logged and the
+        model keeps its previous one."""
+        policies = build_policies(records)
+        for name, routes in snapshot.models.items():
+            try:
+                self.engine.publish_policy(name, core_policy(routes, policies.get(name), snapshot.epoch))
+            except Exception as e:  # e.g. a cycle closed by a promote: keep serving as before
+                log.error("routing policy of %s refused: %s", name, e)
+        for name in set(previous.models) - set(snapshot.models):
+            try:
+                self.engine.remove_policy(name)
+            except ModelNotFound:
+                pass
 
     def _sync_model(self, name: str, records: list, before: Optional[ModelRoutes]) -> tuple:
         """(this model's routes, versions to unload): loads the wanted versions the engine lacks,
@@ -212,6 +231,17 @@ class ModelManager:
         with self._lock:
             self._failed.pop((rec.name, rec.version), None)
         log.info("loaded %s:%s in %.2f s", rec.name, rec.version, report.model_load_time_s)
+
+
+def core_policy(routes: ModelRoutes, policy, epoch: int) -> dict:
+    """The core policy of one model: requests go to the version the manager routes to (the live
+    one, or what served before when the live one failed to load); each served version keeps its
+    registry policy (fallback chain, breaker, cache), a version without one gets none."""
+    by_version = {v["version"]: v for v in (policy.to_core()["versions"] if policy else [])}
+    versions = [by_version.get(v, {"version": v, "chain": [], "breaker": None, "cache_bytes": 0,
+                                   "cache_last_resort": False}) for v in routes.served]
+    return {"name": routes.name, "epoch": epoch, "live": routes.live, "served": list(routes.served),
+            "versions": versions}
 
 
 def _choose_route(live: Optional[int], loaded: set, before: Optional[int]) -> Optional[int]:

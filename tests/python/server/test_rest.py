@@ -370,10 +370,10 @@ class DirectModels:
     """The part of ModelManager and its Router that DataPlane.infer uses, over versions loaded
     straight into an engine."""
 
-    def __init__(self, **handles):
+    def __init__(self, engine, **handles):
         self.handles = handles
         self.router = self
-        self.engine = None  # the handles' engine serves them
+        self.engine = engine  # serves the handles (no routing policy: requests pass straight through)
 
     def route(self, name, version="", routing_key=None):
         if name not in self.handles:
@@ -393,7 +393,7 @@ def gated(server):
     handles = {"gated": server.engine.load(make_config(name="gated", max_batch=1, delay_us=0, queue_capacity=2,
                                                        priority_levels=1), gate),
                "broken": server.engine.load(make_config(name="broken"), broken)}
-    frontend = start_frontend(server, DataPlane(DirectModels(**handles)))
+    frontend = start_frontend(server, DataPlane(DirectModels(server.engine, **handles)))
     c = httpclient.InferenceServerClient(f"127.0.0.1:{frontend.port}", concurrency=12)
     yield gate, handles, frontend, c
     gate.opened.set()
