@@ -72,7 +72,7 @@ def int64_model_path(root) -> str:
     return _save(model, os.path.join(str(root), "int-sum.onnx"))
 
 
-def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1) -> str:
+def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1, fallback=None) -> str:
     """A package "slow": x FP32 [-1, 1] -> y = x, after an ONNX Loop of `iterations` 64x64 matmuls
     (about 1 us each); one row per batch and a tiny queue, so that it is easy to fill."""
     eye = numpy_helper.from_array(np.eye(64, dtype=np.float32), "w")
@@ -104,12 +104,14 @@ def slow_model_package(root, iterations: int = 60_000, queue_capacity: int = 1) 
               "backend": {"name": "onnxruntime", "threads": 1},
               "batching": {"max_batch_size": 1, "max_queue_delay_us": 0},
               "queue_capacity": queue_capacity, "priority_levels": 1}
+    if fallback:
+        config["fallback"] = fallback
     with open(os.path.join(pkg, "model.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
     return pkg
 
 
-def flaky_package(root, name: str = "flaky", fallback=None, max_batch: int = 8) -> str:
+def flaky_package(root, name: str = "flaky", fallback=None, max_batch: int = 8, **extra) -> str:
     """A package `name`: x FP32 [-1, 4] -> y FP32 [-1, 4] = row x[0] (as an index) of a 10x4 table.
     A row whose x[0] is 99 is out of the table: ONNX Runtime fails the batch, and the core's
     halving isolates exactly those rows (FLAG marks them)."""
@@ -126,32 +128,33 @@ def flaky_package(root, name: str = "flaky", fallback=None, max_batch: int = 8) 
                      numpy_helper.from_array(np.array([1], np.int64), "s1"),
                      numpy_helper.from_array(np.array([1], np.int64), "s_axis")])
     return _package(root, name, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-                    fallback, max_batch)
+                    fallback, max_batch, **extra)
 
 
 FLAG = 99.0
 """x[0] of a row that the flaky model fails on."""
 
 
-def steady_package(root, name: str = "steady", max_batch: int = 8) -> str:
-    """A package `name` with the flaky model's signature that always answers: y = x + 1000."""
+def steady_package(root, name: str = "steady", max_batch: int = 8, features: int = 4) -> str:
+    """A package `name` with the flaky model's signature (or x [-1, features]) that always
+    answers: y = x + 1000."""
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "k"], ["y"])], name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
         initializer=[numpy_helper.from_array(np.array(1000.0, np.float32), "k")])
     return _package(root, name, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None,
-                    max_batch)
+                    max_batch, features=features)
 
 
-def _package(root, name, model, fallback, max_batch) -> str:
+def _package(root, name, model, fallback, max_batch, features: int = 4, **extra) -> str:
     pkg = os.path.join(str(root), name)
     os.makedirs(pkg, exist_ok=True)
     _save(model, os.path.join(pkg, "model.onnx"))
-    config = {"name": name, "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-              "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]}],
+    config = {"name": name, "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, features]}],
+              "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, features]}],
               "backend": {"name": "onnxruntime", "threads": 1},
-              "batching": {"max_batch_size": max_batch, "max_queue_delay_us": 1000}}
+              "batching": {"max_batch_size": max_batch, "max_queue_delay_us": 1000}, **extra}
     if fallback:
         config["fallback"] = fallback
     with open(os.path.join(pkg, "model.json"), "w", encoding="utf-8") as f:

@@ -1,0 +1,140 @@
+"""Fallback chains end to end: a real server over a registry, NVIDIA's gRPC client, answers that
+say who produced them and why (`model_version`, `routed_to`, `fallback_reason`).
+
+Models (server_fixtures): `flaky` fails exactly the rows whose x[0] is FLAG (ONNX Runtime refuses
+an out-of-range Gather; the core isolates those rows); `steady` answers y = x + 1000; `slow`
+takes ~20 ms a row with a queue of one; `steady1` is `steady` with slow's signature.
+"""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from inferline.server.grpc_frontend import start_grpc
+from inferline.server.settings import ServerSettings
+from server_fixtures import FLAG, ServerThread, flaky_package, make_repository, slow_model_package, steady_package
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+aioclient = pytest.importorskip("tritonclient.grpc.aio")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fallbacks")
+    extra = [steady_package(root), steady_package(root, name="steady1", features=1),
+             # breaker off: this model's failures are per input, not a broken version
+             flaky_package(root, fallback="steady", breaker={"consecutive_failures": 0, "error_rate": 0}),
+             flaky_package(root, name="brittle", fallback="steady",
+                           breaker={"consecutive_failures": 3, "error_rate": 0, "open_us": 300_000}),
+             slow_model_package(root, iterations=20_000, queue_capacity=1, fallback="steady1")]
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0)
+    with ServerThread(make_repository(root, extra=extra), [start_grpc], settings) as srv:
+        srv.url = f"127.0.0.1:{srv.ports[0]}"
+        yield srv
+
+
+def x_input(rows, name="x"):
+    inp = grpcclient.InferInput(name, list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    return inp
+
+
+def who(result):
+    r = result.get_response()
+    reason = r.parameters["fallback_reason"].string_param if "fallback_reason" in r.parameters else None
+    return r.model_name, r.model_version, r.parameters["routed_to"].string_param, reason
+
+
+def test_failing_rows_alone_go_to_the_fallback_under_load(server):
+    rng = np.random.default_rng(5)
+    n = 300
+    flagged = rng.random(n) < 0.2
+    rows = np.zeros((n, 4), np.float32)
+    rows[:, 0] = np.where(flagged, FLAG, rng.integers(0, 10, n))
+
+    async def run():
+        client = aioclient.InferenceServerClient(server.url)
+        try:
+            return await asyncio.gather(*(client.infer("flaky", [x_input(rows[i:i + 1])]) for i in range(n)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())  # all answered: gather raises on any error
+    for i, result in enumerate(results):
+        y = result.as_numpy("y")[0]
+        if flagged[i]:
+            assert who(result) == ("steady", "1", "steady:1", "error")
+            np.testing.assert_array_equal(y, rows[i] + 1000)
+        else:
+            assert who(result) == ("flaky", "1", "flaky:1", None)
+            np.testing.assert_array_equal(y, np.arange(40, dtype=np.float32).reshape(10, 4)[int(rows[i, 0])])
+    assert 30 < flagged.sum() < 90
+
+
+def test_deadline_out_of_reach_goes_to_the_fallback_in_time(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    x = np.ones((1, 1), np.float32)
+    client.infer("slow", [x_input(x)])  # the slow model has run: its compute estimate is ~20 ms
+    t0 = time.perf_counter()
+    result = client.infer("slow", [x_input(x)], timeout=5000)  # µs: the primary cannot make it
+    elapsed_ms = (time.perf_counter() - t0) * 1e3
+    assert who(result) == ("steady1", "1", "steady1:1", "deadline")
+    assert result.as_numpy("y")[0, 0] == 1001.0
+    assert elapsed_ms < 5 + 50  # the deadline, plus a generous allowance for a loaded 2-core machine
+    relaxed = client.infer("slow", [x_input(x)], timeout=2_000_000)
+    assert who(relaxed)[0] == "slow"
+
+
+def test_burst_past_capacity_gets_fallback_answers_not_errors(server):
+    async def run():
+        client = aioclient.InferenceServerClient(server.url)
+        try:
+            x = np.ones((1, 1), np.float32)
+            return await asyncio.gather(*(client.infer("slow", [x_input(x)]) for _ in range(40)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())  # no UNAVAILABLE: gather would raise
+    reasons = [who(r)[3] for r in results]
+    assert reasons.count("overload") >= 20  # a queue of one at ~20 ms a row cannot hold a burst of 40
+    assert {who(r)[0] for r in results if who(r)[3] == "overload"} == {"steady1"}
+    assert any(reason is None for reason in reasons)  # the primary still answered what it could
+    assert grpcclient.InferenceServerClient(server.url).is_server_ready()
+
+
+def test_breaker_opens_routes_to_the_fallback_and_closes_after_recovery(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    good = np.array([[1, 0, 0, 0]], np.float32)
+    bad = np.array([[FLAG, 0, 0, 0]], np.float32)
+    assert who(client.infer("brittle", [x_input(good)]))[3] is None
+    for _ in range(3):  # three failures in a row open the breaker
+        assert who(client.infer("brittle", [x_input(bad)]))[3] == "error"
+    assert who(client.infer("brittle", [x_input(good)])) == ("steady", "1", "steady:1", "breaker_open")
+    stats = server.engine.routing_stats("brittle")
+    assert stats["fallbacks"]["breaker_open"] >= 1
+    time.sleep(0.4)  # open_us = 300 ms: the next request is a half-open probe, which succeeds
+    assert who(client.infer("brittle", [x_input(good)])) == ("brittle", "1", "brittle:1", None)
+    assert who(client.infer("brittle", [x_input(good)]))[3] is None  # closed again
+
+
+def test_bad_input_is_the_callers_fault_never_a_fallback(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    before = server.engine.routing_stats("flaky")["answered_by_fallback"]
+    with pytest.raises(Exception) as e:
+        client.infer("flaky", [x_input(np.ones((1, 3), np.float32))])  # wrong shape
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "'x'" in e.value.message()
+    assert server.engine.routing_stats("flaky")["answered_by_fallback"] == before
+
+
+def test_explicit_version_and_odd_routing_keys(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    x = np.array([[2, 0, 0, 0]], np.float32)
+    assert who(client.infer("flaky", [x_input(x)], model_version="1"))[0] == "flaky"
+    for key in ("", "k" * 10_000, "ключ-🔑", "0"):
+        assert who(client.infer("flaky", [x_input(x)], parameters={"routing_key": key}))[0] == "flaky"
+    for key in (42, True):  # a routing key is a string: anything else is the caller's mistake
+        with pytest.raises(Exception) as e:
+            client.infer("flaky", [x_input(x)], parameters={"routing_key": key})
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "routing_key" in e.value.message()
