@@ -204,6 +204,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--fallback-overhead", action="store_true",
+                    help="instead: inferline with digits-mlp's fallback declared (and unused) vs none, same run")
     args = ap.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     from inferline.demo_models import demo_package_path
@@ -215,8 +217,19 @@ def main() -> int:
     push(registry, demo_package_path("digits-mlp"))
     registry.close()
 
-    rows = []
+    repos = {"inferline": repo}
     configs = [("noop-grpc.aio", 1), ("inferline", 1), ("inferline", 2)]
+    if args.fallback_overhead:
+        bare = tempfile.mkdtemp(prefix="inferline-bench-nofallback-")
+        registry = open_registry(bare)
+        push(registry, demo_package_path("digits-logreg"))
+        mlp = push(registry, demo_package_path("digits-mlp"))
+        registry.set_fallback(mlp.name, mlp.version, None)  # the same model, no fallback declared
+        registry.close()
+        repos["inferline-no-fallback"] = bare
+        # the floor first (the table's ratios), then the two alternately, twice each
+        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-no-fallback", 1)] * 2
+    rows = []
     for server, workers in configs:
         if server == "noop-grpc.aio":
             port = free_port()
@@ -224,7 +237,7 @@ def main() -> int:
             proc.start()
             wait_port(port)
         else:
-            proc, port = start_inferline(workers, repo)
+            proc, port = start_inferline(workers, repos[server])
         try:
             for mode in ("unary", "stream"):
                 sat = load(port, mode, args.procs, 64, None, seconds)
@@ -248,6 +261,13 @@ def main() -> int:
     for r in rows:
         print(f"{r['server']:<17} {r['workers']:>7}  {r['mode']:<6} {r['sat']['rps']:>8.0f}  "
               f"{r['sat']['rps'] / floor[r['mode']]:>8.2f}  {r[0.8]['p50_ms']:>10.2f}  {r[0.8]['p99_ms']:>10.2f}")
+    if args.fallback_overhead:
+        print()
+        for mode in ("unary", "stream"):
+            sat = {name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
+                   for name in ("inferline", "inferline-no-fallback")}
+            print(f"{mode}: fallback declared {sat['inferline']:.0f} req/s, none {sat['inferline-no-fallback']:.0f} "
+                  f"req/s, ratio {sat['inferline'] / sat['inferline-no-fallback']:.3f}")
     return 0
 
 
