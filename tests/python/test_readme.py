@@ -53,6 +53,15 @@ def test_tritonclient_example(server):
     assert re.fullmatch(r"\[\[\d\]\]\n", out.stdout), out.stdout
 
 
+def test_service_example(tmp_path):
+    code = the_block("python", "inferline.Service()")
+    env = {**os.environ, "HOME": str(tmp_path)}  # the default repository, seeded fresh
+    env.pop("INFERLINE_REPOSITORY", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env=env)
+    assert re.fullmatch(r"\[\[\d\]\] digits-mlp:1 None\n", out.stdout), out.stdout
+
+
 def test_python_api_example():
     code = the_block("python", "il.Engine()")
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
