@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "hash_mix.h"
+
 namespace inferline {
 
 namespace {
@@ -15,22 +17,10 @@ namespace {
 constexpr uint64_t kC1 = 0x87c37b91114253d5ULL;
 constexpr uint64_t kC2 = 0x4cf5ad432745937fULL;
 
-constexpr uint64_t Rotl(uint64_t x, int r) noexcept { return (x << r) | (x >> (64 - r)); }
+using hash_mix::Fmix;
+using hash_mix::Rotl;
 
-constexpr uint64_t Fmix(uint64_t k) noexcept {
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdULL;
-  k ^= k >> 33;
-  k *= 0xc4ceb9fe1a85ec53ULL;
-  k ^= k >> 33;
-  return k;
-}
-
-uint64_t Load64(const unsigned char* p) noexcept {  // little-endian hosts (x86-64, aarch64)
-  uint64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+uint64_t Load64(const unsigned char* p) noexcept { return hash_mix::LoadLittleEndian(p); }
 
 uint64_t MixK1(uint64_t k1) noexcept { return Rotl(k1 * kC1, 31) * kC2; }
 uint64_t MixK2(uint64_t k2) noexcept { return Rotl(k2 * kC2, 33) * kC1; }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "hash_mix.h"
+
 namespace inferline {
 namespace {
 
@@ -10,24 +12,9 @@ constexpr uint64_t kPrime1 = 0x9E3779B97F4A7C15ULL;
 constexpr uint64_t kPrime2 = 0xC2B2AE3D27D4EB4FULL;
 constexpr uint64_t kPrime3 = 0x165667B19E3779F9ULL;
 
-constexpr uint64_t Rotl(uint64_t x, int r) noexcept { return (x << r) | (x >> (64 - r)); }
-
-// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
-constexpr uint64_t Fmix(uint64_t x) noexcept {
-  x ^= x >> 33;
-  x *= 0xFF51AFD7ED558CCDULL;
-  x ^= x >> 33;
-  x *= 0xC4CEB9FE1A85EC53ULL;
-  x ^= x >> 33;
-  return x;
-}
-
-// Up to 8 bytes as a little-endian word, whatever the host's byte order.
-uint64_t LoadLittleEndian(const unsigned char* p, size_t n) noexcept {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
+using hash_mix::Fmix;
+using hash_mix::LoadLittleEndian;
+using hash_mix::Rotl;
 
 uint64_t Absorb(uint64_t h, uint64_t word) noexcept {
   h ^= Fmix(word * kPrime2 + kPrime1);
