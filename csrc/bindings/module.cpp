@@ -396,15 +396,22 @@ void Router_Remove(PyRouter& r, const std::string& model) {
 
 // The version whose signature a routed request is converted for: the explicit
 // one, else the policy's default arm (router.h DefaultVersion), else (that
-// version not loaded, or no policy) the latest loaded version of the model.
-// The core checks every attempt against it (RouteRequest::inputs_for).
+// version not loaded, or no policy) the latest loaded version of the model,
+// else (none loaded: the request will fall back, reason "unavailable") the first
+// loaded link of the default chain. The core checks every attempt against it
+// (RouteRequest::inputs_for).
 std::shared_ptr<Model> ConvertFor(const PyRouter& r, const std::string& model, int64_t version) {
   if (version != 0) return Engine_Get(*r.engine, model, version);
   int64_t by_policy = r.router.DefaultVersion(model);
   if (by_policy != 0) {
     if (std::shared_ptr<Model> m = r.engine->Find(model, by_policy)) return m;
   }
-  return Engine_Get(*r.engine, model, Engine::kLatest);
+  if (std::shared_ptr<Model> m = r.engine->Find(model, Engine::kLatest)) return m;
+  for (const FallbackLink& link : r.router.DefaultChain(model)) {
+    int64_t v = link.version != 0 ? link.version : r.router.DefaultVersion(link.model);
+    if (std::shared_ptr<Model> m = r.engine->Find(link.model, v != 0 ? v : Engine::kLatest)) return m;
+  }
+  return Engine_Get(*r.engine, model, Engine::kLatest);  // NOT_FOUND naming what is loaded
 }
 
 // Engine_Submit through the router; routing_key: bytes, str or None (hash the inputs).

@@ -203,6 +203,13 @@ int64_t Router::DefaultVersion(std::string_view model) const {
   return e == nullptr ? 0 : e->policy.route.arms.front().version;
 }
 
+std::vector<FallbackLink> Router::DefaultChain(std::string_view model) const {
+  std::shared_ptr<const Snapshot> snap = Load();
+  const RouterModelEntry* e = snap->Find(model);
+  if (e == nullptr) return {};
+  return e->ChainOf(e->policy.route.arms.front().version);
+}
+
 Expected<RouterStats> Router::Stats(std::string_view model) const {
   std::shared_ptr<const Snapshot> snap = Load();
   const RouterModelEntry* e = snap->Find(model);

@@ -157,6 +157,9 @@ class Router {
   // single-arm policy), or 0 if `model` has no policy. A host converts inputs
   // for this version's signature (every version a policy routes to shares it).
   int64_t DefaultVersion(std::string_view model) const;
+  // The fallback chain of DefaultVersion (empty without a policy): where a host
+  // converts inputs for when no version of `model` itself is loaded.
+  std::vector<FallbackLink> DefaultChain(std::string_view model) const;
   // The model's routing stats, or NOT_FOUND if it has no policy.
   Expected<RouterStats> Stats(std::string_view model) const;
 

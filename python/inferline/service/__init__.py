@@ -127,8 +127,15 @@ class Service:
         return version
 
     def config(self, model: str, version: Optional[int] = None):
-        """The ModelConfig of the version a request for (`model`, `version`) reaches now."""
-        return self.router.route(model, "" if version is None else str(version)).config
+        """The ModelConfig of the version a request for (`model`, `version`) reaches now (for a
+        model with no serving version but a fallback: the fallback's)."""
+        try:
+            return self.router.route(model, "" if version is None else str(version)).config
+        except ModelNotFound:
+            fallback = self.models.fallback_config(model) if version is None else None
+            if fallback is None:
+                raise
+            return fallback
 
     # ---- lifecycle ----------------------------------------------------------------
     def close(self) -> None:

@@ -46,6 +46,8 @@ class ModelManager:
         self._records: dict = {}     # (name, version) -> VersionRecord
         self._failed: dict = {}      # (name, version) -> (sha256, reason)
         self._held: set = set()      # models unloaded on request: not reloaded by polling
+        self._published: set = set()  # models with a policy in the core router
+        self._fallback_only: dict = {}  # model without a serving version -> its live version's chain
 
     # ---- lookups (any thread) ----------------------------------------------
     def handle(self, name: str, version: str = "") -> ModelHandle:
@@ -182,16 +184,39 @@ class ModelManager:
         model no longer served loses its policy. A policy the core refuses is logged and the
         model keeps its previous one."""
         policies = build_policies(records)
-        for name, routes in snapshot.models.items():
+        wanted = {name: core_policy(routes, policies.get(name), snapshot.epoch)
+                  for name, routes in snapshot.models.items()}
+        fallback_only = {}
+        for name, policy in policies.items():  # nothing serves, but the live version has a fallback
+            if name not in wanted and name not in self._held and policy.live in policy.versions:
+                chain = policy.versions[policy.live].fallback
+                if chain:
+                    wanted[name] = core_policy(ModelRoutes(name, policy.live, (policy.live,)), policy, snapshot.epoch)
+                    fallback_only[name] = [(link.model, link.version) for link in chain]
+        self._fallback_only = fallback_only
+        for name, core in wanted.items():
             try:
-                self.engine.publish_policy(name, core_policy(routes, policies.get(name), snapshot.epoch))
+                self.engine.publish_policy(name, core)
+                self._published.add(name)
             except Exception as e:  # e.g. a cycle closed by a promote: keep serving as before
                 log.error("routing policy of %s refused: %s", name, e)
-        for name in set(previous.models) - set(snapshot.models):
+        for name in self._published - set(wanted):
             try:
                 self.engine.remove_policy(name)
             except ModelNotFound:
                 pass
+            self._published.discard(name)
+
+    def fallback_config(self, name: str):
+        """For a model none of whose versions serves but whose live version has a fallback: the
+        config of the first link that serves (requests for it are answered there, reason
+        "unavailable"); else None."""
+        for model, version in self._fallback_only.get(name, ()):
+            try:
+                return self.engine.model(model, version).config
+            except ModelNotFound:
+                continue
+        return None
 
     def _sync_model(self, name: str, records: list, before: Optional[ModelRoutes]) -> tuple:
         """(this model's routes, versions to unload): loads the wanted versions the engine lacks,

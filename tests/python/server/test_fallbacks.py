@@ -7,11 +7,13 @@ takes ~20 ms a row with a queue of one; `steady1` is `steady` with slow's signat
 """
 
 import asyncio
+import os
 import time
 
 import numpy as np
 import pytest
 
+from inferline.models.service import open_registry
 from inferline.server.grpc_frontend import start_grpc
 from inferline.server.settings import ServerSettings
 from server_fixtures import FLAG, ServerThread, flaky_package, make_repository, slow_model_package, steady_package
@@ -29,8 +31,15 @@ def server(tmp_path_factory):
              flaky_package(root, name="brittle", fallback="steady",
                            breaker={"consecutive_failures": 3, "error_rate": 0, "open_us": 300_000}),
              slow_model_package(root, iterations=20_000, queue_capacity=1, fallback="steady1")]
+    repo = make_repository(root, extra=extra + [flaky_package(root, name="lost", fallback="steady")])
+    registry = open_registry(repo)  # `lost` is tampered with in the store: it fails to load at serve time
+    path = os.path.join(registry.fetch(registry.get("lost")), "model.onnx")
+    registry.close()
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"garbage")
     settings = ServerSettings(host="127.0.0.1", grpc_port=0)
-    with ServerThread(make_repository(root, extra=extra), [start_grpc], settings) as srv:
+    with ServerThread(repo, [start_grpc], settings) as srv:
         srv.url = f"127.0.0.1:{srv.ports[0]}"
         yield srv
 
@@ -117,6 +126,17 @@ def test_breaker_opens_routes_to_the_fallback_and_closes_after_recovery(server):
     time.sleep(0.4)  # open_us = 300 ms: the next request is a half-open probe, which succeeds
     assert who(client.infer("brittle", [x_input(good)])) == ("brittle", "1", "brittle:1", None)
     assert who(client.infer("brittle", [x_input(good)]))[3] is None  # closed again
+
+
+def test_a_model_that_failed_to_load_is_answered_by_its_fallback(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    x = np.array([[2, 0, 0, 0]], np.float32)
+    result = client.infer("lost", [x_input(x)])
+    assert who(result) == ("steady", "1", "steady:1", "unavailable")
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1000)
+    assert not client.is_model_ready("lost")  # it does not serve; its fallback answers for it
+    index = {m.name: m for m in client.get_model_repository_index().models}
+    assert index["lost"].reason.startswith("failed to load")
 
 
 def test_bad_input_is_the_callers_fault_never_a_fallback(server):

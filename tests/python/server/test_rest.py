@@ -383,6 +383,9 @@ class DirectModels:
     def served(self):
         return [(h.name, h.version, True) for h in self.handles.values()]
 
+    def fallback_config(self, name):
+        return None  # no fallbacks here
+
 
 @pytest.fixture
 def gated(server):
