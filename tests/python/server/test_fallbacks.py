@@ -7,7 +7,10 @@ takes ~20 ms a row with a queue of one; `steady1` is `steady` with slow's signat
 """
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -31,7 +34,13 @@ def server(tmp_path_factory):
              flaky_package(root, name="brittle", fallback="steady",
                            breaker={"consecutive_failures": 3, "error_rate": 0, "open_us": 300_000}),
              slow_model_package(root, iterations=20_000, queue_capacity=1, fallback="steady1")]
-    repo = make_repository(root, extra=extra + [flaky_package(root, name="lost", fallback="steady")])
+    cached = steady_package(root, name="cached")
+    with open(os.path.join(cached, "model.json")) as f:
+        config = json.load(f)
+    config["cache"] = {"max_bytes": 1 << 20}
+    with open(os.path.join(cached, "model.json"), "w") as f:
+        json.dump(config, f)
+    repo = make_repository(root, extra=extra + [flaky_package(root, name="lost", fallback="steady"), cached])
     registry = open_registry(repo)  # `lost` is tampered with in the store: it fails to load at serve time
     path = os.path.join(registry.fetch(registry.get("lost")), "model.onnx")
     registry.close()
@@ -158,3 +167,47 @@ def test_explicit_version_and_odd_routing_keys(server):
         with pytest.raises(Exception) as e:
             client.infer("flaky", [x_input(x)], parameters={"routing_key": key})
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "routing_key" in e.value.message()
+
+
+def test_prediction_cache_answers_a_repeated_input(server):
+    client = grpcclient.InferenceServerClient(server.url)
+    x = np.array([[5, 6, 7, 8]], np.float32)
+    first = client.infer("cached", [x_input(x)]).as_numpy("y")
+    before = server.engine.routing_stats("cached")
+    again = client.infer("cached", [x_input(x)]).as_numpy("y")
+    other = client.infer("cached", [x_input(x + 1)]).as_numpy("y")
+    after = server.engine.routing_stats("cached")
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(other, x + 1 + 1000)  # another input: computed, never the cached answer
+    assert after["cache_hits"] == before["cache_hits"] + 1
+    assert after["cache_misses"] == before["cache_misses"] + 1
+    assert after["cache_hits"] + after["cache_misses"] == after["requests"]
+
+
+ROUTE_KEYS = """
+import json, sys
+import numpy as np
+import inferline as il
+from inferline.engine import Engine
+
+config = lambda v: il.ModelConfig(name="m", version=v, inputs=[("x", "float32", (-1, 1))],
+                                  outputs=[("y", "float32", (-1, 1))])
+with Engine() as e:
+    for v in (1, 2):
+        e.load(config(v), lambda b: {"y": b["x"]})
+    e.publish_policy("m", {"live": 1, "served": [1, 2], "arms": [{"version": 1, "lo": 0, "hi": 7000},
+                                                                  {"version": 2, "lo": 7000, "hi": 10000}],
+                           "versions": [{"version": 1, "chain": []}, {"version": 2, "chain": []}]})
+    x = np.zeros((1, 1), np.float32)
+    print(json.dumps([e.infer_routed("m", {"x": x}, routing_key=f"user-{i}").version for i in range(300)]))
+"""
+
+
+def test_every_process_routes_a_key_alike():
+    """Two processes (two workers, two replicas) send each routing key to the same version."""
+    runs = [subprocess.run([sys.executable, "-c", ROUTE_KEYS], capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first == second
+    assert 0.6 < first.count(1) / len(first) < 0.8  # the 70/30 split, within sampling noise
