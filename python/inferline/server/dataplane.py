@@ -1,10 +1,12 @@
 """The data plane: what every frontend (gRPC, REST) asks of the server, protocol-free.
 
 A frontend converts its wire format to ``types.InferRequest`` and back; this
-class checks the request against the model's signature, asks the router
-(``inferline.routing``) which version answers and runs it on the engine; the
-model manager answers readiness, the repository index and load/unload. Errors are ``inferline.errors`` classes, mapped to
-gRPC codes and HTTP statuses in one place by each frontend.
+class adapts it to the in-process ``Service`` (which routes and runs it through
+the core's router: fallbacks, breakers, cache) and answers who produced the
+outputs. The model manager answers readiness, the repository index and
+load/unload; control calls are authorized here, once. Errors are
+``inferline.errors`` classes, mapped to gRPC codes and HTTP statuses in one
+place by each frontend.
 """
 
 from __future__ import annotations
