@@ -18,9 +18,10 @@ LEVELS = {
     "backends": 2,
     "engine": 3, "registry": 3,
     "models": 4, "routing": 4, "demo": 4,
-    "observability": 5, "service": 5,
-    "server": 6,
-    "cli": 7, "__main__": 8,
+    "observability": 5, "rollout": 5,
+    "service": 6,
+    "server": 7,
+    "cli": 8, "__main__": 9,
 }
 
 
