@@ -523,7 +523,7 @@ py::dict Model_Stats(const Model& m) {
 }
 
 // [(tag, status_code, message or None, (outputs...), queue_us, compute_us,
-//   answered_model, answered_version, fallback_reason name)]
+//   answered_model, answered_version, fallback_reason name, primary_version)]
 py::list PollableSink_Drain(PollableSink& sink) {
   std::vector<InferResult> results;
   sink.Drain(&results);
@@ -534,7 +534,8 @@ py::list PollableSink_Drain(PollableSink& sink) {
     for (size_t k = 0; k < r.outputs.size(); ++k) outs[k] = ToNumpy(r.outputs[k]);
     py::object msg = r.status.ok() ? py::object(py::none()) : py::object(py::str(r.status.message()));
     out[i] = py::make_tuple(r.tag, static_cast<int>(r.status.code()), msg, outs, r.queue_us, r.compute_us,
-                            std::move(r.answered_model), r.answered_version, FallbackReasonName(r.fallback_reason));
+                            std::move(r.answered_model), r.answered_version, FallbackReasonName(r.fallback_reason),
+                            r.primary_version);
   }
   return out;
 }

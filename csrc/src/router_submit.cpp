@@ -72,6 +72,7 @@ bool Router::Dispatcher::LookupCache(const RouterVersionState* vs, const RouterM
   out->outputs = ToTensors(std::move(hit));
   out->answered_model = entry.name;
   out->answered_version = version;
+  out->primary_version = version;
   return true;
 }
 
@@ -246,6 +247,7 @@ InferResult Router::Dispatcher::FinalError(Routed* r) {
   res.status = r->primary_error;
   res.answered_model = r->entry->name;
   res.answered_version = r->primary_version;
+  res.primary_version = r->primary_version;
   return res;
 }
 
@@ -283,6 +285,7 @@ void Router::Dispatcher::Deliver(InferResult* results, size_t count) noexcept {
       res.fallback_reason = r->first_reason;
     }
     res.tag = r->tag;
+    res.primary_version = r->primary_version;
     finals.emplace_back(r->sink, std::move(res));
     done.push_back(r);
   }

@@ -31,8 +31,9 @@ def python_backend(fn: Callable[[Dict[str, np.ndarray]], Any], outputs: List[str
 
 # (tag, status code, message or None, outputs in declared order, queue_us, compute_us,
 #  answered_model, answered_version, fallback_reason: "none" when the primary (or a plain engine
-#  request's model) answered, else "error", "deadline", "overload", "breaker_open", "unavailable")
-Answer = Tuple[int, int, Optional[str], Tuple[np.ndarray, ...], int, int, str, int, str]
+#  request's model) answered, else "error", "deadline", "overload", "breaker_open", "unavailable",
+#  primary_version: the version a routed request was routed to, 0 for plain engine requests)
+Answer = Tuple[int, int, Optional[str], Tuple[np.ndarray, ...], int, int, str, int, str, int]
 
 class Sink:
     """Where answers queue; its eventfd is readable when some are waiting (once per batch)."""

@@ -155,6 +155,7 @@ TEST(RouterTest, FailingRowsUnderConcurrencyAreAnsweredByTheFallback) {
     const bool flagged = tag % 5 == 0;
     EXPECT_EQ(r.answered_model, flagged ? "b" : "a") << tag;
     EXPECT_EQ(r.fallback_reason, flagged ? FallbackReason::kError : FallbackReason::kNone) << tag;
+    EXPECT_EQ(r.primary_version, 1) << tag;  // the routed version, whoever answered
     EXPECT_EQ(Y0(r), static_cast<float>(tag) * (flagged ? 3.0f : 2.0f));
   }
   RouterStats s = router.Stats("a").value();
@@ -192,6 +193,7 @@ TEST(RouterTest, ChainIsTriedInOrderAndExhaustionGivesThePrimarysError) {
       EXPECT_EQ(r.status.code(), StatusCode::kInternal);
       EXPECT_NE(r.status.message().find("model 'a' version 1"), std::string::npos) << r.status.message();
       EXPECT_EQ(r.answered_model, "a");
+      EXPECT_EQ(r.primary_version, 1);
     } else {
       ASSERT_TRUE(r.status.ok()) << r.status.ToString();
       EXPECT_EQ(r.answered_model, c.want_model);

@@ -45,6 +45,9 @@ struct InferResult {
   // primary (the first fallback's reason), also when the caller gets the
   // primary's error after every fallback failed.
   FallbackReason fallback_reason = FallbackReason::kNone;
+  // Router answers: the version the request was routed to (its arm, or the
+  // version asked for), whoever answered; 0 on answers that bypass a Router.
+  int64_t primary_version = 0;
 };
 
 class CompletionSink {

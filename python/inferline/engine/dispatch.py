@@ -35,6 +35,8 @@ class RoutedResult:
     fallback_reason: Optional[str] = None
     """None when the primary answered, else why it did not: "error", "deadline", "overload",
     "breaker_open" or "unavailable" (route_policy.h FallbackReasonName)."""
+    primary_version: int = 0
+    """The version the request was routed to (its arm, or the version asked for), whoever answered."""
 
 
 class _Dispatcher:
@@ -81,12 +83,14 @@ class _Dispatcher:
 
     def _resolve(self, answers) -> None:
         pending = self.pending
-        for tag, code, message, outputs, _queue_us, _compute_us, model, version, reason in answers:
+        for tag, code, message, outputs, _queue_us, _compute_us, model, version, reason, primary in answers:
             fut, names, _keep = pending.pop(tag)
             if fut.done():  # an awaiting asyncio task was cancelled
                 continue
             if code != 0:
-                fut.set_exception(from_status(code, message))
+                error = from_status(code, message)
+                error.primary_version = primary  # routed requests: whose error it is (0 otherwise)
+                fut.set_exception(error)
             elif type(names) is tuple:
                 fut.set_result(dict(zip(names, outputs)))
             else:
@@ -95,7 +99,7 @@ class _Dispatcher:
                 except Exception as e:  # the answering version was unloaded meanwhile
                     fut.set_exception(e)
                     continue
-                fut.set_result(RoutedResult(result, model, version, None if reason == "none" else reason))
+                fut.set_result(RoutedResult(result, model, version, None if reason == "none" else reason, primary))
 
 
 class ThreadDispatcher(_Dispatcher):
