@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from ..errors import FailedPrecondition, ModelNotFound, Unavailable
 from ._artifacts import cause
-from ._records import (COLUMNS, SCHEMA, SCHEMA_VERSION, VersionNotFound, VersionRecord,
+from ._records import (COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION, VersionNotFound, VersionRecord,
                        record_from_row)
 from ._states import check_transition
 
@@ -115,15 +115,22 @@ class Metadata:
             self._db.execute("COMMIT")
 
     def _init_schema(self, check_owner: bool) -> None:
-        """Creates the schema in a new file, refuses a newer schema or another repository's file."""
+        """Creates the schema in a new file, migrates an older one (``MIGRATIONS``, all steps in
+        one write transaction), refuses a newer schema or another repository's file."""
         with self.tx(write=False) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            with self.tx(write=True) as db:
-                if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+        if version < SCHEMA_VERSION:
+            with self.tx(write=True) as db:  # another process may have done it meanwhile
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
                     for stmt in SCHEMA:
                         db.execute(stmt)
                     db.execute("INSERT INTO meta VALUES ('repository', ?)", (self.repository,))
+                elif version < SCHEMA_VERSION:
+                    for step in range(version + 1, SCHEMA_VERSION + 1):
+                        for stmt in MIGRATIONS[step]:
+                            db.execute(stmt)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise FailedPrecondition(f"registry metadata {self.path}: schema version {version} "
@@ -230,15 +237,19 @@ class Metadata:
 
     def retention(self, db, name: str, keep: int) -> List[Tuple[int, str]]:
         """Deletes the metadata of ``name``'s versions beyond the newest ``keep``, except live,
-        canary and fallback targets; returns (version, sha256) of the deleted ones."""
+        canary and fallback targets and the versions of an active rollout or a running shadow;
+        returns (version, sha256) of the deleted ones."""
         rows = db.execute("SELECT version, sha256, state FROM versions WHERE name = ? "
                           "ORDER BY version DESC", (name,)).fetchall()
         if len(rows) <= keep:
             return []
         pinned = {r[0] for r in db.execute("SELECT DISTINCT fallback_id FROM versions "
                                            "WHERE fallback_id IS NOT NULL")}
+        in_use = {r[0] for r in db.execute(
+            "SELECT version FROM shadows WHERE name = ? AND stopped_at IS NULL UNION "
+            "SELECT version FROM rollouts WHERE name = ? AND status = 'canary'", (name, name))}
         victims = [(v, sha) for v, sha, state in rows[keep:]
-                   if state not in ("live", "canary") and f"{name}:{v}" not in pinned]
+                   if state not in ("live", "canary") and f"{name}:{v}" not in pinned and v not in in_use]
         db.executemany("DELETE FROM versions WHERE name = ? AND version = ?",
                        [(name, v) for v, _ in victims])
         return victims

@@ -15,8 +15,9 @@ from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple
 from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from ._states import STATES
 
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of the metadata file; newer files are refused."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of the metadata file; older files are migrated (``MIGRATIONS``), newer
+ones refused. 1: versions and live history; 2: rollouts, shadows and their feeds."""
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -297,6 +298,77 @@ def record_from_row(row: tuple) -> VersionRecord:
                          fingerprint=json.loads(fp) if fp is not None else None, failure=failure)
 
 
+ROLLOUT_STATUSES = ("canary", "promoted", "rolled_back", "aborted", "gate_failed")
+"""A rollout's status: canary while active, then how it ended (gate_failed: never active)."""
+EVENT_ACTIONS = ("start", "gate_failed", "advance", "promoted", "rolled_back", "aborted", "hold", "takeover",
+                 "shadow_start", "shadow_stop")
+"""The actions of the rollout history (``rollout_events``)."""
+
+ROLLOUT_SCHEMA = (
+    f"""CREATE TABLE rollouts (                      -- canary rollouts; ids are never reused
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,                      -- the canary (no foreign key: history outlives it)
+  base_version INTEGER,                          -- the live version when it started
+  steps TEXT NOT NULL,                           -- JSON list of weights in percent
+  interval_s REAL NOT NULL CHECK (interval_s > 0),
+  hold INTEGER NOT NULL CHECK (hold IN (0, 1)),
+  skip_gate INTEGER NOT NULL CHECK (skip_gate IN (0, 1)),
+  status TEXT NOT NULL CHECK (status IN {ROLLOUT_STATUSES}),
+  step INTEGER NOT NULL CHECK (step >= 0),
+  step_started_at REAL NOT NULL,
+  started_at REAL NOT NULL,
+  ended_at REAL,
+  reason TEXT NOT NULL,
+  CHECK ((status = 'canary') = (ended_at IS NULL))
+)""",
+    "CREATE UNIQUE INDEX rollouts_one_active ON rollouts(name) WHERE status = 'canary'",
+    "CREATE INDEX rollouts_name ON rollouts(name, id)",
+    f"""CREATE TABLE rollout_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  rollout_id INTEGER,                            -- NULL for shadow events
+  at REAL NOT NULL,
+  action TEXT NOT NULL CHECK (action IN {EVENT_ACTIONS}),
+  reason TEXT NOT NULL,
+  evidence TEXT NOT NULL                         -- JSON
+)""",
+    "CREATE INDEX rollout_events_name ON rollout_events(name, seq)",
+    """CREATE TABLE shadows (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  share REAL NOT NULL CHECK (share > 0 AND share <= 100),
+  started_at REAL NOT NULL,
+  stopped_at REAL                                -- NULL while running
+)""",
+    "CREATE UNIQUE INDEX shadows_one_running ON shadows(name) WHERE stopped_at IS NULL",
+    "CREATE TABLE leases (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)",
+    """CREATE TABLE window_counts (                 -- each worker's cumulative counts of a window
+  window TEXT NOT NULL, worker TEXT NOT NULL, arm TEXT NOT NULL,
+  counts TEXT NOT NULL,                          -- JSON
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (window, worker, arm)
+)""",
+    """CREATE TABLE predictions (
+  name TEXT NOT NULL, request_id TEXT NOT NULL, version INTEGER NOT NULL,
+  predicted TEXT NOT NULL, at REAL NOT NULL,
+  PRIMARY KEY (name, request_id, version)
+)""",
+    "CREATE INDEX predictions_at ON predictions(at)",
+    """CREATE TABLE labels (
+  name TEXT NOT NULL, request_id TEXT NOT NULL, label TEXT NOT NULL, at REAL NOT NULL,
+  PRIMARY KEY (name, request_id)
+)""",
+    "CREATE INDEX labels_at ON labels(at)",
+    """CREATE TABLE traffic (                       -- requests per model, minute and worker
+  name TEXT NOT NULL, minute INTEGER NOT NULL, worker TEXT NOT NULL, count INTEGER NOT NULL,
+  PRIMARY KEY (name, minute, worker)
+)""",
+)
+"""Tables of schema version 2: rollouts, their events, shadows, controller leases, window counts,
+predictions and labels, traffic (``rollouts.RolloutStore``)."""
+
 SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",  # 'repository' -> its URL/path
     """CREATE TABLE models (
@@ -338,6 +410,11 @@ BEFORE UPDATE OF name, version, model_uri, sha256, runtime_env, config, labels, 
 BEGIN
   SELECT RAISE(ABORT, 'registry versions: name, version, model_uri, sha256, runtime_env, config, labels and created_at are immutable');
 END""",
+    *ROLLOUT_SCHEMA,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 """The metadata schema, applied in one transaction to a new file."""
+
+MIGRATIONS = {2: ROLLOUT_SCHEMA}
+"""user_version N -> the statements that take a file of version N - 1 to N; ``Metadata`` runs them
+with the new user_version in one write transaction."""

@@ -46,6 +46,15 @@ plus its live and canary versions and any version that some ``fallback_id`` pins
 deleted with their packages. ``gc`` also deletes packages that no version references and temp
 leftovers, once they are ``min_age_s`` old (an hour by default: a push may be in progress).
 
+Rollouts and shadows
+--------------------
+``Registry.rollouts`` (a ``RolloutStore``, see ``rollouts``) stores canary rollouts (at most one
+active per model; its version is in state canary; ``finish`` promotes exactly as ``promote`` does),
+shadows (at most one running per model), their history, and what their controller reads: leases,
+per-worker window counts, predictions and labels, traffic per minute. Retention also keeps the
+versions of an active rollout or a running shadow. Schema version 2 added these tables; a version-1
+metadata file is migrated when it is opened.
+
 Concurrency
 -----------
 SQLite in WAL mode with a busy timeout: readers in any number of processes never block and see
@@ -72,11 +81,13 @@ from ._records import (SCHEMA_VERSION, GcReport, VersionNotFound, VersionRecord,
                        check_version, initial_state, parse_ref, to_json)
 from ._retention import collect, remove_unreferenced, remove_victims
 from ._states import STATES, TRANSITIONS
+from .rollouts import Rollout, RolloutEvent, RolloutStore, Shadow
 
 __all__ = [
-    "ArtifactMissing", "GC_MIN_AGE_S", "GcReport", "KEEP_VERSIONS", "PackageDigest", "Registry",
-    "SCHEMA_VERSION", "STATES", "TRANSITIONS", "TamperedArtifact", "VersionNotFound", "VersionRecord",
-    "check_name", "check_version", "default_metadata_path", "digest_package", "package_sha256", "parse_ref",
+    "ArtifactMissing", "GC_MIN_AGE_S", "GcReport", "KEEP_VERSIONS", "PackageDigest", "Registry", "Rollout",
+    "RolloutEvent", "RolloutStore", "SCHEMA_VERSION", "STATES", "Shadow", "TRANSITIONS", "TamperedArtifact",
+    "VersionNotFound", "VersionRecord", "check_name", "check_version", "default_metadata_path", "digest_package",
+    "package_sha256", "parse_ref",
 ]
 
 KEEP_VERSIONS = 10
@@ -105,6 +116,7 @@ class Registry:
         """Versions kept per model by retention."""
         self._artifacts = artifacts
         self._meta = Metadata(metadata_path, repository, check_owner=not artifacts.local)
+        self._rollouts = RolloutStore(self._meta)
 
     @classmethod
     def open(cls, repository: str, metadata_path: Optional[str] = None, *,
@@ -133,6 +145,12 @@ class Registry:
     def is_remote(self) -> bool:
         """True when artifacts live under a URL rather than in the repository directory."""
         return not self._artifacts.local
+
+    @property
+    def rollouts(self) -> RolloutStore:
+        """Canary rollouts, shadows and their controller's feeds, stored in this registry's
+        metadata (one store per Registry, sharing its transactions)."""
+        return self._rollouts
 
     @property
     def artifacts_root(self) -> str:
