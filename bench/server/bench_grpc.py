@@ -1,6 +1,6 @@
 """Single-row gRPC requests to the demo model, next to the Python gRPC floor.
 
-    python bench/server/bench_grpc.py [--seconds 5] [--quick]
+    python bench/server/bench_grpc.py [--seconds 5] [--quick] [--fallback-overhead | --canary-overhead]
 
 For each server (a no-op grpc.aio server answering a fixed ModelInferResponse:
 the floor; `inferline serve` with 1 and 2 workers) and each mode (unary,
@@ -11,13 +11,21 @@ streaming), it measures:
 One line per configuration; the last block is a table with the ratio to the
 floor measured in the same run. The clients share this machine's cores with
 the server, as the floor's clients do.
+
+--canary-overhead: instead, inferline with a 10% canary of digits-mlp (held at its first step, so
+the split, the per-arm recording and the mirrored copies of canary requests all run) vs the same
+model with no rollout, alternately in the same run; requests carry 256 distinct routing keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import multiprocessing as mp
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,12 +45,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request_bytes() -> bytes:
+def request_bytes(routing_key=None) -> bytes:
     from inferline.server.proto import inference_pb2 as pb
 
     req = pb.ModelInferRequest(model_name="digits-mlp")
     req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
     req.raw_input_contents.append(np.random.default_rng(0).integers(0, 17, 64).astype(np.float32).tobytes())
+    if routing_key is not None:
+        req.parameters["routing_key"].string_param = routing_key
     return req.SerializeToString()
 
 
@@ -92,6 +102,7 @@ async def _client(port, mode, concurrency, rate, seconds, payload):
 
     ident = lambda b: b  # noqa: E731
     latencies, errors = [], 0
+    payloads = itertools.cycle(payload if isinstance(payload, list) else [payload])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         unary = channel.unary_unary(METHOD, request_serializer=ident, response_deserializer=ident)
         stop_at = time.perf_counter() + seconds
@@ -100,7 +111,7 @@ async def _client(port, mode, concurrency, rate, seconds, payload):
                 nonlocal errors
                 t0 = time.perf_counter()
                 try:
-                    await unary(payload)
+                    await unary(next(payloads))
                     latencies.append(time.perf_counter() - t0)
                 except grpc.RpcError:
                     errors += 1
@@ -140,7 +151,7 @@ async def _client(port, mode, concurrency, rate, seconds, payload):
                         while len(sent) >= window:
                             await asyncio.sleep(0)
                     sent.append(time.perf_counter())
-                    await call.write(payload)
+                    await call.write(next(payloads))
                     if interval:
                         await asyncio.sleep(interval)
                 await call.done_writing()
@@ -155,8 +166,8 @@ def _client_proc(args, queue):
     queue.put(asyncio.run(_client(*args)))
 
 
-def load(port, mode, procs, concurrency, rate, seconds):
-    payload = request_bytes()
+def load(port, mode, procs, concurrency, rate, seconds, keys=0):
+    payload = [request_bytes(f"user-{i}") for i in range(keys)] if keys else request_bytes()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     per_rate = None if rate is None else rate / procs
@@ -206,6 +217,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="client processes")
     ap.add_argument("--fallback-overhead", action="store_true",
                     help="instead: inferline with digits-mlp's fallback declared (and unused) vs none, same run")
+    ap.add_argument("--canary-overhead", action="store_true",
+                    help="instead: inferline with a 10%% canary of digits-mlp vs no rollout, same run")
     args = ap.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     from inferline.demo_models import demo_package_path
@@ -229,6 +242,12 @@ def main() -> int:
         repos["inferline-no-fallback"] = bare
         # the floor first (the table's ratios), then the two alternately, twice each
         configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-no-fallback", 1)] * 2
+    keys = 0
+    if args.canary_overhead:
+        repos["inferline-canary-10"] = canary_repository(demo_package_path("digits-mlp"),
+                                                         demo_package_path("digits-logreg"))
+        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-canary-10", 1)] * 2
+        keys = 256
     rows = []
     for server, workers in configs:
         if server == "noop-grpc.aio":
@@ -240,10 +259,10 @@ def main() -> int:
             proc, port = start_inferline(workers, repos[server])
         try:
             for mode in ("unary", "stream"):
-                sat = load(port, mode, args.procs, 64, None, seconds)
+                sat = load(port, mode, args.procs, 64, None, seconds, keys)
                 row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
                 for frac in (0.5, 0.8):
-                    row[frac] = load(port, mode, args.procs, 64, sat["rps"] * frac, seconds)
+                    row[frac] = load(port, mode, args.procs, 64, sat["rps"] * frac, seconds, keys)
                 rows.append(row)
                 print(f"server={server} workers={workers} mode={mode} saturation_rps={sat['rps']:.0f} "
                       f"errors={sat['errors']} " + " ".join(
@@ -268,7 +287,37 @@ def main() -> int:
                    for name in ("inferline", "inferline-no-fallback")}
             print(f"{mode}: fallback declared {sat['inferline']:.0f} req/s, none {sat['inferline-no-fallback']:.0f} "
                   f"req/s, ratio {sat['inferline'] / sat['inferline-no-fallback']:.3f}")
+    if args.canary_overhead:
+        print()
+        for mode in ("unary", "stream"):
+            sat = {name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
+                   for name in ("inferline", "inferline-canary-10")}
+            print(f"{mode}: 10% canary {sat['inferline-canary-10']:.0f} req/s, no rollout {sat['inferline']:.0f} "
+                  f"req/s, cost per request ratio {sat['inferline'] / sat['inferline-canary-10']:.3f}")
     return 0
+
+
+def canary_repository(mlp_package: str, logreg_package: str) -> str:
+    """A repository whose digits-mlp has a second version (the same model, another description)
+    as a 10% canary held at its first step (no gate: the bench measures serving, not the gate)."""
+    from inferline.models.service import open_registry, push
+    from inferline.rollout.lifecycle import start_canary
+
+    repo = tempfile.mkdtemp(prefix="inferline-bench-canary-")
+    copy = os.path.join(repo, "mlp-v2")
+    shutil.copytree(mlp_package, copy)
+    with open(os.path.join(copy, "model.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config["labels"] = dict(config.get("labels") or {}, bench="canary copy")
+    with open(os.path.join(copy, "model.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    registry = open_registry(os.path.join(repo, "registry"))
+    push(registry, logreg_package)
+    push(registry, mlp_package)
+    v2 = push(registry, copy, name="digits-mlp", live=False)
+    start_canary(registry, "digits-mlp", v2.version, steps=[10, 100], interval_s=3600, hold=True, skip_gate=True)
+    registry.close()
+    return os.path.join(repo, "registry")
 
 
 if __name__ == "__main__":

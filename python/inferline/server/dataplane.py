@@ -7,20 +7,33 @@ outputs. The model manager answers readiness, the repository index and
 load/unload; control calls are authorized here, once. Errors are
 ``inferline.errors`` classes, mapped to gRPC codes and HTTP statuses in one
 place by each frontend.
+
+Rollout admin (canary and shadow) calls ``rollout.lifecycle`` off the event loop, on the
+manager's registry thread, then syncs so that this server applies the change at once (the other
+servers on the registry at their next poll). A canary start that runs the load-test gate (seconds
+of load on the candidate, in an isolated engine of this process) runs on a thread of its own
+with its own registry connection, so that the manager's polls go on meanwhile. Label feedback
+goes to the Service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Iterable, Optional
+import logging
+from typing import Any, Callable, Iterable, Optional
 
 from .. import __version__
 from .codec import NUMPY_TO_KSERVE
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
+from ..models.service import open_registry
+from ..rollout import lifecycle
 from ..routing import Router
 from ..service import Service
 from ..service.sync import ModelManager
 from .types import InferOutput, InferRequest, InferResponse
+
+log = logging.getLogger("inferline.server")
 
 EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "parameters",
               "binary_tensor_data"]
@@ -131,6 +144,87 @@ class DataPlane:
         _require_name(name, "unload")
         await self.models.unload_model(name)
 
+    # ---- rollouts (admin) and label feedback --------------------------------------
+    async def canary_start(self, name: str, version: Any, *, steps: Any = lifecycle.DEFAULT_STEPS,
+                           interval: Any = lifecycle.DEFAULT_INTERVAL_S, hold: bool = False,
+                           skip_gate: bool = False, gate_seconds: Optional[float] = None,
+                           authorization: Optional[str] = None) -> dict:
+        """Starts a canary (``lifecycle.start_canary``); the rollout as data, with ``gate``: the
+        gate's result (or why it was skipped). `steps`: a list or "5,10"; `interval`: seconds or
+        "60s"."""
+        self.authorize(authorization, f"canary start {name!r}")
+        _require_name(name, "canary start")
+
+        def start(registry) -> dict:
+            rollout = lifecycle.start_canary(registry, name, version, steps=steps, interval_s=interval, hold=hold,
+                                             skip_gate=skip_gate, gate_seconds=gate_seconds)
+            return dict(rollout.to_dict(), gate=_start_evidence(registry, rollout).get("gate"))
+
+        out = await (self._on_registry(start) if skip_gate else self._on_own_registry(start))
+        await self._apply()
+        return out
+
+    async def canary_status(self, name: str, *, authorization: Optional[str] = None) -> dict:
+        """``lifecycle.canary_status``: the rollout, its current window, the shadow, the history."""
+        self.authorize(authorization, f"canary status {name!r}")
+        _require_name(name, "canary status")
+        return await self._on_registry(lambda registry: lifecycle.canary_status(registry, name))
+
+    async def canary_promote(self, name: str, *, authorization: Optional[str] = None) -> dict:
+        self.authorize(authorization, f"canary promote {name!r}")
+        _require_name(name, "canary promote")
+        return await self._change(lambda registry: lifecycle.promote_canary(registry, name).to_dict())
+
+    async def canary_abort(self, name: str, *, authorization: Optional[str] = None) -> dict:
+        self.authorize(authorization, f"canary abort {name!r}")
+        _require_name(name, "canary abort")
+        return await self._change(lambda registry: lifecycle.abort_canary(registry, name).to_dict())
+
+    async def shadow_start(self, name: str, version: Any, share: Any = 100.0, *,
+                           authorization: Optional[str] = None) -> dict:
+        self.authorize(authorization, f"shadow start {name!r}")
+        _require_name(name, "shadow start")
+        return await self._change(lambda registry: lifecycle.start_shadow(registry, name, version, share).to_dict())
+
+    async def shadow_stop(self, name: str, *, authorization: Optional[str] = None) -> dict:
+        self.authorize(authorization, f"shadow stop {name!r}")
+        _require_name(name, "shadow stop")
+        return await self._change(lambda registry: lifecycle.stop_shadow(registry, name).to_dict())
+
+    async def feedback(self, name: str, labels: Any) -> dict:
+        """True labels of earlier requests (``Service.feedback``); open to any client that may infer:
+        {"accepted", "unknown", "unknown_ids"}."""
+        _require_name(name, "feedback")
+        return await asyncio.get_running_loop().run_in_executor(None, self.service.feedback, name, labels)
+
+    async def _change(self, fn: Callable) -> dict:
+        out = await self._on_registry(fn)
+        await self._apply()
+        return out
+
+    async def _on_registry(self, fn: Callable):
+        """``fn(registry)`` on the manager's registry thread, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.models.run_on_registry, fn)
+
+    async def _on_own_registry(self, fn: Callable):
+        """``fn(registry)`` on a thread of its own with its own registry connection (for the gate:
+        seconds of work that must not hold up the manager's polls)."""
+        def call():
+            registry = open_registry(self.models.repository)
+            try:
+                return fn(registry)
+            finally:
+                registry.close()
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def _apply(self) -> None:
+        """A sync now, so that this server serves the change at once (the change is stored: a
+        failed sync is logged and the next poll retries it)."""
+        try:
+            await self.models.sync()
+        except Exception:
+            log.exception("sync after a rollout change failed; the next poll retries")
+
     def authorize(self, authorization: Optional[str], call: str) -> None:
         """The one check for control calls: a matching bearer token, or an open loopback-only server."""
         if self._admin is None:
@@ -151,7 +245,7 @@ class DataPlane:
         names = self._requested_outputs(req, cfg)
         level = kserve_priority_to_level(req.priority, cfg.priority_levels)
         answer = await self.service.infer_async(req.model_name, inputs, version=version, routing_key=req.routing_key,
-                                                priority=level, timeout_us=req.timeout_us)
+                                                priority=level, timeout_us=req.timeout_us, request_id=req.id or None)
         result = answer.outputs
         outputs = [InferOutput(n, NUMPY_TO_KSERVE[result[n].dtype.name], list(result[n].shape), result[n])
                    for n in names]
@@ -190,6 +284,14 @@ class DataPlane:
 def _require_name(name: str, call: str) -> None:
     if not name:
         raise InvalidArgument(f"{call}: a model name is required")
+
+
+def _start_evidence(registry, rollout) -> dict:
+    """The evidence recorded with a rollout's start event (the gate's result is there)."""
+    for e in reversed(registry.rollouts.history(rollout.name, 20)):
+        if e.rollout_id == rollout.id and e.action == "start":
+            return e.evidence
+    return {}
 
 
 def _tensor_meta(spec) -> dict:

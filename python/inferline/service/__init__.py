@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..engine import Engine
-from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
+from ..errors import FailedPrecondition, InferlineError, InvalidArgument, ModelNotFound
 from ..routing import Router
 from .sync import ModelManager
 
@@ -62,6 +63,7 @@ class Service:
         self.engine = engine if engine is not None else (manager.engine if manager else Engine())
         self.models = manager if manager is not None else ModelManager(self.engine, repository, poll_interval_s)
         self.router: Router = self.models.router
+        self._recorder = self.models.recorder
         self._stop = threading.Event()
         self._poller: Optional[threading.Thread] = None
         self._cleanup: Optional[str] = None
@@ -103,20 +105,60 @@ class Service:
 
     # ---- inference ----------------------------------------------------------------
     def infer(self, model: str, inputs, *, version: Optional[int] = None, routing_key: Optional[str] = None,
-              priority: int = 0, timeout_us: Optional[int] = None) -> Answer:
-        """Routes and runs one request (blocking). `priority`: the engine's level (higher first)."""
-        result = self.engine.infer_routed(model, inputs, version=self._served(model, version),
-                                          routing_key=routing_key, priority=priority, timeout_us=timeout_us)
+              priority: int = 0, timeout_us: Optional[int] = None, request_id: Optional[str] = None) -> Answer:
+        """Routes and runs one request (blocking). `priority`: the engine's level (higher first).
+        `request_id`: names the request for label feedback (``feedback``) during a rollout."""
+        watch = self._recorder.watch(model) if version is None else None
+        if watch is None:
+            result = self.engine.infer_routed(model, inputs, version=self._served(model, version),
+                                              routing_key=routing_key, priority=priority, timeout_us=timeout_us)
+            return Answer(result.outputs, result.model, result.version, result.fallback_reason)
+        t0 = time.perf_counter()
+        try:
+            result = self.engine.infer_routed(model, inputs, routing_key=routing_key, priority=priority,
+                                              timeout_us=timeout_us)
+        except InferlineError as e:
+            self._recorder.failed(watch, e, t0)
+            raise
+        self._recorder.answered(watch, inputs, result, t0, request_id)
         return Answer(result.outputs, result.model, result.version, result.fallback_reason)
 
     async def infer_async(self, model: str, inputs, *, version: Optional[int] = None,
                           routing_key: Optional[str] = None, priority: int = 0,
-                          timeout_us: Optional[int] = None) -> Answer:
+                          timeout_us: Optional[int] = None, request_id: Optional[str] = None) -> Answer:
         """As ``infer``, awaiting the answer on the running event loop."""
-        result = await self.engine.infer_routed_async(model, inputs, version=self._served(model, version),
-                                                      routing_key=routing_key, priority=priority,
-                                                      timeout_us=timeout_us)
+        watch = self._recorder.watch(model) if version is None else None
+        if watch is None:
+            result = await self.engine.infer_routed_async(model, inputs, version=self._served(model, version),
+                                                          routing_key=routing_key, priority=priority,
+                                                          timeout_us=timeout_us)
+            return Answer(result.outputs, result.model, result.version, result.fallback_reason)
+        t0 = time.perf_counter()
+        try:
+            result = await self.engine.infer_routed_async(model, inputs, routing_key=routing_key, priority=priority,
+                                                          timeout_us=timeout_us)
+        except InferlineError as e:
+            self._recorder.failed(watch, e, t0)
+            raise
+        self._recorder.answered(watch, inputs, result, t0, request_id)
         return Answer(result.outputs, result.model, result.version, result.fallback_reason)
+
+    def feedback(self, model: str, labels) -> dict:
+        """Ground-truth labels for earlier requests: ``labels`` is [(request_id, label)] (or
+        {"id", "label"} mappings). Joined with the predictions recorded during a rollout or shadow
+        to give each arm's accuracy. Returns {"accepted", "unknown", "unknown_ids" (the first 100)}:
+        an id with no recorded prediction of this model is counted, never an error."""
+        from ..registry import check_name
+
+        check_name(model, "model")
+        items = _labels(labels)
+
+        def store(registry):
+            self._recorder.flush(registry, self.models.worker_id)  # this process's newest predictions first
+            return registry.rollouts.add_labels(model, items)
+
+        accepted, unknown = self.models.run_on_registry(store)
+        return {"accepted": accepted, "unknown": len(unknown), "unknown_ids": list(unknown[:100])}
 
     def _served(self, model: str, version: Optional[int]) -> Optional[int]:
         """`version` after checking that it is served (ModelNotFound naming what is); None stays
@@ -163,3 +205,29 @@ class Service:
                 self.models.sync_blocking()
             except Exception:  # a registry hiccup must not stop serving
                 logging.getLogger("inferline.service").exception("registry poll failed")
+
+
+MAX_LABELS = 10_000
+"""Labels one feedback call may carry."""
+
+
+def _labels(labels) -> list:
+    """[(request_id, label text)] from [(id, label)] or [{"id", "label"}], checked."""
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+        raise InvalidArgument("labels: expected a list of {'id': ..., 'label': ...}")
+    out = []
+    for i, item in enumerate(labels):
+        if i >= MAX_LABELS:
+            raise InvalidArgument(f"labels: at most {MAX_LABELS} per call")
+        if isinstance(item, Mapping):
+            rid, label = item.get("id"), item.get("label")
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            rid, label = item
+        else:
+            raise InvalidArgument(f"labels[{i}]: expected {{'id': ..., 'label': ...}}, got {item!r:.80}")
+        if not isinstance(rid, str) or not rid or len(rid) > 256:
+            raise InvalidArgument(f"labels[{i}].id: expected a request id (1-256 characters), got {rid!r:.80}")
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise InvalidArgument(f"labels[{i}].label: expected a class label (string or integer), got {label!r:.80}")
+        out.append((rid, str(label)))
+    return out

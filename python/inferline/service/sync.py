@@ -9,6 +9,12 @@ working one: the model keeps answering from the version that served before. A mo
 while any version of it serves. Which version a request reaches is the Router's job
 (``inferline.routing``); what is loaded is the engine's (``engine.models()``).
 
+Rollouts (``inferline.rollout``): a model with an active canary gets arms in its core policy
+(the canary's weight of the hash buckets, sticky) and the canary's chain starts with the stable
+version; a shadow version is loaded beside the live one. After each publish the manager hands the
+recorder its watches, writes the recorder's counts and the routed-request counts (the gate's
+observed peak) to the registry, and ticks this process's canary controller.
+
 Locking: all registry access, loading and publishing run on one worker thread, off the event
 loop. ``_lock`` guards ``_records`` and ``_failed`` (read by readiness and the index from any
 thread); it is never held during a load, an unload or a request.
@@ -19,12 +25,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from typing import Optional
 
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
+from ..rollout.arms import arms as canary_arms, canary_chain, watches as make_watches
+from ..rollout.controller import Controller, thresholds
+from ..rollout.recorder import Recorder
 from ..routing import ModelRoutes, Router, RoutingSnapshot, build_policies
 
 log = logging.getLogger("inferline.service")
@@ -48,6 +61,15 @@ class ModelManager:
         self._held: set = set()      # models unloaded on request: not reloaded by polling
         self._published: set = set()  # models with a policy in the core router
         self._fallback_only: dict = {}  # model without a serving version -> its live version's chain
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This process's name in the registry: lease holder, counts of its share of the traffic."""
+        self.recorder = Recorder(engine)
+        """Per-arm counts, mirrored pairs and predictions of this process's requests."""
+        self.controller = Controller(self.worker_id, lease_ttl_s=max(10.0, 5 * poll_interval_s))
+        """This process's canary controller (acts for the models whose lease it holds)."""
+        self._rollouts: dict = {}  # model -> its active Rollout
+        self._shadows: dict = {}   # model -> its Shadow
+        self._routed: dict = {}    # model -> routed requests counted at the last flush
 
     # ---- lookups (any thread) ----------------------------------------------
     def handle(self, name: str, version: str = "") -> ModelHandle:
@@ -165,6 +187,7 @@ class ModelManager:
             by_name.setdefault(r.name, []).append(r)
         with self._lock:  # readers iterate it: replace it whole
             self._records = {(r.name, r.version): r for r in records}
+        self._read_rollouts()
         previous = self.router.snapshot
         routes, retired = [], []
         for name in sorted(set(by_name) | set(previous.models)):
@@ -174,9 +197,56 @@ class ModelManager:
         snapshot = RoutingSnapshot.build(previous.epoch + 1, routes)
         self.router.publish(snapshot)
         self._publish_policies(snapshot, records, previous)
+        self._publish_watches(snapshot, records)
         for name, version in retired:  # after the publish: no new request reaches them; queued ones drain
             self.engine.unload(name, version)
             log.info("unloaded %s:%s", name, version)
+        self._after_publish()
+
+    def _read_rollouts(self) -> None:
+        """The registry's active rollouts and shadows (kept as they were when it cannot answer)."""
+        try:
+            self._rollouts = {r.name: r for r in self._registry.rollouts.list_active()}
+            self._shadows = {s.name: s for s in self._registry.rollouts.shadows()}
+        except Exception:
+            log.exception("reading rollouts failed")
+
+    def _publish_watches(self, snapshot: RoutingSnapshot, records: list) -> None:
+        live = {r.name: r.version for r in records if r.is_live}
+        served = {name: routes.served for name, routes in snapshot.models.items()}
+        mirror = {}
+        for name, r in self._rollouts.items():
+            rec = self._records.get((name, r.version))
+            mirror[name] = thresholds(rec)[0].mirror_share if rec is not None else 100.0
+        self.recorder.publish(make_watches(self._rollouts, self._shadows, live, served, mirror))
+
+    def _after_publish(self) -> None:
+        """Shares this process's view with the other workers and controllers, then lets this
+        process's controller decide; a failure is logged and retried at the next poll."""
+        try:
+            self.recorder.flush(self._registry, self.worker_id)
+            minute = int(time.time() // 60)
+            for name in list(self._published):
+                try:
+                    requests = self.engine.routing_stats(name)["requests"]
+                except ModelNotFound:
+                    continue
+                delta = requests - self._routed.get(name, requests)
+                self._routed[name] = requests
+                if delta > 0:
+                    self._registry.rollouts.add_traffic(name, minute, self.worker_id, delta)
+            if self._rollouts:
+                self.controller.tick(self._registry)
+        except Exception:
+            log.exception("rollout bookkeeping failed")
+
+    def run_on_registry(self, fn):
+        """``fn(registry)`` on the registry thread (blocking): for calls that share its connection."""
+        def call():
+            if self._registry is None:
+                self._registry = open_registry(self.repository)
+            return fn(self._registry)
+        return self._worker.submit(call).result()
 
     def _publish_policies(self, snapshot: RoutingSnapshot, records: list, previous: RoutingSnapshot) -> None:
         """Hands each served model's policy (its route, and per served version the fallback chain,
@@ -184,7 +254,7 @@ class ModelManager:
         model no longer served loses its policy. A policy the core refuses is logged and the
         model keeps its previous one."""
         policies = build_policies(records)
-        wanted = {name: core_policy(routes, policies.get(name), snapshot.epoch)
+        wanted = {name: core_policy(routes, policies.get(name), snapshot.epoch, self._rollouts.get(name))
                   for name, routes in snapshot.models.items()}
         fallback_only = {}
         for name, policy in policies.items():  # nothing serves, but the live version has a fallback
@@ -223,6 +293,9 @@ class ModelManager:
         routes "" to the live version if it serves, else to what served before, else the newest."""
         held = name in self._held
         wanted = {} if held else {r.version: r for r in records if r.state in SERVED_STATES}
+        shadow = self._shadows.get(name)
+        if shadow is not None and not held:
+            wanted.update({r.version: r for r in records if r.version == shadow.version and r.state != "failed"})
         for version, rec in sorted(wanted.items()):
             if version not in self._loaded(name):
                 self._load(rec)
@@ -258,15 +331,23 @@ class ModelManager:
         log.info("loaded %s:%s in %.2f s", rec.name, rec.version, report.model_load_time_s)
 
 
-def core_policy(routes: ModelRoutes, policy, epoch: int) -> dict:
+def core_policy(routes: ModelRoutes, policy, epoch: int, rollout=None) -> dict:
     """The core policy of one model: requests go to the version the manager routes to (the live
     one, or what served before when the live one failed to load); each served version keeps its
-    registry policy (fallback chain, breaker, cache), a version without one gets none."""
+    registry policy (fallback chain, breaker, cache), a version without one gets none. With an
+    active ``rollout`` whose canary serves, the canary owns its weight of the buckets (``arms``)
+    and its chain starts with the routed version."""
     by_version = {v["version"]: v for v in (policy.to_core()["versions"] if policy else [])}
     versions = [by_version.get(v, {"version": v, "chain": [], "breaker": None, "cache_bytes": 0,
                                    "cache_last_resort": False}) for v in routes.served]
-    return {"name": routes.name, "epoch": epoch, "live": routes.live, "served": list(routes.served),
+    core = {"name": routes.name, "epoch": epoch, "live": routes.live, "served": list(routes.served),
             "versions": versions}
+    if rollout is not None and rollout.version in routes.served and routes.live not in (None, rollout.version):
+        core["arms"] = canary_arms(routes.live, rollout.version, rollout.weight)
+        for v in versions:
+            if v["version"] == rollout.version:
+                v["chain"] = canary_chain(routes.name, routes.live, v["chain"])
+    return core
 
 
 def _choose_route(live: Optional[int], loaded: set, before: Optional[int]) -> Optional[int]:

@@ -15,55 +15,12 @@ import pytest
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
+from server_fixtures import ServerProcess as Server, free_port
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 
 GOLDEN = np.load(os.path.join(demo_package_path("digits-mlp"), "golden.npz"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`inferline serve` on free ports; no drain window unless `extra` sets --drain-seconds."""
-
-    def __init__(self, repo, *extra, workers=1, ports=None, env=None):
-        self.http, self.grpc = ports or (free_port(), free_port())
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        drain = () if "--drain-seconds" in extra else ("--drain-seconds", "0")
-        cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), "--http-port", str(self.http),
-               "--grpc-port", str(self.grpc), "--poll-interval", "0.2", "--workers", str(workers), *drain, *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.wait_for(lambda: sum("models ready" in line for line in self.lines) >= workers, 60)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, cond, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if cond():
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError("server exited:\n" + "".join(self.lines))
-            time.sleep(0.05)
-        raise AssertionError("timed out; server output:\n" + "".join(self.lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._reader.join(5)
-        self.proc.stdout.close()
-        return code
 
 
 def grpc_infer(client, rows, model="digits-mlp", version=""):
