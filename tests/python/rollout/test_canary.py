@@ -321,3 +321,37 @@ def test_a_far_slower_shadow_never_delays_or_fails_real_answers(tmp_path):
     shadow = status["shadow"]["window"]
     assert shadow["dropped"] > 0  # copies beyond what the slow version could take were dropped, counted
     assert shadow["pairs"] >= 1 and shadow["agreement"] == 0.0  # y = x vs y = x + 1000
+
+
+def test_two_server_processes_route_every_key_alike(repo, tmp_path):
+    """Two `inferline serve` processes on one registry, a 5% canary: each key gets the same version
+    from both (the split is the core's pinned hash, not per-process state)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server_fixtures import ServerProcess
+
+    v2 = add_version(repo, steady_package(tmp_path / "v2", name="m", max_batch=4))
+    registry = open_registry(repo)
+    lifecycle.start_canary(registry, "m", v2, steps="5", interval_s=3600, hold=True, skip_gate=True)
+    registry.close()
+    keys = [f"user-{i}" for i in range(1000)]
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+    def version_for(port, key):
+        doc = dict(body, parameters={"routing_key": key})
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", json.dumps(doc).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return int(json.load(r)["model_version"])
+
+    servers = [ServerProcess(repo), ServerProcess(repo)]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            seen = [list(pool.map(lambda k, p=s.http: version_for(p, k), keys)) for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert seen[0] == seen[1]
+    share = seen[0].count(v2) / len(keys)
+    assert 0.02 <= share <= 0.08 and set(seen[0]) == {1, v2}
