@@ -43,6 +43,8 @@ from ..routing import ModelRoutes, Router, RoutingSnapshot, build_policies
 log = logging.getLogger("inferline.service")
 
 SERVED_STATES = ("live", "canary")
+PREDICTIONS_KEPT_S = 7 * 24 * 3600.0
+"""How long predictions recorded for label feedback (and their labels) are kept."""
 
 
 class ModelManager:
@@ -70,6 +72,7 @@ class ModelManager:
         self._rollouts: dict = {}  # model -> its active Rollout
         self._shadows: dict = {}   # model -> its Shadow
         self._routed: dict = {}    # model -> routed requests counted at the last flush
+        self._pruned_at = 0.0
 
     # ---- lookups (any thread) ----------------------------------------------
     def handle(self, name: str, version: str = "") -> ModelHandle:
@@ -237,6 +240,10 @@ class ModelManager:
                     self._registry.rollouts.add_traffic(name, minute, self.worker_id, delta)
             if self._rollouts:
                 self.controller.tick(self._registry)
+            now = time.time()
+            if now - self._pruned_at > 3600:  # recorded predictions and labels are kept a week
+                self._pruned_at = now
+                self._registry.rollouts.prune_predictions(now - PREDICTIONS_KEPT_S)
         except Exception:
             log.exception("rollout bookkeeping failed")
 
