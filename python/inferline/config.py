@@ -1,4 +1,4 @@
-"""Typed model configuration: signature, batching policy, preprocessing, breaker and cache.
+"""Typed model configuration: signature, batching policy, preprocessing, breaker, cache, SLO, canary.
 
 These are plain frozen dataclasses with a docstring under each field, and this
 module is the one description of a model config: ``LIMITS`` holds the bounds
@@ -7,10 +7,12 @@ test_config_schema.py reads them back from csrc/), and ``config_schema()``
 derives the JSON Schema of a package's config part from the dataclasses and
 ``LIMITS``. The core validates the whole config again when a model loads and
 names the field at fault; this module converts and catches what is easier to
-say in Python (unknown keys, wrong types, dtype spellings). ``breaker`` and
-``cache`` are routing policy, not part of the engine's model config: the core
-never sees them at load (``to_core`` leaves them out), so this module checks
-their ``LIMITS`` itself, and the routing policy hands them to the core's Router.
+say in Python (unknown keys, wrong types, dtype spellings). ``breaker``,
+``cache``, ``slo`` and ``canary`` are routing and rollout policy, not part of the
+engine's model config: the core never sees them at load (``to_core`` leaves them out), so
+this module checks their ``LIMITS`` itself. The routing policy hands breaker and
+cache to the core's Router; slo and canary stay in Python (rollout/: the load-test
+gate and the canary analysis).
 
 Dtypes are NumPy names ("float32"); the KServe wire names ("FP32") belong to
 the server (server/codec.py).
@@ -61,9 +63,25 @@ LIMITS = {
     "BreakerConfig.open_us": (0, _I64_MAX),
     "BreakerConfig.half_open_probes": (1, 1_000_000),
     "CacheConfig.max_bytes": (0, 1 << 40),
+    # Rollout policy, checked here and used only in Python (rollout/): sane bounds, no core field.
+    "SloConfig.peak_rps": (0.0, 1e7),                  # (0, ...]: see EXCLUSIVE_MINIMUM; None allowed
+    "SloConfig.p99_ms": (0.0, 3_600_000.0),             # (0, an hour]
+    "SloConfig.max_error_rate": (0.0, 1.0),
+    "SloConfig.gate_seconds": (0.0, 3600.0),            # (0, an hour]
+    "CanaryConfig.max_error_rate_increase": (0.0, 1.0),
+    "CanaryConfig.max_p99_ratio": (1.0, 1000.0),        # below 1 the canary must beat stable to pass
+    "CanaryConfig.p99_slack_ms": (0.0, 3_600_000.0),
+    "CanaryConfig.min_agreement": (0.0, 1.0),
+    "CanaryConfig.max_accuracy_drop": (0.0, 1.0),
+    "CanaryConfig.min_requests": (1, 1_000_000_000),
+    "CanaryConfig.min_pairs": (1, 1_000_000_000),
+    "CanaryConfig.min_labels": (1, 1_000_000_000),
+    "CanaryConfig.mirror_share": (0.0, 100.0),          # percent
 }
 # LIMITS keys whose maximum is excluded: the value must be below it.
 EXCLUSIVE_MAXIMUM = frozenset({"BreakerConfig.error_rate"})
+# LIMITS keys whose minimum is excluded: the value must be above it.
+EXCLUSIVE_MINIMUM = frozenset({"SloConfig.peak_rps", "SloConfig.p99_ms", "SloConfig.gate_seconds"})
 # "Class.field" -> (fewest, most) items of a sequence field; None = unbounded.
 LENGTHS = {
     "TensorSpec.shape": (1, 8),                         # Shape::kMaxRank (tensor.h)
@@ -203,6 +221,50 @@ class CacheConfig:
         return self.max_bytes > 0
 
 
+@dataclass(frozen=True)
+class SloConfig:
+    """The model's service level: what the load-test gate and the canary analysis hold a version to."""
+
+    peak_rps: Optional[float] = None
+    """Declared peak request rate; the gate runs at 2x it (None: 2x the stable version's observed
+    peak of the last hour). Above 0 when given."""
+    p99_ms: float = 200.0
+    """p99 latency bound, in milliseconds (above 0)."""
+    max_error_rate: float = 0.001
+    """Bound on errors / requests, in [0, 1]."""
+    gate_seconds: float = 5.0
+    """How long the gate's load test runs, in seconds (above 0)."""
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Thresholds of the canary analysis (each step compares canary and stable over the same window)."""
+
+    max_error_rate_increase: float = 0.01
+    """Breach when the canary's error rate exceeds the stable's by more than this."""
+    max_p99_ratio: float = 2.0
+    """Breach when the canary's p99 is above max_p99_ratio * stable p99 + p99_slack_ms (and
+    always when above slo.p99_ms)."""
+    p99_slack_ms: float = 10.0
+    """Milliseconds added to the ratio bound, so that two fast arms' noise is no breach."""
+    min_agreement: float = 0.95
+    """Breach when the share of mirrored pairs whose predictions agree is below this."""
+    max_accuracy_drop: float = 0.02
+    """Breach when stable accuracy - canary accuracy (from labels) is above this."""
+    min_requests: int = 30
+    """Canary requests a step needs before it may advance or breach on rates."""
+    min_pairs: int = 20
+    """Mirrored pairs needed before agreement may breach."""
+    min_labels: int = 20
+    """Labels per arm needed before accuracy may breach."""
+    mirror_share: float = 100.0
+    """Percent of canary-routed requests also run on stable (the mirrored pairs)."""
+
+
+# Sections of ModelConfig that are routing or rollout policy: built from mappings and checked here.
+_POLICY_SECTIONS = {"breaker": BreakerConfig, "cache": CacheConfig, "slo": SloConfig, "canary": CanaryConfig}
+
+
 Preprocess = Union[TabularPreprocess, ImagePreprocess]
 _PREPROCESS_KINDS = {"tabular": TabularPreprocess, "image": ImagePreprocess}
 
@@ -231,14 +293,21 @@ class ModelConfig:
     """When the router stops sending this version traffic and uses its fallback instead."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """This version's prediction cache (off by default)."""
+    slo: SloConfig = field(default_factory=SloConfig)
+    """The service level the load-test gate and the canary analysis hold this version to."""
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    """Thresholds of the canary analysis when this version is a canary."""
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(_as_spec(s) for s in self.inputs))
         object.__setattr__(self, "outputs", tuple(_as_spec(s) for s in self.outputs))
-        for key, cls in (("batching", BatchingConfig), ("breaker", BreakerConfig), ("cache", CacheConfig)):
+        for key, cls in (("batching", BatchingConfig), *_POLICY_SECTIONS.items()):
             if isinstance(getattr(self, key), Mapping):
                 object.__setattr__(self, key, _build(cls, getattr(self, key), f"{self.where}: {key}"))
-        for key in ("breaker", "cache"):  # routing policy: the core does not check it at load
+        for key, cls in _POLICY_SECTIONS.items():  # policy: the core does not check it at load
+            if not isinstance(getattr(self, key), cls):
+                raise InvalidArgument(f"{self.where}: {key}: expected a {cls.__name__} or a mapping, "
+                                      f"got {type(getattr(self, key)).__name__}")
             object.__setattr__(self, key, _checked(getattr(self, key), f"{self.where}: {key}"))
         prep = {}
         for name, spec in dict(self.preprocessing).items():
@@ -265,7 +334,8 @@ class ModelConfig:
         return _build(cls, d, f"model config {d.get('name', '?')!r}")
 
     def to_core(self) -> dict:
-        """The engine's model config (breaker and cache are routing policy: see routing/policy.py)."""
+        """The engine's model config (breaker, cache, slo and canary are policy, left out: see
+        routing/policy.py and rollout/)."""
         prep = [self.preprocessing[s.name].to_core() if s.name in self.preprocessing else None for s in self.inputs]
         return {"name": self.name, "version": int(self.version), "inputs": [s.to_core() for s in self.inputs],
                 "outputs": [s.to_core() for s in self.outputs], "preprocessing": prep,
@@ -287,12 +357,16 @@ def _build(cls, data: Mapping, where: str):
 
 
 def _checked(obj, where: str):
-    """``obj`` (a BreakerConfig or CacheConfig) if its fields have the right types and lie within
-    LIMITS, float fields as floats; else InvalidArgument naming ``where``.field."""
+    """``obj`` (a policy section: BreakerConfig, CacheConfig, SloConfig, CanaryConfig) if its
+    fields have the right types and lie within LIMITS, float fields as floats; else
+    InvalidArgument naming ``where``.field. An ``Optional`` field may also be None."""
     hints = typing.get_type_hints(type(obj))
     values = {}
     for f in dataclasses.fields(obj):
-        key, tp, v = f"{type(obj).__name__}.{f.name}", hints[f.name], getattr(obj, f.name)
+        key, tp, v = f"{type(obj).__name__}.{f.name}", _unoptional(hints[f.name]), getattr(obj, f.name)
+        if v is None and tp is not hints[f.name]:
+            values[f.name] = None
+            continue
         if typing.get_origin(tp) is Literal:
             if v not in typing.get_args(tp):
                 choices = ", ".join(map(repr, typing.get_args(tp)))
@@ -302,11 +376,20 @@ def _checked(obj, where: str):
             raise InvalidArgument(f"{where}.{f.name}: expected {expected}, got {v!r}")
         elif key in LIMITS:
             lo, hi = LIMITS[key]
-            below = key in EXCLUSIVE_MAXIMUM
-            if not (lo <= v and (v < hi if below else v <= hi)):  # also NaN
-                raise InvalidArgument(f"{where}.{f.name}: {v!r} is outside [{lo}, {hi}{')' if below else ']'}")
+            above, below = key in EXCLUSIVE_MINIMUM, key in EXCLUSIVE_MAXIMUM
+            if not ((lo < v if above else lo <= v) and (v < hi if below else v <= hi)):  # also NaN
+                raise InvalidArgument(f"{where}.{f.name}: {v!r} is outside {'(' if above else '['}{lo}, "
+                                      f"{hi}{')' if below else ']'}")
         values[f.name] = float(v) if tp is float else v
     return dataclasses.replace(obj, **values)
+
+
+def _unoptional(tp):
+    """T for ``Optional[T]``; any other type as it is."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Union and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return tp
 
 
 def _as_spec(s: Union[TensorSpec, Mapping, Sequence]) -> TensorSpec:
@@ -358,15 +441,18 @@ def _object_schema(cls, kind: Optional[str] = None) -> dict:
 
 def _type_schema(tp, key: str, item: bool = False) -> dict:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _unoptional(tp) is not tp:  # Optional[T]: T's schema, with null also allowed
+        schema = _type_schema(_unoptional(tp), key, item)
+        return {**schema, "type": [schema["type"], "null"]}
     if tp in _JSON_TYPES:
         schema = {"type": _JSON_TYPES[tp]}
         lo, hi = LIMITS.get(key, (None, None)) if tp in (int, float) else (None, None)
         if tp is str and not item:
             lo_len, hi_len = LENGTHS.get(key, (None, None))
             schema.update(_present(minLength=lo_len, maxLength=hi_len))
-        if key in EXCLUSIVE_MAXIMUM:
-            return {**schema, **_present(minimum=lo, exclusiveMaximum=hi)}
-        return {**schema, **_present(minimum=lo, maximum=hi)}
+        bottom = "exclusiveMinimum" if key in EXCLUSIVE_MINIMUM else "minimum"
+        top = "exclusiveMaximum" if key in EXCLUSIVE_MAXIMUM else "maximum"
+        return {**schema, **_present(**{bottom: lo, top: hi})}
     if dataclasses.is_dataclass(tp):
         return _object_schema(tp)
     if origin is Literal:

@@ -62,6 +62,22 @@ POLICY_LIMITS = {
     "BreakerConfig.half_open_probes": (1, 1_000_000),
     "CacheConfig.max_bytes": (0, 1 << 40),
 }
+# Rollout policy (Python only, rollout/): the gate's SLO and the canary analysis's thresholds.
+ROLLOUT_LIMITS = {
+    "SloConfig.peak_rps": (0.0, 1e7),                  # minimum excluded; None allowed
+    "SloConfig.p99_ms": (0.0, 3_600_000.0),             # minimum excluded
+    "SloConfig.max_error_rate": (0.0, 1.0),
+    "SloConfig.gate_seconds": (0.0, 3600.0),            # minimum excluded
+    "CanaryConfig.max_error_rate_increase": (0.0, 1.0),
+    "CanaryConfig.max_p99_ratio": (1.0, 1000.0),
+    "CanaryConfig.p99_slack_ms": (0.0, 3_600_000.0),
+    "CanaryConfig.min_agreement": (0.0, 1.0),
+    "CanaryConfig.max_accuracy_drop": (0.0, 1.0),
+    "CanaryConfig.min_requests": (1, 1_000_000_000),
+    "CanaryConfig.min_pairs": (1, 1_000_000_000),
+    "CanaryConfig.min_labels": (1, 1_000_000_000),
+    "CanaryConfig.mirror_share": (0.0, 100.0),
+}
 # The C++ field each bound applies to, and the width it must fit.
 CORE_FIELDS = {
     "ModelConfig.instances": ("include/inferline/model.h", "uint32_t instances"),
@@ -91,8 +107,9 @@ def _core_default(header: str, decl: str):
 
 
 def test_core_bounds_match_limits():
-    assert cfg.LIMITS == {**CORE_LIMITS, **POLICY_LIMITS}
+    assert cfg.LIMITS == {**CORE_LIMITS, **POLICY_LIMITS, **ROLLOUT_LIMITS}
     assert cfg.EXCLUSIVE_MAXIMUM == {"BreakerConfig.error_rate"}
+    assert cfg.EXCLUSIVE_MINIMUM == {"SloConfig.peak_rps", "SloConfig.p99_ms", "SloConfig.gate_seconds"}
     assert _constant("include/inferline/model.h", "kMaxQueueCapacity") == cfg.LIMITS["ModelConfig.queue_capacity"][1]
     assert "batching.max_batch_size must be >= 1" in _text("src/batch_policy.cpp")
     assert cfg.LENGTHS["TensorSpec.shape"] == (1, _constant("include/inferline/tensor.h", "kMaxRank"))
@@ -126,7 +143,8 @@ def _schema_at(path: str) -> dict:
     """PACKAGE_SCHEMA's node for "ModelConfig.instances", "BatchingConfig.mode", "ImagePreprocess.height"..."""
     cls, name = path.split(".")
     props = PACKAGE_SCHEMA["properties"]
-    section = {"BatchingConfig": "batching", "BreakerConfig": "breaker", "CacheConfig": "cache"}.get(cls)
+    section = {"BatchingConfig": "batching", "BreakerConfig": "breaker", "CacheConfig": "cache",
+               "SloConfig": "slo", "CanaryConfig": "canary"}.get(cls)
     if section:
         return props[section]["properties"][name]
     if cls == "TensorSpec":
@@ -142,8 +160,10 @@ def _schema_at(path: str) -> dict:
 def test_schema_carries_the_bounds(key):
     node = _schema_at(key)
     node = node.get("items", node)
+    bottom = "exclusiveMinimum" if key in cfg.EXCLUSIVE_MINIMUM else "minimum"
     top = "exclusiveMaximum" if key in cfg.EXCLUSIVE_MAXIMUM else "maximum"
-    assert (node["minimum"], node[top]) == cfg.LIMITS[key]
+    assert (node[bottom], node[top]) == cfg.LIMITS[key]
+    assert set(node) & {"minimum", "exclusiveMinimum"} == {bottom}
     assert set(node) & {"maximum", "exclusiveMaximum"} == {top}
 
 
@@ -159,6 +179,9 @@ def test_dataclass_fields_match_schema_properties():
     assert set(props["breaker"]["properties"]) == names(cfg.BreakerConfig)
     assert set(props["cache"]["properties"]) == names(cfg.CacheConfig)
     assert props["cache"]["properties"]["mode"] == {"enum": ["on_hit", "last_resort"]}
+    assert set(props["slo"]["properties"]) == names(cfg.SloConfig)
+    assert set(props["canary"]["properties"]) == names(cfg.CanaryConfig)
+    assert props["slo"]["properties"]["peak_rps"]["type"] == ["number", "null"]  # Optional[float]
     assert set(props["inputs"]["items"]["properties"]) == names(cfg.TensorSpec)
     assert set(props["outputs"]["items"]["properties"]) == names(cfg.TensorSpec)
     tabular, image = props["preprocessing"]["additionalProperties"]["oneOf"]
@@ -171,7 +194,7 @@ def test_dataclass_fields_match_schema_properties():
     assert PACKAGE_SCHEMA["required"] == ["inputs", "outputs"]
     assert tabular["required"] == ["kind", "mean", "std"]
     assert image["required"] == ["kind", "height", "width", "mean", "std"]
-    assert all("required" not in props[k] for k in ("batching", "breaker", "cache"))
+    assert all("required" not in props[k] for k in ("batching", "breaker", "cache", "slo", "canary"))
 
 
 def test_every_limit_names_a_field():
@@ -221,6 +244,16 @@ def _package(tmp_path, **extra):
     ({"breaker": {"window": 5}}, "field breaker: Additional properties are not allowed"),
     ({"cache": {"max_bytes": (1 << 40) + 1}}, "field cache.max_bytes: 1099511627777 is greater than the maximum"),
     ({"cache": {"max_bytes": 1024, "mode": "always"}}, "field cache.mode: 'always' is not one of"),
+    ({"slo": {"peak_rps": 0}}, "field slo.peak_rps: 0 is less than or equal to the minimum of 0"),
+    ({"slo": {"p99_ms": -5}}, "field slo.p99_ms: -5 is less than or equal to the minimum of 0"),
+    ({"slo": {"max_error_rate": 1.5}}, "field slo.max_error_rate: 1.5 is greater than the maximum of 1"),
+    ({"slo": {"gate_seconds": "5"}}, "field slo.gate_seconds: '5' is not of type 'number'"),
+    ({"slo": {"p99": 100}}, "field slo: Additional properties are not allowed"),
+    ({"canary": {"mirror_share": 101}}, "field canary.mirror_share: 101 is greater than the maximum of 100"),
+    ({"canary": {"min_agreement": -0.1}}, "field canary.min_agreement: -0.1 is less than the minimum of 0"),
+    ({"canary": {"min_requests": 0}}, "field canary.min_requests: 0 is less than the minimum of 1"),
+    ({"canary": {"min_pairs": 2.5}}, "field canary.min_pairs: 2.5 is not of type 'integer'"),
+    ({"canary": {"max_p99_ratio": 0.5}}, "field canary.max_p99_ratio: 0.5 is less than the minimum of 1"),
 ])
 def test_package_schema_refuses_what_the_core_would(tmp_path, extra, message):
     with pytest.raises(InvalidArgument, match=message):
@@ -242,6 +275,8 @@ def test_breaker_and_cache_default_to_the_core_defaults_and_cache_off(tmp_path):
     config = load_package(str(_package(tmp_path))).config
     assert config.breaker == cfg.BreakerConfig() and config.cache == cfg.CacheConfig()
     assert "breaker" not in config.to_core() and "cache" not in config.to_core()  # routing policy
+    assert config.slo == cfg.SloConfig() and config.canary == cfg.CanaryConfig()
+    assert "slo" not in config.to_core() and "canary" not in config.to_core()  # rollout policy
 
 
 def test_breaker_and_cache_from_a_package(tmp_path):
@@ -260,6 +295,18 @@ def test_breaker_and_cache_from_a_package(tmp_path):
     ("breaker", {"probes": 1}, r"breaker: unknown field\(s\) probes"),
     ("cache", {"max_bytes": -1}, r"cache.max_bytes: -1 is outside \[0, 1099511627776\]"),
     ("cache", {"mode": "always"}, r"cache.mode: 'always' is not one of 'on_hit', 'last_resort'"),
+    ("slo", {"peak_rps": 0.0}, r"slo.peak_rps: 0.0 is outside \(0.0, 10000000.0\]"),
+    ("slo", {"peak_rps": float("nan")}, r"slo.peak_rps: nan is outside"),
+    ("slo", {"p99_ms": 0}, r"slo.p99_ms: 0 is outside \(0.0, 3600000.0\]"),
+    ("slo", {"max_error_rate": 2}, r"slo.max_error_rate: 2 is outside \[0.0, 1.0\]"),
+    ("slo", {"gate_seconds": "5"}, r"slo.gate_seconds: expected a number, got '5'"),
+    ("slo", {"peak": 5}, r"slo: unknown field\(s\) peak"),
+    ("slo", 5, r"slo: expected a SloConfig or a mapping, got int"),
+    ("canary", {"mirror_share": 100.5}, r"canary.mirror_share: 100.5 is outside \[0.0, 100.0\]"),
+    ("canary", {"max_p99_ratio": 0.9}, r"canary.max_p99_ratio: 0.9 is outside \[1.0, 1000.0\]"),
+    ("canary", {"min_labels": 0}, r"canary.min_labels: 0 is outside \[1, 1000000000\]"),
+    ("canary", {"min_pairs": 20.0}, r"canary.min_pairs: expected an integer, got 20.0"),
+    ("canary", {"min_agreement": True}, r"canary.min_agreement: expected a number, got True"),
 ])
 def test_breaker_and_cache_are_checked_in_python(field, value, message):
     """The core never loads them, so a config built in Python is checked here, naming the model."""
@@ -267,3 +314,22 @@ def test_breaker_and_cache_are_checked_in_python(field, value, message):
         cfg.ModelConfig("m", [("x", "float32", (-1, 4))], [("y", "float32", (-1, 4))], version=3, **{field: value})
     assert cfg.ModelConfig("m", [("x", "float32", (-1, 4))], [("y", "float32", (-1, 4))],
                            breaker={"error_rate": 0}).breaker.error_rate == 0.0  # an int is a number
+
+
+def test_slo_and_canary_from_a_package(tmp_path):
+    config = load_package(str(_package(tmp_path, slo={"peak_rps": 250, "p99_ms": 50, "gate_seconds": 2},
+                                       canary={"min_requests": 100, "mirror_share": 10}))).config
+    assert config.slo == cfg.SloConfig(peak_rps=250.0, p99_ms=50.0, max_error_rate=0.001, gate_seconds=2.0)
+    assert isinstance(config.slo.peak_rps, float) and isinstance(config.slo.p99_ms, float)  # ints become floats
+    assert (config.canary.min_requests, config.canary.mirror_share, config.canary.min_pairs) == (100, 10.0, 20)
+    unset = load_package(str(_package(tmp_path, slo={"peak_rps": None}))).config
+    assert unset.slo.peak_rps is None  # null: the gate uses the observed peak
+
+
+def test_slo_and_canary_in_python():
+    def make(**kw):
+        return cfg.ModelConfig("m", [("x", "float32", (-1, 4))], [("y", "float32", (-1, 4))], **kw)
+
+    assert make().slo.peak_rps is None and make(slo={"peak_rps": None}).slo.peak_rps is None
+    assert make(slo=cfg.SloConfig(peak_rps=3)).slo.peak_rps == 3.0  # a dataclass is checked too
+    assert make(canary={"max_p99_ratio": 1, "mirror_share": 0}).canary.mirror_share == 0.0

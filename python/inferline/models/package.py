@@ -6,8 +6,8 @@
       golden.npz                optional golden inputs/outputs ("inputs/<name>", "outputs/<name>")
 
 The config holds the model's signature, backend and its settings, batching,
-preprocessing, breaker and cache settings, fallback reference (name[:version]),
-golden settings and labels.
+preprocessing, breaker and cache settings, the SLO and canary thresholds (rollout),
+fallback reference (name[:version]), golden settings and labels.
 A bare ``.onnx`` file is a package too: its signature is read from the graph
 (dim 0 -> -1) and defaults fill the rest. The version is not part of the
 package: the registry assigns it at push.
