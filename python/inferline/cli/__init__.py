@@ -1,4 +1,5 @@
-"""The `inferline` command: every subcommand's parsing lives in this package (models.py, serve.py)."""
+"""The `inferline` command: every subcommand's parsing lives in this package (models.py, serve.py,
+rollouts.py for `canary` and `shadow`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=256, help="concurrent asyncio callers (default 256)")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
     from .models import add_parser as add_models
+    from .rollouts import add_parser as add_rollouts
     from .serve import add_parser as add_serve
     add_models(sub)
+    add_rollouts(sub)
     add_serve(sub)
     sub.add_parser("version", help="print the version")
     return parser
@@ -55,6 +58,9 @@ def _run(args) -> int:
     if args.command == "models":
         from .models import run
         return run(args)
+    if args.command in ("canary", "shadow"):
+        from .rollouts import run as run_rollouts
+        return run_rollouts(args)
     from ..demo import run_demo  # "demo"
     run_demo(concurrency=args.concurrency, seconds=args.seconds)
     return 0

@@ -9,6 +9,16 @@
     POST /v2/models/{m}[/versions/{v}]/infer         JSON, or JSON + binary tensors
     POST /v2/repository/index                        [{"name", "version", "state", "reason"}]
     POST /v2/repository/models/{m}/load | /unload    bearer token when settings.admin_token is set
+    POST /v2/models/{m}/feedback                     {"labels": [{"id", "label"}]} -> {"accepted", "unknown",
+                                                     "unknown_ids"}; open like infer
+Rollout admin (bearer token as for load/unload; rollout/lifecycle.py does the work; no gRPC twin):
+    POST   /v2/admin/models/{m}/canary               {"version", "steps", "interval", "hold", "skip_gate",
+                                                     "gate_seconds"} -> the rollout, with "gate"; runs
+                                                     the load-test gate first unless skip_gate
+    GET    /v2/admin/models/{m}/canary               rollout, current window, shadow, history
+    POST   /v2/admin/models/{m}/canary/promote | /abort    -> the rollout
+    POST   /v2/admin/models/{m}/shadow               {"version", "share"} -> the shadow
+    DELETE /v2/admin/models/{m}/shadow               -> the shadow as it ran
 
 JSON and binary tensor bodies (Triton's extension) are converted in
 rest_convert.py; this module holds the aiohttp app, its routes and handlers; the
@@ -99,6 +109,14 @@ class RestFrontend:
         r.add_post("/v2/repository/index", self._index)
         r.add_post("/v2/repository/models/{name}/load", self._load)
         r.add_post("/v2/repository/models/{name}/unload", self._unload)
+        r.add_post("/v2/models/{name}/feedback", self._feedback)
+        admin = "/v2/admin/models/{name}"
+        r.add_post(admin + "/canary", self._canary_start)
+        r.add_get(admin + "/canary", self._canary_status)
+        r.add_post(admin + "/canary/promote", self._canary_promote)
+        r.add_post(admin + "/canary/abort", self._canary_abort)
+        r.add_post(admin + "/shadow", self._shadow_start)
+        r.add_delete(admin + "/shadow", self._shadow_stop)
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(base, self._model_metadata)
             r.add_get(base + "/ready", self._model_ready)
@@ -194,6 +212,54 @@ class RestFrontend:
         await self.dataplane.repository_unload(name, authorization=auth)
         return web.Response(status=200)
 
+    # ---- rollouts (admin) and label feedback: the token is checked before the body is read ----
+    async def _canary_start(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "canary start")
+        doc = _fields(await _optional_json(request, "canary request"), "canary request",
+                      ("version", "steps", "interval", "hold", "skip_gate", "gate_seconds"), required=("version",))
+        options = {k: doc[k] for k in ("steps", "interval") if k in doc}
+        if "steps" in doc and not isinstance(doc["steps"], (str, list)):
+            raise InvalidArgument(f"canary request 'steps': expected a list of percentages or a string like "
+                                  f"\"5,10,25\", got {doc['steps']!r}")
+        for flag in ("hold", "skip_gate"):
+            options[flag] = _bool(doc, flag, "canary request")
+        gate_seconds = doc.get("gate_seconds")
+        if gate_seconds is not None and (isinstance(gate_seconds, bool) or not isinstance(gate_seconds, (int, float))):
+            raise InvalidArgument(f"canary request 'gate_seconds': expected a number of seconds, got {gate_seconds!r}")
+        return _json(await self.dataplane.canary_start(name, doc["version"], gate_seconds=gate_seconds,
+                                                       authorization=auth, **options))
+
+    async def _canary_status(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "canary status")
+        return _json(await self.dataplane.canary_status(name, authorization=auth))
+
+    async def _canary_promote(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "canary promote")
+        return _json(await self.dataplane.canary_promote(name, authorization=auth))
+
+    async def _canary_abort(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "canary abort")
+        return _json(await self.dataplane.canary_abort(name, authorization=auth))
+
+    async def _shadow_start(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "shadow start")
+        doc = _fields(await _optional_json(request, "shadow request"), "shadow request", ("version", "share"),
+                      required=("version",))
+        return _json(await self.dataplane.shadow_start(name, doc["version"], doc.get("share", 100.0),
+                                                       authorization=auth))
+
+    async def _shadow_stop(self, request: web.Request) -> web.Response:
+        name, auth = _admin(request, self.dataplane, "shadow stop")
+        return _json(await self.dataplane.shadow_stop(name, authorization=auth))
+
+    async def _feedback(self, request: web.Request) -> web.Response:
+        doc = _fields(await _optional_json(request, "feedback request"), "feedback request", ("labels",),
+                      required=("labels",))
+        if not isinstance(doc["labels"], list):
+            raise InvalidArgument("feedback request 'labels': expected a list of {\"id\": ..., \"label\": ...}, "
+                                  f"got {type(doc['labels']).__name__}")
+        return _json(await self.dataplane.feedback(request.match_info["name"], doc["labels"]))
+
 
 async def start_rest(dataplane, settings) -> RestFrontend:
     """Serves the REST endpoints on settings.host:settings.http_port (0 = a free port, see ``.port``)."""
@@ -214,6 +280,33 @@ def _ssl_context(settings) -> Optional[ssl.SSLContext]:
 
 def _model(request: web.Request) -> tuple:
     return request.match_info["name"], request.match_info.get("version", "")
+
+
+def _admin(request: web.Request, dataplane, call: str) -> tuple:
+    """(model name, Authorization header) after the admin check, before any body is read."""
+    name, auth = request.match_info["name"], request.headers.get("Authorization")
+    dataplane.authorize(auth, f"{call} {name!r}")
+    return name, auth
+
+
+def _fields(doc: dict, what: str, allowed: tuple, required: tuple = ()) -> dict:
+    """``doc`` if it has every required field and no other than ``allowed`` (a typo is refused,
+    not ignored)."""
+    unknown = sorted(set(doc) - set(allowed))
+    if unknown:
+        raise InvalidArgument(f"{what}: unknown field(s) {', '.join(map(repr, unknown))} "
+                              f"(allowed: {', '.join(allowed)})")
+    for key in required:
+        if key not in doc:
+            raise InvalidArgument(f"{what}: {key!r} is required")
+    return doc
+
+
+def _bool(doc: dict, key: str, what: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{what} {key!r}: expected true or false, got {value!r}")
+    return value
 
 
 async def _optional_json(request: web.Request, what: str) -> dict:
