@@ -28,6 +28,7 @@ from helpers import make_config  # noqa: E402
 from inferline import errors  # noqa: E402
 from inferline.demo_models import demo_package_path  # noqa: E402
 from inferline.models.service import open_registry, push  # noqa: E402
+from inferline.rollout.recorder import Recorder  # noqa: E402
 from inferline.server.dataplane import DataPlane  # noqa: E402
 from inferline.server.rest import HEADER_LENGTH, http_status, start_rest  # noqa: E402
 from inferline.server.settings import ServerSettings  # noqa: E402
@@ -374,6 +375,7 @@ class DirectModels:
         self.handles = handles
         self.router = self
         self.engine = engine  # serves the handles (no routing policy: requests pass straight through)
+        self.recorder = Recorder(engine)  # nothing watched: no rollout here
 
     def route(self, name, version="", routing_key=None):
         if name not in self.handles:
