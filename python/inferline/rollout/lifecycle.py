@@ -30,8 +30,10 @@ DEFAULT_INTERVAL_S = 60.0
 
 def parse_steps(text) -> tuple:
     """"5,10,25" (or a list of numbers) -> (5.0, 10.0, 25.0), each in (0, 100], strictly increasing."""
-    items = text.split(",") if isinstance(text, str) else list(text)
     try:
+        items = text.split(",") if isinstance(text, str) else [text] if isinstance(text, (int, float)) else list(text)
+        if any(isinstance(x, bool) for x in items):
+            raise TypeError
         steps = tuple(float(x) for x in items)
     except (TypeError, ValueError):
         raise InvalidArgument(f"steps: expected comma-separated percentages like 5,10,25,50,100, got {text!r}") from None
