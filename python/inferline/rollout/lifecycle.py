@@ -17,7 +17,8 @@ import time
 from typing import Iterable, Optional
 
 from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
-from ..registry.store import check_name, check_version
+from ..models.loader import LoadFailed
+from ..registry.store import ArtifactMissing, TamperedArtifact, check_name, check_version
 from .analysis import window_evidence
 from .controller import thresholds
 from .gate import gate_rate, run_gate
@@ -83,7 +84,15 @@ def start_canary(registry, name: str, version: int, *, steps: Iterable[float] = 
     _, slo = thresholds(record)
     observed = registry.rollouts.peak_rate(name, int(time.time() // 60) - 60)
     rate, why = gate_rate(slo, observed)
-    result = run_gate(registry, record, rate_rps=rate, slo=slo, seconds=gate_seconds)
+    try:
+        result = run_gate(registry, record, rate_rps=rate, slo=slo, seconds=gate_seconds)
+    except (LoadFailed, ArtifactMissing, TamperedArtifact) as e:  # it cannot serve: recorded as failed
+        registry.record_load(name, version, failure=str(e))
+        registry.rollouts.record_gate_failure(name, version, steps=steps, interval_s=interval_s,
+                                              evidence={"gate": {"load_failure": str(e)}},
+                                              reason=f"failed to load: {e}")
+        raise FailedPrecondition(f"model {name!r} version {version} failed to load for the load-test gate: {e}; "
+                                 "the canary was not started") from None
     evidence = {"gate": dict(result.to_dict(), rate_basis=why)}
     if not result.passed:
         registry.rollouts.record_gate_failure(name, version, steps=steps, interval_s=interval_s,

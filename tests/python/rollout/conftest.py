@@ -1,2 +1,2 @@
-"""Tests of the routing room: snapshots and the router. They use the fixtures of tests/python/conftest.py
-(`engine`, `rng`) and the helpers of tests/python/helpers.py."""
+"""Tests of the rollout room: the gate, canary analysis and control, shadows, feedback. They use the
+fixtures of tests/python/conftest.py (`engine`, `rng`) and the packages of tests/python/server_fixtures.py."""

@@ -222,6 +222,23 @@ def test_clean_steps_promote_then_rollback_is_instant(repo, tmp_path):
     assert actions[:3] == ["start", "advance", "promoted"]
 
 
+def test_a_version_that_fails_to_load_is_refused_by_the_gate(repo, tmp_path):
+    v2 = add_version(repo, steady_package(tmp_path / "v2", name="m", max_batch=4))
+    registry = open_registry(repo)
+    try:
+        root = registry.fetch(registry.get("m", v2))
+        with open(os.path.join(root, "model.onnx"), "ab") as f:
+            f.write(b"tampered")
+        with pytest.raises(FailedPrecondition, match="failed to load for the load-test gate"):
+            lifecycle.start_canary(registry, "m", v2, gate_seconds=0.5)
+        assert registry.get("m", v2).state == "failed"
+        assert registry.rollouts.latest("m").status == "gate_failed" and registry.rollouts.active("m") is None
+        with pytest.raises(FailedPrecondition, match="failed to load"):  # and a later start is refused at once
+            lifecycle.start_canary(registry, "m", v2, skip_gate=True)
+    finally:
+        registry.close()
+
+
 def test_a_version_that_fails_to_load_mid_rollout_is_rolled_back(repo, tmp_path):
     v2 = add_version(repo, steady_package(tmp_path / "v2", name="m", max_batch=4))
     registry = open_registry(repo)
