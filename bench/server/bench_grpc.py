@@ -13,8 +13,11 @@ floor measured in the same run. The clients share this machine's cores with
 the server, as the floor's clients do.
 
 --canary-overhead: instead, inferline with a 10% canary of digits-mlp (held at its first step, so
-the split, the per-arm recording and the mirrored copies of canary requests all run) vs the same
-model with no rollout, alternately in the same run; requests carry 256 distinct routing keys.
+the split, the per-arm recording and the mirrored copies of canary requests all run), the same
+canary with mirroring off (``canary.mirror_share`` 0), and the model with no rollout, alternately
+in the same run; requests carry 256 distinct routing keys. Besides saturation it offers each the
+same open-loop rate (60% of the first no-rollout saturation) and reads the server's CPU time
+(/proc) over that run: CPU microseconds per request, the cost the canary adds.
 """
 
 from __future__ import annotations
@@ -242,11 +245,14 @@ def main() -> int:
         repos["inferline-no-fallback"] = bare
         # the floor first (the table's ratios), then the two alternately, twice each
         configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-no-fallback", 1)] * 2
-    keys = 0
+    keys, fixed = 0, {}
     if args.canary_overhead:
         repos["inferline-canary-10"] = canary_repository(demo_package_path("digits-mlp"),
                                                          demo_package_path("digits-logreg"))
-        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-canary-10", 1)] * 2
+        repos["canary-10-no-mirror"] = canary_repository(demo_package_path("digits-mlp"),
+                                                         demo_package_path("digits-logreg"), mirror_share=0.0)
+        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-canary-10", 1),
+                                            ("canary-10-no-mirror", 1)] * 2
         keys = 256
     rows = []
     for server, workers in configs:
@@ -263,6 +269,11 @@ def main() -> int:
                 row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
                 for frac in (0.5, 0.8):
                     row[frac] = load(port, mode, args.procs, 64, sat["rps"] * frac, seconds, keys)
+                if args.canary_overhead and server != "noop-grpc.aio":
+                    fixed.setdefault(mode, 0.6 * sat["rps"])
+                    cpu0 = process_cpu_s(proc.pid)
+                    row["fixed"] = load(port, mode, args.procs, 64, fixed[mode], seconds, keys)
+                    row["cpu_us"] = (process_cpu_s(proc.pid) - cpu0) / max(row["fixed"]["n"], 1) * 1e6
                 rows.append(row)
                 print(f"server={server} workers={workers} mode={mode} saturation_rps={sat['rps']:.0f} "
                       f"errors={sat['errors']} " + " ".join(
@@ -292,14 +303,39 @@ def main() -> int:
         for mode in ("unary", "stream"):
             sat = {name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
                    for name in ("inferline", "inferline-canary-10")}
-            print(f"{mode}: 10% canary {sat['inferline-canary-10']:.0f} req/s, no rollout {sat['inferline']:.0f} "
-                  f"req/s, cost per request ratio {sat['inferline'] / sat['inferline-canary-10']:.3f}")
+            cpu = {name: np.mean([r["cpu_us"] for r in rows if r["server"] == name and r["mode"] == mode])
+                   for name in ("inferline", "inferline-canary-10", "canary-10-no-mirror")}
+            sat.update({name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
+                        for name in ("canary-10-no-mirror",)})
+            print(f"{mode}: at {fixed[mode]:.0f} req/s offered, server CPU per request: no rollout "
+                  f"{cpu['inferline']:.0f} us, 10% canary {cpu['inferline-canary-10']:.0f} us (ratio "
+                  f"{cpu['inferline-canary-10'] / cpu['inferline']:.3f}), without mirroring "
+                  f"{cpu['canary-10-no-mirror']:.0f} us (ratio {cpu['canary-10-no-mirror'] / cpu['inferline']:.3f}); "
+                  f"saturation ratio {sat['inferline-canary-10'] / sat['inferline']:.3f} "
+                  f"(no mirroring {sat['canary-10-no-mirror'] / sat['inferline']:.3f})")
     return 0
 
 
-def canary_repository(mlp_package: str, logreg_package: str) -> str:
-    """A repository whose digits-mlp has a second version (the same model, another description)
-    as a 10% canary held at its first step (no gate: the bench measures serving, not the gate)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its live children (/proc; Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: ppid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def canary_repository(mlp_package: str, logreg_package: str, mirror_share: float = 100.0) -> str:
+    """A repository whose digits-mlp has a second version (the same model, another label) as a
+    10% canary held at its first step (no gate: the bench measures serving, not the gate)."""
     from inferline.models.service import open_registry, push
     from inferline.rollout.lifecycle import start_canary
 
@@ -309,6 +345,7 @@ def canary_repository(mlp_package: str, logreg_package: str) -> str:
     with open(os.path.join(copy, "model.json"), encoding="utf-8") as f:
         config = json.load(f)
     config["labels"] = dict(config.get("labels") or {}, bench="canary copy")
+    config["canary"] = {"mirror_share": mirror_share}
     with open(os.path.join(copy, "model.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
     registry = open_registry(os.path.join(repo, "registry"))

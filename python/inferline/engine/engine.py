@@ -74,6 +74,13 @@ class ModelHandle:
         dispatcher = self._engine._loop_dispatcher(asyncio.get_running_loop())
         return await self._submit(dispatcher, inputs, priority, timeout_us)
 
+    def submit_on_loop(self, inputs, *, priority: int = 0, timeout_us: Optional[int] = None) -> asyncio.Future:
+        """An ``asyncio.Future`` of the outputs, resolved on the running loop (no task, no thread
+        hop): for fire-and-forget work beside a request, e.g. a mirrored copy. Raises at once
+        when the core refuses the request (a full queue)."""
+        dispatcher = self._engine._loop_dispatcher(asyncio.get_running_loop())
+        return self._submit(dispatcher, inputs, priority, timeout_us)
+
     def stats(self) -> dict:
         """The core's counters and histograms, plus ``last_inference_ms`` (Unix time in ms of the
         latest finished batch, 0 before the first)."""

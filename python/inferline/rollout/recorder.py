@@ -8,7 +8,8 @@ histogram bucket, a counter under an uncontended lock). After the answer is know
   ``primary_version``); an answer a fallback gave counts as a failure of that arm.
 - A canary-routed request is mirrored to the stable version (``Watch.mirror_share`` percent), a
   stable-routed one to the shadow version (``Watch.shadow_share``): the copy runs on the engine
-  beside the real traffic, after the real answer is out, and is compared with it (``compare``).
+  beside the real traffic, after the real answer is out, and is compared with it (``compare``);
+  on the caller's event loop when it has one (no thread hop), else on the engine's completion thread.
   At most ``max_in_flight`` copies run at once; beyond that they are dropped and counted. A copy
   never delays or fails a real answer.
 - Requests with an id leave their predicted label (``predicted_label``) for label feedback.
@@ -29,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InferlineError
+from ..errors import InferlineError, ResourceExhausted
 
 LATENCY_BOUNDS_MS: Tuple[float, ...] = tuple(round(0.05 * 1.2 ** i, 4) for i in range(80))
 """Upper bounds of the latency histogram's buckets (ms), 20% apart, 0.05 ms to ~90 s; one more
@@ -103,54 +104,62 @@ class Recorder:
     def publish(self, watches: Dict[str, Watch]) -> None:
         """Replaces the watched models whole; counts of windows no longer watched are kept until
         the next flush has published them."""
-        self._watches = dict(watches)
+        with self._lock:
+            self._watches = {name: self._watched(w) for name, w in watches.items()}
 
-    def watch(self, model: str) -> Optional[Watch]:
-        """The model's Watch, or None when nothing about it is recorded (one dict read)."""
+    # requires _lock
+    def _watched(self, w: Watch) -> "_Watched":
+        arms, copies = {}, {}
+        if w.canary is not None and w.window is not None:
+            arms[w.canary] = self._arm_counts(w.window, "canary", w.canary)
+            arms[w.stable] = self._arm_counts(w.window, "stable", w.stable)
+            copies[w.canary] = (w.mirror_share, w.stable, arms[w.canary], "canary")
+        if w.shadow is not None and w.shadow_window is not None:
+            copies[w.stable] = (w.shadow_share, w.shadow, self._arm_counts(w.shadow_window, "shadow", w.shadow), "shadow")
+        return _Watched(w, arms, copies)
+
+    def watch(self, model: str) -> Optional["_Watched"]:
+        """What is recorded of the model's requests, or None when nothing is (one dict read)."""
         return self._watches.get(model)
 
     # ---- the request path --------------------------------------------------------------
-    def answered(self, w: Watch, inputs: dict, result, t0: float, request_id: Optional[str] = None) -> None:
-        """Counts an answered request (a ``RoutedResult``) and starts its copy if it has one."""
+    def answered(self, w: "_Watched", inputs: dict, result, t0: float, request_id: Optional[str] = None,
+                 on_loop: bool = False) -> None:
+        """Counts an answered request (a ``RoutedResult``) and starts its copy if it has one
+        (``on_loop``: the caller runs on an event loop, where the copy is answered too)."""
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        arm = self._arm(w, result.primary_version)
-        if arm is not None:
-            window = w.window if arm != "shadow" else w.shadow_window
+        primary = result.primary_version
+        c = w.arms.get(primary)
+        fell_back = result.fallback_reason is not None
+        if c is not None:
+            bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
             with self._lock:
-                c = self._arm_counts(window, arm, result.primary_version)
                 c.requests += 1
-                c.latency[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)] += 1
-                if result.fallback_reason is not None:
+                c.latency[bucket] += 1
+                if fell_back:
                     c.errors += 1
                     c.fallbacks += 1
-        if request_id and w.record_predictions and result.fallback_reason is None:
+        if fell_back:
+            return
+        if request_id is not None and w.watch.record_predictions:
             label = predicted_label(result.outputs)
             if label is not None:
-                self._keep_prediction(w.name, request_id, result.version, label)
-        if result.fallback_reason is None:
-            self._maybe_copy(w, inputs, result)
+                self._keep_prediction(w.watch.name, request_id, result.version, label)
+        copy = w.copies.get(primary)
+        if copy is not None:
+            self._copy(w.watch.name, copy, inputs, result.outputs, on_loop)
 
-    def failed(self, w: Watch, error: BaseException, t0: float) -> None:
+    def failed(self, w: "_Watched", error: BaseException, t0: float) -> None:
         """Counts a request whose routed version (``error.primary_version``) and chain failed.
         Refusals of the caller's own input (INVALID_ARGUMENT) are not the arm's errors."""
-        version = getattr(error, "primary_version", 0)
-        arm = self._arm(w, version)
-        if arm is None or getattr(error, "grpc_code", "") == "INVALID_ARGUMENT":
+        c = w.arms.get(getattr(error, "primary_version", 0))
+        if c is None or getattr(error, "grpc_code", "") == "INVALID_ARGUMENT":
             return
-        latency_ms = (time.perf_counter() - t0) * 1000.0
+        bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, (time.perf_counter() - t0) * 1000.0)
         with self._lock:
-            c = self._arm_counts(w.window if arm != "shadow" else w.shadow_window, arm, version)
             c.requests += 1
             c.errors += 1
-            c.latency[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)] += 1
-
-    def _arm(self, w: Watch, version: int) -> Optional[str]:
-        if w.canary is not None and w.window is not None:
-            if version == w.canary:
-                return "canary"
-            if version == w.stable:
-                return "stable"
-        return None
+            c.latency[bucket] += 1
 
     # requires _lock
     def _arm_counts(self, window: str, arm: str, version: int) -> ArmCounts:
@@ -167,27 +176,20 @@ class Recorder:
                 return
             rows.append((request_id, version, label, time.time()))
 
-    def _maybe_copy(self, w: Watch, inputs: dict, result) -> None:
-        """Mirrors a canary answer to stable, or copies a stable answer to the shadow."""
-        primary = result.primary_version
-        if w.canary is not None and primary == w.canary and w.window is not None:
-            share, target, window, arm = w.mirror_share, w.stable, w.window, "canary"
-        elif w.shadow is not None and primary == w.stable and w.shadow_window is not None:
-            share, target, window, arm = w.shadow_share, w.shadow, w.shadow_window, "shadow"
-        else:
-            return
+    def _copy(self, model: str, copy: tuple, inputs: dict, returned: dict, on_loop: bool) -> None:
+        """Runs a canary request again on stable, or a stable request on the shadow, and compares."""
+        share, target, c, arm = copy
         if share < 100.0 and self._random() * 100.0 >= share:
             return
         with self._lock:
-            c = self._arm_counts(window, arm, primary if arm == "canary" else target)
             if self._in_flight >= self.max_in_flight:
                 c.dropped += 1
                 return
             self._in_flight += 1
-        returned = result.outputs
         t0 = time.perf_counter()
         try:
-            fut = self.engine.submit(w.name, inputs, version=target)
+            handle = self.engine.model(model, target)
+            fut = handle.submit_on_loop(inputs) if on_loop else handle.submit(inputs)
         except Exception:  # refused at once (queue full, unloaded): a dropped copy, never the caller's error
             with self._lock:
                 self._in_flight -= 1
@@ -200,14 +202,17 @@ class Recorder:
         try:
             other = fut.result()
             agree, diff = compare(returned, other)
-            error = False
-        except InferlineError:
-            agree, diff, error = False, 0.0, True
+            error = None
+        except InferlineError as e:
+            agree, diff, error = False, 0.0, e
         latency_ms = (time.perf_counter() - t0) * 1000.0
         with self._lock:
             self._in_flight -= 1
-            if error:
-                c.copy_errors += 1
+            if error is not None:
+                if isinstance(error, ResourceExhausted):  # shed by the other version: dropped, not failed
+                    c.dropped += 1
+                else:
+                    c.copy_errors += 1
                 return
             c.pairs += 1
             c.agree += int(agree)
@@ -224,7 +229,7 @@ class Recorder:
         watched once written."""
         watched = set()
         for w in self._watches.values():
-            watched.update(x for x in (w.window, w.shadow_window) if x)
+            watched.update(x for x in (w.watch.window, w.watch.shadow_window) if x)
         with self._lock:
             by_window: Dict[str, dict] = {}
             for (window, arm), c in self._counts.items():
@@ -240,6 +245,16 @@ class Recorder:
     def in_flight(self) -> int:
         """Copies running now."""
         return self._in_flight
+
+
+class _Watched:
+    """A Watch with the counts its requests go to (``arms``: routed version -> counts) and the
+    copies they start (``copies``: routed version -> (share, target version, counts, arm))."""
+
+    __slots__ = ("watch", "arms", "copies")
+
+    def __init__(self, watch: Watch, arms: dict, copies: dict):
+        self.watch, self.arms, self.copies = watch, arms, copies
 
 
 def compare(returned: dict, other: dict) -> Tuple[bool, float]:

@@ -140,7 +140,7 @@ class Service:
         except InferlineError as e:
             self._recorder.failed(watch, e, t0)
             raise
-        self._recorder.answered(watch, inputs, result, t0, request_id)
+        self._recorder.answered(watch, inputs, result, t0, request_id, on_loop=True)
         return Answer(result.outputs, result.model, result.version, result.fallback_reason)
 
     def feedback(self, model: str, labels) -> dict:

@@ -325,7 +325,7 @@ def test_a_far_slower_shadow_never_delays_or_fails_real_answers(tmp_path):
     registry.close()
     with Service(root, poll_interval_s=0) as svc:
         svc.models.sync_blocking()
-        assert svc.models.recorder.watch("s").shadow == slow
+        assert svc.models.recorder.watch("s").watch.shadow == slow
         xs = np.arange(300, dtype=np.float32).reshape(-1, 1, 1)
         answers = [svc.infer("s", {"x": x}, routing_key=str(i)) for i, x in enumerate(xs)]
         wait_for(lambda: svc.models.recorder.in_flight() == 0, 30)
