@@ -17,7 +17,8 @@ the split, the per-arm recording and the mirrored copies of canary requests all 
 canary with mirroring off (``canary.mirror_share`` 0), and the model with no rollout, alternately
 in the same run; requests carry 256 distinct routing keys. Besides saturation it offers each the
 same open-loop rate (60% of the first no-rollout saturation) and reads the server's CPU time
-(/proc) over that run: CPU microseconds per request, the cost the canary adds.
+(/proc) over that run: CPU microseconds per request, the cost the canary adds. Only saturation and
+that rate are run (no 50%/80% rows), ``--rounds`` times each; the summary gives medians.
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ def main() -> int:
                     help="instead: inferline with digits-mlp's fallback declared (and unused) vs none, same run")
     ap.add_argument("--canary-overhead", action="store_true",
                     help="instead: inferline with a 10%% canary of digits-mlp vs no rollout, same run")
+    ap.add_argument("--rounds", type=int, default=4, help="--canary-overhead: alternations (medians reported)")
     args = ap.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     from inferline.demo_models import demo_package_path
@@ -252,7 +254,7 @@ def main() -> int:
         repos["canary-10-no-mirror"] = canary_repository(demo_package_path("digits-mlp"),
                                                          demo_package_path("digits-logreg"), mirror_share=0.0)
         configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-canary-10", 1),
-                                            ("canary-10-no-mirror", 1)] * 2
+                                            ("canary-10-no-mirror", 1)] * args.rounds
         keys = 256
     rows = []
     for server, workers in configs:
@@ -268,7 +270,8 @@ def main() -> int:
                 sat = load(port, mode, args.procs, 64, None, seconds, keys)
                 row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
                 for frac in (0.5, 0.8):
-                    row[frac] = load(port, mode, args.procs, 64, sat["rps"] * frac, seconds, keys)
+                    row[frac] = row["sat"] if args.canary_overhead else \
+                        load(port, mode, args.procs, 64, sat["rps"] * frac, seconds, keys)
                 if args.canary_overhead and server != "noop-grpc.aio":
                     fixed.setdefault(mode, 0.6 * sat["rps"])
                     cpu0 = process_cpu_s(proc.pid)
@@ -301,12 +304,10 @@ def main() -> int:
     if args.canary_overhead:
         print()
         for mode in ("unary", "stream"):
-            sat = {name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
-                   for name in ("inferline", "inferline-canary-10")}
-            cpu = {name: np.mean([r["cpu_us"] for r in rows if r["server"] == name and r["mode"] == mode])
+            cpu = {name: np.median([r["cpu_us"] for r in rows if r["server"] == name and r["mode"] == mode])
                    for name in ("inferline", "inferline-canary-10", "canary-10-no-mirror")}
-            sat.update({name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
-                        for name in ("canary-10-no-mirror",)})
+            sat = {name: np.median([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
+                   for name in ("inferline", "inferline-canary-10", "canary-10-no-mirror")}
             print(f"{mode}: at {fixed[mode]:.0f} req/s offered, server CPU per request: no rollout "
                   f"{cpu['inferline']:.0f} us, 10% canary {cpu['inferline-canary-10']:.0f} us (ratio "
                   f"{cpu['inferline-canary-10'] / cpu['inferline']:.3f}), without mirroring "
