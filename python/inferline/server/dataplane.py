@@ -24,6 +24,7 @@ import logging
 from typing import Any, Callable, Iterable, Optional
 
 from .. import __version__
+from .admission import Admission
 from .codec import NUMPY_TO_KSERVE
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
 from ..models.service import open_registry
@@ -54,12 +55,15 @@ class DataPlane:
     where requests are routed (default: the manager's)."""
 
     def __init__(self, models: ModelManager, name: str = "inferline", *, admin_token: Optional[str] = None,
-                 open_control: bool = True, router: Optional[Router] = None):
+                 open_control: bool = True, router: Optional[Router] = None,
+                 admission: Optional[Admission] = None):
         self.models = models
         self.router = router if router is not None else models.router
         self.service = Service(manager=models)
         """The in-process service that every frontend adapts: routing and running requests."""
         self.name = name
+        self.admission = admission if admission is not None else Admission()
+        """This worker's bound on inference requests in flight; frontends admit before decoding."""
         self.accepting = True  # false while shutting down: ready turns false, live stays true
         self._admin = admin_token.encode() if admin_token else None
         self._open_control = open_control
@@ -67,7 +71,8 @@ class DataPlane:
     @classmethod
     def for_settings(cls, models: ModelManager, settings, router: Optional[Router] = None) -> "DataPlane":
         """The data plane a server with `settings` (a ServerSettings) answers from."""
-        return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only, router=router)
+        return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only, router=router,
+                   admission=Admission(settings.admission_limit, target_ms=settings.admission_target_ms))
 
     # ---- health and metadata ------------------------------------------------
     def live(self) -> bool:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..errors import InferlineError, Unimplemented
+from .admission import Overloaded
 from .dataplane import DataPlane
 from .proto import convert
 from .proto import inference_pb2 as pb
@@ -97,7 +98,7 @@ class InferenceService:
             "ModelReady": u(self.model_ready, pb.ModelReadyRequest),
             "ServerMetadata": u(self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": u(self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": u(self.model_infer, pb.ModelInferRequest),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer_raw),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
             "ModelConfig": u(self.model_config, pb.ModelConfigRequest),
             "ModelStatistics": u(self.model_statistics, pb.ModelStatisticsRequest),
@@ -132,6 +133,25 @@ class InferenceService:
         return convert.model_statistics(self.dp.model_statistics(request.name, request.version))
 
     # ---- inference ------------------------------------------------------------
+    async def model_infer_raw(self, raw: bytes, context):
+        """ModelInfer: admitted (or refused, before anything is decoded), then answered."""
+        admission = self.dp.admission
+        try:
+            started = admission.admit(context.time_remaining())
+        except InferlineError as e:
+            if isinstance(e, Overloaded):
+                context.set_trailing_metadata((("retry-after-ms", str(e.retry_after_ms)),))
+            await context.abort(*grpc_status(e))
+        try:
+            response = await self.model_infer(pb.ModelInferRequest.FromString(raw), context)
+            return response.SerializeToString()
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # CancelledError is a BaseException: a cancelled call stays cancelled
+            await context.abort(*grpc_status(e))
+        finally:
+            admission.done(started)
+
     async def model_infer(self, request, context):
         response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
         return convert.encode_infer_response(response)
@@ -172,6 +192,11 @@ class InferenceService:
 
     async def _stream_answer(self, raw: bytes, context) -> bytes:
         request = None
+        admission = self.dp.admission
+        try:
+            started = admission.admit(context.time_remaining())
+        except InferlineError as e:  # refused before decoding: the client matches it by order only
+            return pb.ModelStreamInferResponse(error_message=grpc_status(e)[1]).SerializeToString()
         try:
             request = pb.ModelInferRequest.FromString(raw)
             response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
@@ -183,6 +208,8 @@ class InferenceService:
                 out.infer_response.model_name = request.model_name
                 out.infer_response.model_version = request.model_version
                 out.infer_response.id = request.id
+        finally:
+            admission.done(started)
         return out.SerializeToString()
 
     # ---- repository -------------------------------------------------------------
@@ -288,6 +315,7 @@ async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFron
         ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED from grpc
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", int(settings.workers > 1)),  # only a server's own workers share its port
+        ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams)),  # more: REFUSED_STREAM, in C
     ])
     server.add_generic_rpc_handlers((InferenceService(dataplane).generic_handler(),))
     health_service = HealthService(dataplane)

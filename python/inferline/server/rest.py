@@ -37,6 +37,7 @@ from typing import Optional
 from aiohttp import web
 
 from ..errors import InferlineError, InvalidArgument, Unauthenticated
+from .admission import Overloaded
 from .rest_convert import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, json_object
 
 log = logging.getLogger("inferline.server.rest")
@@ -184,9 +185,17 @@ class RestFrontend:
         name, version = _model(request)
         if request.content_length is not None and request.content_length > self.settings.max_message_bytes:
             raise web.HTTPRequestEntityTooLarge(self.settings.max_message_bytes, request.content_length)
-        body = await request.read()
-        req, default, chosen = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version)
-        out, content_type, headers = encode_infer_response(await self.dataplane.infer(req), default, chosen)
+        admission = self.dataplane.admission
+        try:
+            started = admission.admit(None)  # before the body is read
+        except Overloaded as e:
+            return error_response(503, e.message, {"Retry-After": str(max(1, -(-e.retry_after_ms // 1000)))})
+        try:
+            body = await request.read()
+            req, default, chosen = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version)
+            out, content_type, headers = encode_infer_response(await self.dataplane.infer(req), default, chosen)
+        finally:
+            admission.done(started)
         return web.Response(body=out, content_type=content_type, headers=headers)
 
     async def _index(self, request: web.Request) -> web.Response:

@@ -57,6 +57,14 @@ class ServerSettings:
     drain_seconds: float = _setting(
         3.0, "on SIGTERM/SIGINT: seconds to keep accepting with readiness false, so load balancers "
              "move traffic away before the listeners close (default 3; a second signal skips it)")
+    max_concurrent_streams: int = _setting(
+        128, "gRPC calls one connection may have open at once; the transport refuses more (UNAVAILABLE) "
+             "without waking Python, keeping floods off the event loop (default 128)")
+    admission_limit: int = _setting(
+        0, "inference requests one worker may have in flight; more are refused at once (UNAVAILABLE, "
+           "HTTP 503); 0 = adaptive: the limit follows the measured latency (default 0)")
+    admission_target_ms: float = _setting(
+        50.0, "adaptive admission: the in-flight latency the limit aims at, in ms (default 50)")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
 
@@ -101,6 +109,12 @@ class ServerSettings:
         for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
+        if self.max_concurrent_streams < 1:
+            raise SettingsError(f"--max-concurrent-streams {self.max_concurrent_streams}: at least 1")
+        if self.admission_limit < 0:
+            raise SettingsError(f"--admission-limit {self.admission_limit}: 0 (adaptive) or a positive cap")
+        if not self.admission_target_ms > 0:
+            raise SettingsError(f"--admission-target-ms {self.admission_target_ms}: must be above 0")
         if self.max_message_bytes < 1024:
             raise SettingsError(f"--max-message-bytes {self.max_message_bytes}: at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):

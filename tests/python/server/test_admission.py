@@ -1,0 +1,183 @@
+"""Admission control: the in-flight bound (static and adaptive), the deadline check before decoding,
+refusals counted by reason; through the gRPC and REST frontends; and a bounded flood on loopback
+during which health keeps answering and every refusal has a retryable code."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from inferline.errors import DeadlineExceeded
+from inferline.server.admission import WINDOW_S, Admission, Overloaded
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_a_static_cap_refuses_beyond_it_and_counts_the_refusal():
+    a = Admission(2)
+    s1, s2 = a.admit(None), a.admit(None)
+    with pytest.raises(Overloaded, match=r"2 requests in flight \(limit 2\)") as e:
+        a.admit(None)
+    assert e.value.grpc_code == "UNAVAILABLE" and e.value.retry_after_ms >= 1
+    a.done(s1)
+    a.admit(None)  # a slot freed
+    a.done(s2)
+    assert a.stats()["refused"] == {"overload": 1, "deadline": 0} and a.stats()["in_flight"] == 1
+
+
+def test_a_deadline_shorter_than_the_current_latency_is_refused_before_any_work():
+    clock = Clock()
+    a = Admission(10, clock=clock)
+    for _ in range(200):  # latency settles near 20 ms
+        started = a.admit(None)
+        clock.t += 0.020
+        a.done(started)
+    assert 0.015 < a.latency_s <= 0.020
+    with pytest.raises(DeadlineExceeded, match="shorter than the current latency"):
+        a.admit(0.005)
+    a.done(a.admit(0.5))  # a deadline it can meet is admitted
+    assert a.stats()["refused"]["deadline"] == 1
+
+
+def test_the_adaptive_limit_falls_when_latency_exceeds_the_target_and_grows_when_it_is_met():
+    clock = Clock()
+    a = Admission(0, initial=100, target_ms=50, clock=clock)
+    for _ in range(20):  # slow answers: 200 ms each, past the 50 ms target
+        started = a.admit(None)
+        clock.t += 0.2
+        a.done(started)
+    assert a.limit < 100
+    low = a.limit
+    a.latency_s = 0.0
+    for _ in range(400):  # fast answers (0.5 ms apart) while the limit is reached: it grows again
+        held = [a.admit(None) for _ in range(a.limit)]
+        with pytest.raises(Overloaded):
+            a.admit(None)
+        for started in held:
+            clock.t += 0.0005
+            a.done(started)
+    assert clock.t > 10 * WINDOW_S
+    assert a.limit > low and a.limit <= a.max_limit
+
+
+# ---- through the frontends --------------------------------------------------------------
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+
+from inferline.server.grpc_frontend import start_grpc  # noqa: E402
+from inferline.server.rest import start_rest  # noqa: E402
+from inferline.server.settings import ServerSettings  # noqa: E402
+from server_fixtures import ServerProcess, ServerThread, make_repository, slow_model_package  # noqa: E402
+
+
+@pytest.fixture
+def capped(tmp_path):
+    """A server whose worker admits one inference request at a time, with a slow model."""
+    repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=150_000, queue_capacity=8)])
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1)
+    with ServerThread(repo, frontends=[start_grpc, start_rest], settings=settings) as srv:
+        yield srv
+
+
+def _slow_input(client_module):
+    inp = client_module.InferInput("x", [1, 1], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 1), np.float32))
+    return inp
+
+
+def test_over_the_limit_grpc_says_unavailable_with_a_retry_hint_and_rest_says_503(capped):
+    import grpc
+
+    grpc_port, http_port = capped.ports
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    first = []
+    g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: first.append((result, error)))
+    deadline = time.time() + 10
+    while capped.dataplane.admission.in_flight == 0 and time.time() < deadline:
+        time.sleep(0.001)
+    raw = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    call = raw.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as e:
+        call(b"\xff\xff not even a valid message", timeout=5)  # refused before decoding
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "limit 1" in e.value.details()
+    assert dict(e.value.trailing_metadata())["retry-after-ms"].isdigit()
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    with pytest.raises(Exception, match="overloaded"):
+        h.infer("slow", [_slow_input(httpclient)])
+    while not first and time.time() < deadline:
+        time.sleep(0.01)
+    assert first and first[0][1] is None  # the admitted request was answered
+    stats = capped.dataplane.admission.stats()
+    assert stats["refused"]["overload"] >= 2 and stats["in_flight"] == 0
+    raw.close()
+
+
+def test_a_flood_on_loopback_keeps_health_answering_and_refuses_with_retryable_codes(tmp_path):
+    """Bounded (4 s): 600 outstanding single-row calls with a 200 ms deadline against one worker,
+    while a prober asks ServerLive every 100 ms on its own connection."""
+    import collections
+    import threading
+
+    import grpc
+
+    from inferline.server.proto import inference_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="digits-mlp")
+    req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+    req.raw_input_contents.append(np.ones(64, np.float32).tobytes())
+    payload = req.SerializeToString()
+    codes, health, stop = collections.Counter(), [], threading.Event()
+
+    async def flood(port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+            async def caller():
+                while not stop.is_set():
+                    try:
+                        await call(payload, timeout=0.2)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as e:
+                        codes[e.code().name] += 1
+            await asyncio.gather(*(caller() for _ in range(300)))
+
+    def probe(port):
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        live = ch.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                live(b"", timeout=2.0)
+                health.append(time.perf_counter() - t0)
+            except grpc.RpcError as e:
+                health.append(e.code().name)
+            time.sleep(0.1)
+        ch.close()
+
+    server = ServerProcess(make_repository(tmp_path))
+    try:
+        threads = [threading.Thread(target=lambda: asyncio.run(flood(server.grpc))) for _ in range(2)]
+        threads.append(threading.Thread(target=probe, args=(server.grpc,)))
+        for t in threads:
+            t.start()
+        time.sleep(4.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+        inp = grpcclient.InferInput("pixels", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 64), np.float32))
+        assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1, 1)  # still serving
+    finally:
+        assert server.stop() == 0
+    assert codes["OK"] > 0, codes
+    assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
+    assert health and all(isinstance(h, float) for h in health), health  # every probe answered
