@@ -151,6 +151,17 @@ def steady_package(root, name: str = "steady", max_batch: int = 8, features: int
                     max_batch, features=features)
 
 
+def with_config(pkg: str, **sections) -> str:
+    """`pkg` with `sections` merged into its model.json: new bytes, so a push makes a new version."""
+    path = os.path.join(pkg, "model.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(sections)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return pkg
+
+
 def _package(root, name, model, fallback, max_batch, features: int = 4, **extra) -> str:
     pkg = os.path.join(str(root), name)
     os.makedirs(pkg, exist_ok=True)

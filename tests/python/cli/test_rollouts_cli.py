@@ -12,20 +12,9 @@ import pytest
 from inferline.cli import main
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
-from server_fixtures import make_repository, steady_package
+from server_fixtures import make_repository, steady_package, with_config
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md")
-
-
-def with_config(pkg: str, **sections) -> str:
-    """`pkg` with sections merged into its model.json: new bytes, so a push makes a new version."""
-    path = os.path.join(pkg, "model.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.update(sections)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    return pkg
 
 
 @pytest.fixture

@@ -17,18 +17,7 @@ from inferline.rollout import lifecycle
 from inferline.rollout.arms import canary_buckets
 from inferline.rollout.controller import Controller
 from inferline.service import Service
-from server_fixtures import FLAG, flaky_package, slow_model_package, steady_package
-
-
-def _with_config(pkg: str, **sections) -> str:
-    """`pkg` with extra sections merged into its model.json (new bytes: a new version)."""
-    path = os.path.join(pkg, "model.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.update(sections)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    return pkg
+from server_fixtures import FLAG, flaky_package, slow_model_package, steady_package, with_config
 
 
 @pytest.fixture
@@ -201,7 +190,7 @@ def test_disagreeing_predictions_roll_back_though_errors_and_latency_match(repo,
 
 
 def test_clean_steps_promote_then_rollback_is_instant(repo, tmp_path):
-    v2 = add_version(repo, _with_config(steady_package(tmp_path / "v2", name="m", max_batch=4),
+    v2 = add_version(repo, with_config(steady_package(tmp_path / "v2", name="m", max_batch=4),
                                         canary={"min_requests": 20}))
     registry = open_registry(repo)
     lifecycle.start_canary(registry, "m", v2, steps="20,100", interval_s=0.6, skip_gate=True)

@@ -15,7 +15,7 @@ import pytest
 from inferline.models.service import open_registry, push
 from inferline.server.rest import start_rest
 from inferline.server.settings import ServerSettings
-from server_fixtures import ServerThread, make_repository, steady_package
+from server_fixtures import ServerThread, make_repository, steady_package, with_config
 
 TOKEN = "rollout-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,19 +38,10 @@ def two_versions(server, tmp_path, name: str, slo=None) -> None:
         push(registry, steady_package(tmp_path / "v1", name=name), live=True)
         v2 = steady_package(tmp_path / "v2", name=name, max_batch=4)
         if slo:
-            _merge_config(v2, slo=slo)
+            with_config(v2, slo=slo)
         push(registry, v2, live=False)
     finally:
         registry.close()
-
-
-def _merge_config(pkg, **sections):
-    path = os.path.join(pkg, "model.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.update(sections)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f)
 
 
 def call(server, method, path, doc=None, headers=None, raw=None):
@@ -229,7 +220,7 @@ def test_the_readme_rest_example_runs_as_written(server, tmp_path):
         import shutil
         from inferline.demo_models import demo_package_path
         shutil.copytree(demo_package_path("digits-mlp"), v2)
-        _merge_config(v2, slo={"p99_ms": 1000.0})
+        with_config(v2, slo={"p99_ms": 1000.0})
         assert push(registry, v2, live=False).version == 2
     finally:
         registry.close()
