@@ -1,0 +1,538 @@
+"""Goodput under overload: inferline next to KServe's model server, same model, same run.
+
+    python bench/server/bench_overload.py [--seconds 8] [--quick] [--kserve-python PATH] [--plot PATH]
+
+Both servers answer v2 gRPC ModelInfer for the demo model digits-mlp (the same model.onnx, the
+same standardisation from model.json; KServe runs it in onnxruntime with one intra-op and one
+inter-op thread, as inferline's model.json asks). One server runs at a time. For each:
+  - capacity: closed loop, 64 calls in flight per client process, no deadline -> answers OK/s;
+  - for each multiple m: an open loop at m x capacity, and a closed loop with m x 100 calls in
+    flight per client process (resent at once after any answer or error), both with a 200 ms
+    gRPC deadline. Goodput = answers OK within their deadline, per second;
+  - after the largest multiple (the spike): 3 s open loop at 0.5 x capacity -> p99 (recovery);
+  - during every run a prober process calls ServerLive every 100 ms (2 s timeout), and the
+    server's RSS (its process tree, /proc VmRSS) is read before and at the end of the run.
+One line per (server, run), then a table and a plot of goodput / capacity vs the multiple.
+Ratios are against the capacity measured in the same run: the machine is small and noisy.
+
+KServe needs its own environment (its generated protos clash with tritonclient's in one
+process): python3 -m venv /tmp/kserve-venv && /tmp/kserve-venv/bin/pip install kserve onnxruntime
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+LIVE = "/inference.GRPCInferenceService/ServerLive"
+CODES = ("OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED")
+"""Always counted (zeros included); any other status code is counted under its own name."""
+DEADLINE_S = 0.2
+SPIKE_RECOVERY = (0.5, 3.0)  # (multiple of capacity, seconds) after the largest multiple
+KSERVE_HINT = ("python3 -m venv /tmp/kserve-venv && /tmp/kserve-venv/bin/pip install kserve onnxruntime, "
+               "then --kserve-python /tmp/kserve-venv/bin/python")
+
+
+# ---- pure pieces (tests/python/server/test_overload_bench.py) ---------------------------
+def count_outcomes(records) -> dict:
+    """Outcomes by gRPC status code name: CODES always present, other codes under their own name."""
+    counts = Counter(code for _, _, code, _ in records)
+    return {**{code: counts.pop(code, 0) for code in CODES}, **dict(sorted(counts.items()))}
+
+
+def goodput(records, seconds: float) -> float:
+    """Answers OK that arrived within their deadline, per second. A record is (sent_at,
+    answered_at, code, deadline_s); deadline None: every OK answer counts."""
+    good = sum(1 for sent, answered, code, deadline in records
+               if code == "OK" and (deadline is None or answered - sent <= deadline))
+    return good / seconds
+
+
+def summarize(records, seconds: float) -> dict:
+    """sent/s, goodput/s, OK/s, p99 of the OK answers (ms), the outcome counts of one run, and
+    late_ok: calls that ended OK but that the client timed past their deadline, either because its
+    event loop saw the answer late (client lag) or because gRPC's deadline timer fired late."""
+    ok_ms = [(answered - sent) * 1e3 for sent, answered, code, _ in records if code == "OK"]
+    late = sum(1 for sent, answered, code, deadline in records
+               if code == "OK" and deadline is not None and answered - sent > deadline)
+    return {"sent_rps": len(records) / seconds, "goodput_rps": goodput(records, seconds),
+            "ok_rps": len(ok_ms) / seconds,
+            "p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else float("nan"),
+            "codes": count_outcomes(records), "late_ok": late}
+
+
+def health_summary(latencies_s, timeouts: int, errors: int = 0) -> dict:
+    """Max and p99 of the ServerLive latencies (a timed-out probe counts with its elapsed time)."""
+    ms = np.asarray(latencies_s, dtype=float) * 1e3
+    return {"max_ms": float(ms.max()) if ms.size else float("nan"),
+            "p99_ms": float(np.percentile(ms, 99)) if ms.size else float("nan"),
+            "probes": int(ms.size) + errors, "timeouts": timeouts, "errors": errors}
+
+
+def refusals_text(codes: dict, late_ok: int = 0) -> str:
+    """The non-OK outcomes that occurred, e.g. 'UNAVAILABLE=12 DEADLINE_EXCEEDED=3' ('-' if none),
+    then the calls that ended OK but too late to count (late_ok)."""
+    parts = [f"{code}={n}" for code, n in codes.items() if code != "OK" and n]
+    return " ".join(parts + ([f"(OK too late={late_ok})"] if late_ok else [])) or "-"
+
+
+TABLE = (("server", "server", "{server}"), ("mode", "mode", "{mode}"), ("x", "x", "{multiple:g}"),
+         ("offered rps", "offered_rps", "{offered_rps:.0f}"), ("sent rps", "sent_rps", "{sent_rps:.0f}"),
+         ("sent/cap", "sent/cap", "{sent_ratio:.2f}"), ("goodput rps", "goodput_rps", "{goodput_rps:.0f}"),
+         ("good/cap", "good/cap", "{ratio:.2f}"), ("ok/cap", "ok/cap", "{ok_ratio:.2f}"),
+         ("p99 ms", "p99_ms", "{p99_ms:.1f}"), ("health max ms", "health_max_ms", "{health[max_ms]:.1f}"),
+         ("health p99 ms", "health_p99_ms", "{health[p99_ms]:.1f}"),
+         ("health t/o", "health_timeouts", "{health[timeouts]}"),
+         ("client lag ms", "client_lag_p99_ms", "{client_lag_p99_ms:.1f}"),
+         ("RSS MB", "rss_mb", "{rss_start:.0f}>{rss_end:.0f}"))
+"""(table title, key in the per-run line, format) of each column; the refusals by code follow."""
+
+
+def run_line(row) -> str:
+    """The line printed when a run ends: key=value for each column, then the refusals."""
+    return " ".join(f"{key}={fmt.format(**row)}" for _, key, fmt in TABLE) + \
+        f" refusals={refusals_text(row['codes']).replace(' ', ',')} ok_too_late={row['late_ok']}"
+
+
+LEGEND = """
+x: the multiple of capacity asked for (closed: m x 100 calls in flight per client process);
+sent/cap: what the clients did send; goodput: answers OK within {deadline_ms:.0f} ms (client-timed), per
+second; good/cap and ok/cap: goodput and every OK answer (however late the client saw it) over
+the capacity row of the same server; p99 ms: of the OK answers; health: ServerLive every 100 ms
+(t/o: 2 s timeouts); client lag ms: p99 of the clients' event-loop lateness; recov-*: 3 s at 0.5 x
+capacity right after the spike; (OK too late=N): calls that ended OK, timed past their deadline.
+"""
+
+
+def format_table(rows) -> str:
+    """One line per run, columns right-aligned; the last column lists the refusals by status code."""
+    cells = [[fmt.format(**row) for _, _, fmt in TABLE] for row in rows]
+    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _, _) in enumerate(TABLE)]
+    lines = ["  ".join(f"{title:>{w}}" for (title, _, _), w in zip(TABLE, widths)) + "  refusals by code"]
+    for row, line in zip(rows, cells):
+        lines.append("  ".join(f"{c:>{w}}" for c, w in zip(line, widths)) + "  "
+                     + refusals_text(row["codes"], row["late_ok"]))
+    return "\n".join(lines)
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """VmRSS of `pid` and all its descendants in MB (/proc; Linux); 0 if it is gone."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total_kb, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total_kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total_kb / 1024
+
+
+# ---- client processes: load and health prober ----------------------------------------------
+async def _drive(port, spec, payloads, ready, go):
+    """One client process's share of a run: closed loop (rate None) or open loop at spec['rate']/s."""
+    import grpc
+
+    ident = lambda b: b  # noqa: E731
+    records, cycle = [], itertools.cycle(payloads)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(METHOD, request_serializer=ident, response_deserializer=ident)
+        await channel.channel_ready()
+        ready.put("client")
+        go.wait()
+        start = time.perf_counter()
+        stop_at = start + spec["seconds"]
+
+        async def one():
+            sent = time.perf_counter()
+            try:
+                await infer(next(cycle), timeout=spec["timeout"])
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            except Exception:  # noqa: BLE001 - counted, never fatal to the run
+                code = "other"
+            records.append((sent, time.perf_counter(), code, spec["deadline"]))
+
+        async def lag_monitor():  # how late this process's event loop wakes from a 5 ms sleep
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lags.append(time.perf_counter() - t0 - 0.005)
+
+        lags, monitor = [], asyncio.ensure_future(lag_monitor())
+        if spec["rate"] is None:
+            async def worker():
+                while time.perf_counter() < stop_at:
+                    await one()
+            await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
+        else:
+            await _open_loop(one, spec["rate"], start, stop_at)
+        await monitor
+    return records, lags
+
+
+async def _open_loop(one, rate, start, stop_at, burst=8, max_lag_s=0.005):
+    """Start one() at `rate` per second. Sends that fall due while this process's event loop runs
+    late (its last wake-up more than `max_lag_s` behind) are dropped, and so is a backlog beyond
+    `burst`: a sender that cannot keep up must not time its own queue as the server's latency.
+    What it did send (sent rps) is then the offered load."""
+    due_total, pending, late = 0, set(), 0.0
+    while (now := time.perf_counter()) < stop_at:
+        due = int((now - start) * rate) + 1 - due_total
+        if due > 0:
+            due_total += due
+            if late <= max_lag_s:
+                for _ in range(min(due, burst)):
+                    task = asyncio.ensure_future(one())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+        wait = max(start + due_total / rate - time.perf_counter(), 0.0)
+        t0 = time.perf_counter()
+        await asyncio.sleep(wait)
+        late = time.perf_counter() - t0 - wait
+    await asyncio.gather(*pending)
+
+
+def _client_proc(port, spec, payloads, ready, go, results):
+    if spec["cpus"]:
+        os.sched_setaffinity(0, spec["cpus"])
+    results.put(asyncio.run(_drive(port, spec, payloads, ready, go)))
+
+
+async def _probe(port, ready, stop, period_s=0.1, timeout_s=2.0):
+    import grpc
+
+    ident = lambda b: b  # noqa: E731
+    latencies, timeouts, errors = [], 0, 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        live = channel.unary_unary(LIVE, request_serializer=ident, response_deserializer=ident)
+        await channel.channel_ready()
+        ready.put("prober")
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                await live(b"", timeout=timeout_s)
+                latencies.append(time.perf_counter() - t0)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    timeouts += 1
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+            next_at = max(next_at + period_s, time.perf_counter())
+            await asyncio.sleep(next_at - time.perf_counter())
+    return latencies, timeouts, errors
+
+
+def _probe_proc(port, ready, stop, results, cpus):
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    results.put(asyncio.run(_probe(port, ready, stop)))
+
+
+def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=None, timeout=None,
+             deadline=None, cpus=None):
+    """One run from `procs` client processes, with the prober and RSS readings around it."""
+    ctx = mp.get_context("spawn")
+    ready, go, stop, results, health_q = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
+    spec = {"seconds": seconds, "concurrency": concurrency, "rate": None if rate is None else rate / procs,
+            "timeout": timeout, "deadline": deadline, "cpus": cpus}
+    prober = ctx.Process(target=_probe_proc, args=(port, ready, stop, health_q, cpus))
+    clients = [ctx.Process(target=_client_proc, args=(port, spec, payloads, ready, go, results))
+               for _ in range(procs)]
+    rss_start = process_tree_rss_mb(server_pid)
+    for p in [prober, *clients]:
+        p.start()
+    for _ in range(procs + 1):
+        ready.get(timeout=120)
+    go.set()
+    records, lags = [], []
+    for _ in clients:
+        got = results.get()
+        records += got[0]
+        lags += got[1]
+    rss_end = process_tree_rss_mb(server_pid)
+    stop.set()
+    health = health_summary(*health_q.get(timeout=60))
+    for p in [prober, *clients]:
+        p.join()
+    return {**summarize(records, seconds), "health": health, "rss_start": rss_start, "rss_end": rss_end,
+            "client_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else float("nan")}
+
+
+def measure_server(name, port, pid, payloads, args):
+    """The runs against one server; prints one line per run and returns the rows."""
+    rows = []
+
+    def record(mode, multiple, offered, result):
+        row = {"server": name, "mode": mode, "multiple": multiple, **result,
+               "offered_rps": result["sent_rps"] if offered is None else offered}
+        capacity = max((rows[0] if rows else row)["goodput_rps"], 1.0)
+        row["ratio"], row["sent_ratio"] = row["goodput_rps"] / capacity, row["sent_rps"] / capacity
+        row["ok_ratio"] = row["ok_rps"] / capacity
+        rows.append(row)
+        print(run_line(row), flush=True)
+
+    load = lambda **kw: run_load(port, pid, payloads, args.procs, cpus=args.client_cpus, **kw)  # noqa: E731
+    record("capacity", 1, None, load(seconds=args.capacity_seconds, concurrency=64, timeout=30.0))
+    capacity = max(rows[0]["goodput_rps"], 1.0)
+    for m in args.multiples:
+        for mode in ("open", "closed"):
+            shape = {"rate": m * capacity} if mode == "open" else {"concurrency": int(m * 100)}
+            record(mode, m, shape.get("rate"),
+                   load(seconds=args.seconds, timeout=DEADLINE_S, deadline=DEADLINE_S, **shape))
+            if m == max(args.multiples):  # after the spike. The 10 s gRPC timeout is a guard: its p99 is
+                frac, secs = SPIKE_RECOVERY  # not capped at the deadline; goodput still counts 200 ms
+                record(f"recov-{mode}", frac, frac * capacity,
+                       load(seconds=secs, rate=frac * capacity, timeout=10.0, deadline=DEADLINE_S))
+    return rows
+
+
+# ---- the servers ---------------------------------------------------------------------------
+KSERVE_MODEL = '''\
+"""digits-mlp as a kserve.Model: onnxruntime (1 intra-op, 1 inter-op thread), standardised as
+inferline's preprocessing does (NaN -> nan_fill, (x - mean) / std, clip), v2 gRPC. Written by
+bench/server/bench_overload.py; configured by the environment (OVERLOAD_*)."""
+import json
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+
+
+class DigitsMLP(Model):
+    def __init__(self, name, model_dir):
+        super().__init__(name)
+        self.model_dir = model_dir
+        self.load()
+
+    def load(self):
+        with open(os.path.join(self.model_dir, "model.json"), encoding="utf-8") as f:
+            pre = json.load(f)["preprocessing"]["pixels"]
+        self.mean = np.asarray(pre["mean"], np.float32)
+        self.std = np.asarray(pre["std"], np.float32)
+        self.nan_fill = float(pre.get("nan_fill", 0.0))
+        self.lo, self.hi = float(pre.get("clip_lo", -np.inf)), float(pre.get("clip_hi", np.inf))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(self.model_dir, "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        x = payload.get_input_by_name("pixels").as_numpy().astype(np.float32, copy=False)
+        x = np.clip((np.nan_to_num(x, nan=self.nan_fill) - self.mean) / self.std, self.lo, self.hi)
+        logits, label = self.session.run(None, {"pixels": x.astype(np.float32, copy=False)})
+        outputs = [InferOutput("logits", list(logits.shape), "FP32"), InferOutput("label", list(label.shape), "INT64")]
+        outputs[0].set_data_from_numpy(logits)
+        outputs[1].set_data_from_numpy(label)
+        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
+
+
+if __name__ == "__main__":
+    server = ModelServer(grpc_port=int(os.environ["OVERLOAD_GRPC_PORT"]),
+                         http_port=int(os.environ["OVERLOAD_HTTP_PORT"]), enable_latency_logging=False,
+                         grace_period=5)
+    logging.getLogger("kserve").setLevel(logging.WARNING)  # its gRPC interceptor logs every call at INFO
+    server.start([DigitsMLP("digits-mlp", os.environ["OVERLOAD_MODEL_DIR"])])
+'''
+
+
+def golden_payloads(package: str):
+    """ModelInferRequest bytes for each golden row of digits-mlp, and the golden logits."""
+    from inferline.server.proto import inference_pb2 as pb
+
+    golden = np.load(os.path.join(package, "golden.npz"))
+    payloads = []
+    for row in golden["inputs/pixels"]:
+        req = pb.ModelInferRequest(model_name="digits-mlp")
+        req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+        req.raw_input_contents.append(np.ascontiguousarray(row[None], np.float32).tobytes())
+        payloads.append(req.SerializeToString())
+    return payloads, golden["outputs/logits"]
+
+
+def wait_and_check(name, port, proc, payloads, logits, log_path, timeout_s=180.0):
+    """Wait until the server answers ModelInfer, then check its logits on every golden row."""
+    import grpc
+    from inferline.server.proto import inference_pb2 as pb
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+            try:
+                infer(payloads[0], timeout=2.0)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not answer within {timeout_s:.0f} s; see {log_path}")
+                time.sleep(0.25)
+        diff = 0.0
+        for payload, want in zip(payloads, logits):
+            resp = pb.ModelInferResponse.FromString(infer(payload, timeout=5.0))
+            i = [o.name for o in resp.outputs].index("logits")
+            diff = max(diff, float(np.abs(np.frombuffer(resp.raw_output_contents[i], np.float32) - want).max()))
+    print(f"server={name} ready; golden logits max abs diff {diff:.2e} over {len(payloads)} rows", flush=True)
+    if diff > 1e-3:
+        raise RuntimeError(f"{name} does not compute the golden logits (max abs diff {diff})")
+
+
+def start_server(name, workdir, kserve_python=None, cpus=None):
+    """(Popen, grpc port, log path) of inferline serve, or of the KServe model server."""
+    from bench_grpc import free_port
+
+    http, grpc_port = free_port(), free_port()
+    log_path = os.path.join(workdir, f"{name}.log")
+    env = dict(os.environ)
+    if name == "inferline":
+        cmd = [sys.executable, "-m", "inferline", "serve", "--repository", os.path.join(workdir, "repo"),
+               "--http-port", str(http), "--grpc-port", str(grpc_port), "--drain-seconds", "0"]
+    else:
+        from inferline.demo_models import demo_package_path
+
+        script = os.path.join(workdir, "kserve_digits_mlp.py")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(KSERVE_MODEL)
+        cmd = [kserve_python, script]
+        env.update(OVERLOAD_GRPC_PORT=str(grpc_port), OVERLOAD_HTTP_PORT=str(http),
+                   OVERLOAD_MODEL_DIR=demo_package_path("digits-mlp"))
+        env.pop("PYTHONPATH", None)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)  # before it starts threads or children: they inherit it
+    return proc, grpc_port, log_path
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def kserve_problem(kserve_python):
+    """None if `kserve_python` can import kserve and onnxruntime, else why KServe is skipped."""
+    if not kserve_python:
+        return "no --kserve-python given"
+    try:
+        subprocess.run([kserve_python, "-c", "import kserve, onnxruntime"], check=True, capture_output=True,
+                       timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{kserve_python} cannot import kserve and onnxruntime ({type(e).__name__})"
+    return None
+
+
+def plot(rows, path):
+    """goodput / capacity vs offered load, one line per server and mode (matplotlib, if importable).
+    Open loop: at the rate the clients did send (sent / capacity), which on a small machine falls
+    short of the target; closed loop: at its nominal multiple (m x 100 calls in flight per client)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot skipped: matplotlib is not importable (pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for server in dict.fromkeys(r["server"] for r in rows):
+        for mode, style in (("open", "-o"), ("closed", "--s")):
+            pts = sorted((r["sent_ratio"] if mode == "open" else r["multiple"], r["ratio"])
+                         for r in rows if r["server"] == server and r["mode"] == mode)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{server} {mode} loop")
+    ax.axhline(1.0, linestyle=":", color="grey", label="capacity")
+    ax.set(xscale="log", xlabel="offered load, x capacity of the same run\n(open: sent rate; closed: m x 100 "
+                                "in flight per client process)",
+           ylabel="goodput / capacity (OK within 200 ms)", title="digits-mlp, gRPC, single-row requests")
+    ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of each overload run")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, multiples 1 and 10 only")
+    ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--kserve-python", help="python of a virtual environment with kserve and onnxruntime")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                    help="server on CPU 0, clients and prober on the others, so that overload cannot take "
+                         "CPU from the server (default: on with 2 or more CPUs)")
+    ap.add_argument("--plot", default="/tmp/inferline-overload.png", help="where the plot goes")
+    args = ap.parse_args()
+    args.multiples = (1, 10) if args.quick else (1, 2, 3, 10)
+    args.seconds = 3.0 if args.quick else args.seconds
+    args.capacity_seconds = 3.0 if args.quick else 5.0
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = len(cpus) >= 2 if args.pin is None else args.pin and len(cpus) >= 2
+    args.server_cpus, args.client_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
+    print(f"server CPUs {sorted(args.server_cpus)}, clients and prober CPUs {sorted(args.client_cpus)}" if pin
+          else f"no pinning: server, clients and prober share CPUs {cpus}", flush=True)
+    from inferline.demo_models import demo_package_path
+    from inferline.models.service import open_registry, push
+
+    workdir = tempfile.mkdtemp(prefix="inferline-overload-")
+    registry = open_registry(os.path.join(workdir, "repo"))
+    push(registry, demo_package_path("digits-logreg"))
+    push(registry, demo_package_path("digits-mlp"))
+    registry.close()
+    payloads, logits = golden_payloads(demo_package_path("digits-mlp"))
+    servers = ["inferline"]
+    problem = kserve_problem(args.kserve_python)
+    if problem:
+        print(f"KServe skipped: {problem}. To include it: {KSERVE_HINT}", flush=True)
+    else:
+        servers.append("kserve")
+    rows = []
+    for name in servers:
+        proc, port, log_path = start_server(name, workdir, args.kserve_python, args.server_cpus)
+        try:
+            wait_and_check(name, port, proc, payloads, logits, log_path)
+            rows += measure_server(name, port, proc.pid, payloads, args)
+        finally:
+            stop_server(proc)
+    print(LEGEND.format(deadline_ms=DEADLINE_S * 1000))
+    print(format_table(rows))
+    plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
