@@ -42,7 +42,7 @@ class Overloaded(Unavailable):
 class Admission:
     """The worker's bound on inference requests in flight (see the module docstring)."""
 
-    def __init__(self, limit: int = 0, *, initial: int = 64, min_limit: int = 4, max_limit: int = 4096,
+    def __init__(self, limit: int = 0, *, initial: int = 1024, min_limit: int = 4, max_limit: int = 4096,
                  target_ms: float = 50.0, clock=time.monotonic):
         """``limit`` > 0: a static cap; 0: adaptive, starting at ``initial`` within
         [``min_limit``, ``max_limit``], aiming at ``target_ms`` of latency."""
