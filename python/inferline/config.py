@@ -258,7 +258,8 @@ class CanaryConfig:
     min_labels: int = 20
     """Labels per arm needed before accuracy may breach."""
     mirror_share: float = 100.0
-    """Percent of canary-routed requests also run on stable (the mirrored pairs)."""
+    """Percent of canary-routed requests also run on stable (the mirrored pairs), at most what
+    keeps the copies within 10% of the model's traffic (``rollout.arms.MIRROR_BUDGET``)."""
 
 
 # Sections of ModelConfig that are routing or rollout policy: built from mappings and checked here.

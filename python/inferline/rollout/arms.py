@@ -18,6 +18,15 @@ from .recorder import Watch
 
 BUCKETS = 10_000
 """The core's route buckets (route_policy.h kRouteBuckets)."""
+MIRROR_BUDGET = 10.0
+"""Mirrored copies of canary requests are kept within this percent of the model's traffic: at a
+5% weight every canary request is mirrored (as configured), at 50% one in five, at 100% one in ten."""
+
+
+def mirror_share(configured: float, weight: float) -> float:
+    """The percent of canary-routed requests mirrored to stable at ``weight``: the configured
+    ``canary.mirror_share``, capped so that the copies stay within ``MIRROR_BUDGET`` of traffic."""
+    return min(float(configured), 100.0 * MIRROR_BUDGET / weight) if weight > 0 else float(configured)
 
 
 def canary_buckets(weight: float) -> int:

@@ -36,7 +36,7 @@ LATENCY_BOUNDS_MS: Tuple[float, ...] = tuple(round(0.05 * 1.2 ** i, 4) for i in 
 """Upper bounds of the latency histogram's buckets (ms), 20% apart, 0.05 ms to ~90 s; one more
 bucket holds the rest. Shared by every worker so that their histograms add up."""
 
-MAX_PREDICTIONS = 50_000
+MAX_PREDICTIONS = 10_000
 """Predictions a process buffers between flushes; beyond that they are dropped and counted."""
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
-from ..rollout.arms import arms as canary_arms, canary_chain, watches as make_watches
+from ..rollout.arms import arms as canary_arms, canary_chain, mirror_share, watches as make_watches
 from ..rollout.controller import Controller, thresholds
 from ..rollout.recorder import Recorder
 from ..routing import ModelRoutes, Router, RoutingSnapshot, build_policies
@@ -220,7 +220,7 @@ class ModelManager:
         mirror = {}
         for name, r in self._rollouts.items():
             rec = self._records.get((name, r.version))
-            mirror[name] = thresholds(rec)[0].mirror_share if rec is not None else 100.0
+            mirror[name] = mirror_share(thresholds(rec)[0].mirror_share if rec is not None else 100.0, r.weight)
         self.recorder.publish(make_watches(self._rollouts, self._shadows, live, served, mirror))
 
     def _after_publish(self) -> None:

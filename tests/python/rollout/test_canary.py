@@ -361,3 +361,13 @@ def test_two_server_processes_route_every_key_alike(repo, tmp_path):
     assert seen[0] == seen[1]
     share = seen[0].count(v2) / len(keys)
     assert 0.02 <= share <= 0.08 and set(seen[0]) == {1, v2}
+
+
+def test_mirroring_stays_within_its_budget_of_traffic():
+    from inferline.rollout.arms import MIRROR_BUDGET, mirror_share
+
+    assert mirror_share(100.0, 5) == 100.0 and mirror_share(100.0, 10) == 100.0  # small weights: every request
+    assert mirror_share(100.0, 50) == 20.0 and mirror_share(100.0, 100) == 10.0
+    assert mirror_share(30.0, 5) == 30.0  # a configured share below the cap stays
+    for weight in (1, 5, 10, 25, 50, 100):
+        assert mirror_share(100.0, weight) * weight / 100.0 <= MIRROR_BUDGET
