@@ -414,13 +414,24 @@ std::shared_ptr<Model> ConvertFor(const PyRouter& r, const std::string& model, i
   return Engine_Get(*r.engine, model, Engine::kLatest);  // NOT_FOUND naming what is loaded
 }
 
-// Engine_Submit through the router; routing_key: bytes, str or None (hash the inputs).
+// A flag Python sets to withdraw a queued request (InferRequest::cancelled); kept
+// alive in the request's `keep` list until the request is answered.
+struct CancelFlag {
+  std::atomic<bool> set{false};
+};
+
+// Engine_Submit through the router; routing_key: bytes, str or None (hash the inputs);
+// cancel: a CancelFlag or None.
 void Router_Submit(PyRouter& r, const std::string& model, int64_t version, const py::object& routing_key,
                    const py::dict& inputs, uint64_t tag, PollableSink& sink, uint32_t priority, uint64_t timeout_us,
-                   py::list& keep) {
+                   py::list& keep, const py::object& cancel) {
   if (version < 0) Throw(InvalidArgument("router: version " + std::to_string(version) + " must be >= 0"));
   std::shared_ptr<Model> m = ConvertFor(r, model, version);
   InferRequest req = RequestFor(*m, inputs, tag, sink, priority, timeout_us, keep);
+  if (!cancel.is_none()) {
+    req.cancelled = &cancel.cast<CancelFlag&>().set;
+    keep.append(cancel);
+  }
   RouteRequest route;
   route.version = version;
   std::string key;
@@ -598,7 +609,15 @@ PYBIND11_MODULE(_core, m) {
       .def("default_version", [](const PyRouter& r, const std::string& model) { return r.router.DefaultVersion(model); },
            py::arg("model"))
       .def("submit", &Router_Submit, py::arg("model"), py::arg("version"), py::arg("routing_key"), py::arg("inputs"),
-           py::arg("tag"), py::arg("sink"), py::arg("priority"), py::arg("timeout_us"), py::arg("keep"));
+           py::arg("tag"), py::arg("sink"), py::arg("priority"), py::arg("timeout_us"), py::arg("keep"),
+           py::arg("cancel") = py::none());
+
+  // Withdraws a routed request whose caller went away: answered CANCELLED, never computed,
+  // if set before its batch runs (model.h InferRequest::cancelled).
+  py::class_<CancelFlag>(m, "CancelFlag")
+      .def(py::init<>())
+      .def("cancel", [](CancelFlag& f) { f.set.store(true, std::memory_order_relaxed); })
+      .def_property_readonly("cancelled", [](const CancelFlag& f) { return f.set.load(std::memory_order_relaxed); });
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

@@ -35,6 +35,8 @@ void Model::Impl::ExecutorLoop() {
                      Status(StatusCode::kDeadlineExceeded, context_ + ": deadline passed while queued"));
     AnswerWithStatus(*this, batch.cancelled,
                      Status(StatusCode::kCancelled, context_ + ": cancelled by shutdown"));
+    AnswerWithStatus(*this, batch.withdrawn,
+                     Status(StatusCode::kCancelled, context_ + ": cancelled by the caller before its batch ran"));
     if (!batch.requests.empty()) RunBatch(batch);
     batch.Clear();
     if (!more) return;
@@ -51,11 +53,11 @@ bool Model::Impl::Assemble(Batch* batch) {
     const bool cancel = (stop || stopping_.load(std::memory_order_acquire)) && !drain_.load(std::memory_order_relaxed);
     DrainQueues(stop);
     const uint64_t now = clock_->NowUs();
-    const uint64_t next_expiry = CollectExpired(now, &batch->expired);
+    const uint64_t next_expiry = CollectExpired(now, &batch->expired, &batch->withdrawn);
     if (cancel) {
       CancelPending(batch);
       if (stop) return false;
-      if (!batch->cancelled.empty() || !batch->expired.empty()) return true;
+      if (!batch->cancelled.empty() || !batch->expired.empty() || !batch->withdrawn.empty()) return true;
       SleepUpTo(BatchDecision::kForever);  // until released_ (Shutdown wakes us) or a late push
       continue;
     }
@@ -64,7 +66,7 @@ bool Model::Impl::Assemble(Batch* batch) {
       TakeFront(FirstFit(config_.batching.max_batch_size), batch);
       return true;
     }
-    if (!batch->expired.empty()) return true;
+    if (!batch->expired.empty() || !batch->withdrawn.empty()) return true;
     BatchDecision d = Decide(now);
     if (d.kind == BatchDecision::Kind::kDispatch) {
       TakeFront(d.take, batch);
@@ -97,10 +99,18 @@ void Model::Impl::DrainQueues(bool unbounded) {
   }
 }
 
-uint64_t Model::Impl::CollectExpired(uint64_t now_us, std::vector<Request*>* out) {
+uint64_t Model::Impl::CollectExpired(uint64_t now_us, std::vector<Request*>* out, std::vector<Request*>* withdrawn) {
   uint64_t next = UINT64_MAX;
   for (size_t l = 0; l < pending_.size(); ++l) {
     auto& level = pending_[l];
+    auto live = std::stable_partition(level.begin(), level.end(), [](const Request* r) {
+      return r->req.cancelled == nullptr || !r->req.cancelled->load(std::memory_order_relaxed);
+    });
+    for (auto it = live; it != level.end(); ++it) {
+      pending_rows_[l] -= (*it)->rows;
+      withdrawn->push_back(*it);
+    }
+    level.erase(live, level.end());
     auto keep = std::stable_partition(level.begin(), level.end(), [&](const Request* r) {
       const uint64_t dl = r->req.deadline_us;
       if (dl != 0 && dl > now_us) next = std::min(next, dl);

@@ -76,8 +76,9 @@ struct Batch {
   std::vector<Request*> requests;  // to compute, in dispatch order
   uint32_t rows = 0;
   std::vector<Request*> expired;    // answer DEADLINE_EXCEEDED
-  std::vector<Request*> cancelled;  // answer CANCELLED
-  void Clear() { requests.clear(); rows = 0; expired.clear(); cancelled.clear(); }
+  std::vector<Request*> cancelled;  // answer CANCELLED (shutdown)
+  std::vector<Request*> withdrawn;  // answer CANCELLED (the caller withdrew it)
+  void Clear() { requests.clear(); rows = 0; expired.clear(); cancelled.clear(); withdrawn.clear(); }
 };
 
 class Model::Impl {
@@ -117,7 +118,7 @@ class Model::Impl {
   bool Assemble(Batch* batch);
   void DrainQueues(bool unbounded);
   // Returns the earliest deadline still pending (UINT64_MAX if none).
-  uint64_t CollectExpired(uint64_t now_us, std::vector<Request*>* out);
+  uint64_t CollectExpired(uint64_t now_us, std::vector<Request*>* out, std::vector<Request*>* withdrawn);
   void CancelPending(Batch* batch);
   void TakeFront(size_t count, Batch* batch);
   size_t FirstFit(uint32_t max_rows) const;

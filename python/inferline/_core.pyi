@@ -99,7 +99,16 @@ class Router:
         """The version owning bucket 0 of the model's arms; 0 without a policy."""
     def submit(self, model: str, version: int, routing_key: Optional[Union[bytes, str]],
                inputs: Mapping[str, Any], tag: int, sink: Sink, priority: int, timeout_us: int,
-               keep: List[Any]) -> None:
+               keep: List[Any], cancel: Optional["CancelFlag"] = None) -> None:
         """As Engine.submit; version 0 = by the policy's arms (routing_key, else the inputs, picks the
         arm). Inputs are converted for the explicit version, else the policy's default version (else
-        the latest loaded); the core refuses a primary and skips a fallback with other inputs."""
+        the latest loaded); the core refuses a primary and skips a fallback with other inputs.
+        `cancel`: setting it before the request's batch runs answers it CANCELLED, never computed."""
+
+class CancelFlag:
+    """Withdraws a submitted request whose caller went away (model.h InferRequest::cancelled)."""
+
+    def __init__(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...

@@ -493,6 +493,38 @@ TEST(ModelTest, DeadlinePassingWhileQueuedIsNeverComputed) {
   EXPECT_EQ(model->Stats().deadline_missed, 1u);
 }
 
+TEST(ModelTest, AWithdrawnRequestIsAnsweredCancelledAndNeverComputed) {
+  Payloads payloads;
+  CollectSink sink;
+  Gate gate(false);
+  auto backend = std::make_shared<TestBackend>(&gate);
+  auto model = CreateOrFail(Config(8, 0), backend);
+  ASSERT_NE(model, nullptr);
+  OpenOnExit opener(gate);
+  std::mt19937 rng(13);
+  ASSERT_TRUE(model->Submit(Request(payloads.Add(1, 1.0f, rng), &sink, 1)).ok());
+  ASSERT_TRUE(backend->WaitEntered(1));  // the executor is busy: the next ones queue
+  std::atomic<bool> gone{false}, kept{false};
+  InferRequest withdrawn = Request(payloads.Add(1, 2.0f, rng), &sink, 2);
+  withdrawn.cancelled = &gone;
+  InferRequest staying = Request(payloads.Add(1, 3.0f, rng), &sink, 3);
+  staying.cancelled = &kept;
+  ASSERT_TRUE(model->Submit(withdrawn).ok());
+  ASSERT_TRUE(model->Submit(staying).ok());
+  gone.store(true);  // its client went away while it queued
+  gate.Open();
+  ASSERT_TRUE(sink.WaitFor(3));
+  auto by_tag = sink.ByTag();
+  EXPECT_TRUE(by_tag[1].status.ok());
+  EXPECT_EQ(by_tag[2].status.code(), StatusCode::kCancelled);
+  EXPECT_NE(by_tag[2].status.message().find("cancelled by the caller"), std::string::npos);
+  EXPECT_TRUE(by_tag[3].status.ok());
+  for (const auto& call : backend->calls()) {
+    EXPECT_EQ(std::count(call.begin(), call.end(), 2.0f), 0) << "the withdrawn request reached the backend";
+  }
+  EXPECT_EQ(model->Stats().cancelled, 1u);
+}
+
 TEST(ModelTest, DeadlineAlreadyPastAtSubmitIsRefused) {
   Payloads payloads;
   CollectSink sink;

@@ -30,6 +30,7 @@
 // Shutdown is safe from any thread but must not race with destruction.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -75,6 +76,10 @@ struct InferRequest {
   uint64_t deadline_us = 0;      // absolute on the model's clock (NowUs()); 0 = none
   uint64_t tag = 0;              // echoed in InferResult::tag
   CompletionSink* sink = nullptr;
+  // Set by the caller to withdraw the request (its client went away): read as
+  // true before the request's batch runs, it is answered CANCELLED and never
+  // computed. Optional; must stay valid until the request is answered.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 class Model {

@@ -67,18 +67,23 @@ class _Dispatcher:
         return fut
 
     def submit_routed(self, router, name: str, version: int, routing_key, inputs: dict, names,
-                      priority: int, timeout_us: int):
+                      priority: int, timeout_us: int, cancellable: bool = False):
         """Submits through ``router`` (a ``_core.Router``); the future gets a ``RoutedResult``.
-        ``names(model, version)`` gives the answering version's output names."""
+        ``names(model, version)`` gives the answering version's output names. ``cancellable``:
+        cancelling the future withdraws the request from the core's queue (never computed if
+        its batch has not run)."""
         fut = self._new_future()
         tag = next(self._tags)
         keep: list = []
         self.pending[tag] = (fut, names, keep)
+        flag = _core.CancelFlag() if cancellable else None
         try:
-            router.submit(name, version, routing_key, inputs, tag, self.sink, priority, timeout_us, keep)
+            router.submit(name, version, routing_key, inputs, tag, self.sink, priority, timeout_us, keep, flag)
         except BaseException:
             del self.pending[tag]
             raise
+        if flag is not None:
+            fut.add_done_callback(lambda f: f.cancelled() and flag.cancel())
         return fut
 
     def _resolve(self, answers) -> None:

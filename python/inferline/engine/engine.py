@@ -223,9 +223,13 @@ class Engine:
         return self.submit_routed(model, inputs, **kw).result()
 
     async def infer_routed_async(self, model: str, inputs, *, version: Optional[int] = None, routing_key=None,
-                                 priority: int = 0, timeout_us: Optional[int] = None) -> RoutedResult:
+                                 priority: int = 0, timeout_us: Optional[int] = None,
+                                 cancellable: bool = False) -> RoutedResult:
+        """``cancellable``: cancelling the awaiting task withdraws the request from the core's
+        queue, so it is never computed if its batch has not run (for callers that go away)."""
         dispatcher = self._loop_dispatcher(asyncio.get_running_loop())
-        return await self._submit_routed(dispatcher, model, inputs, version, routing_key, priority, timeout_us)
+        return await self._submit_routed(dispatcher, model, inputs, version, routing_key, priority, timeout_us,
+                                         cancellable)
 
     def _core_router(self):
         r = self._router
@@ -244,13 +248,14 @@ class Engine:
         except _core.CoreError as e:
             raise from_core_error(e) from None
 
-    def _submit_routed(self, dispatcher, model, inputs, version, routing_key, priority, timeout_us):
+    def _submit_routed(self, dispatcher, model, inputs, version, routing_key, priority, timeout_us,
+                       cancellable=False):
         if type(inputs) is not dict:
             inputs = self.model(model, version)._as_dict(inputs)
         timeout = 0 if timeout_us is None else min(max(int(timeout_us), 1), _MAX_TIMEOUT_US)
         try:
             return dispatcher.submit_routed(self._core_router(), model, _version(version), routing_key, inputs,
-                                            self._output_names, priority, timeout)
+                                            self._output_names, priority, timeout, cancellable)
         except _core.CoreError as e:
             raise from_core_error(e) from None
 

@@ -250,7 +250,8 @@ class DataPlane:
         names = self._requested_outputs(req, cfg)
         level = kserve_priority_to_level(req.priority, cfg.priority_levels)
         answer = await self.service.infer_async(req.model_name, inputs, version=version, routing_key=req.routing_key,
-                                                priority=level, timeout_us=req.timeout_us, request_id=req.id or None)
+                                                priority=level, timeout_us=req.timeout_us, request_id=req.id or None,
+                                                cancellable=True)
         result = answer.outputs
         outputs = [InferOutput(n, NUMPY_TO_KSERVE[result[n].dtype.name], list(result[n].shape), result[n])
                    for n in names]

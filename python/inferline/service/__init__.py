@@ -125,18 +125,21 @@ class Service:
 
     async def infer_async(self, model: str, inputs, *, version: Optional[int] = None,
                           routing_key: Optional[str] = None, priority: int = 0,
-                          timeout_us: Optional[int] = None, request_id: Optional[str] = None) -> Answer:
-        """As ``infer``, awaiting the answer on the running event loop."""
+                          timeout_us: Optional[int] = None, request_id: Optional[str] = None,
+                          cancellable: bool = False) -> Answer:
+        """As ``infer``, awaiting the answer on the running event loop. ``cancellable``: when the
+        awaiting task is cancelled (its client went away), the request leaves the core's queue
+        and is never computed if its batch has not run (a server's frontends ask for this)."""
         watch = self._recorder.watch(model) if version is None else None
         if watch is None:
             result = await self.engine.infer_routed_async(model, inputs, version=self._served(model, version),
                                                           routing_key=routing_key, priority=priority,
-                                                          timeout_us=timeout_us)
+                                                          timeout_us=timeout_us, cancellable=cancellable)
             return Answer(result.outputs, result.model, result.version, result.fallback_reason)
         t0 = time.perf_counter()
         try:
             result = await self.engine.infer_routed_async(model, inputs, routing_key=routing_key, priority=priority,
-                                                          timeout_us=timeout_us)
+                                                          timeout_us=timeout_us, cancellable=cancellable)
         except InferlineError as e:
             self._recorder.failed(watch, e, t0)
             raise

@@ -2,6 +2,7 @@
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +162,41 @@ def test_close_drops_the_router_before_the_engine(rng):
     assert f.result(10).model == "a"
     with pytest.raises(il.errors.Unavailable):
         engine.submit_routed("a", {"x": rows(rng, 1)})
+
+
+def test_a_cancelled_awaiting_task_withdraws_its_queued_request(engine, rng):
+    """The caller of a cancellable routed request goes away while the request queues behind a
+    running batch: the core answers it CANCELLED without computing it (its rows never reach
+    the backend); a request that was not cancelled is computed as usual."""
+    import asyncio
+
+    gate, seen = threading.Event(), []
+
+    def backend(inputs):
+        seen.extend(inputs["x"][:, 0].tolist())
+        gate.wait(10)
+        return {"y": inputs["x"] * np.float32(2)}
+
+    engine.load(make_config("a", max_batch=1, delay_us=0), backend)
+    engine.publish_policy("a", policy())
+    first, withdrawn, kept = (np.full((1, 4), v, np.float32) for v in (1.0, 2.0, 3.0))
+
+    async def run():
+        busy = asyncio.ensure_future(engine.infer_routed_async("a", {"x": first}, cancellable=True))
+        while not seen:  # the first batch is running: the next requests queue
+            await asyncio.sleep(0.001)
+        gone = asyncio.ensure_future(engine.infer_routed_async("a", {"x": withdrawn}, cancellable=True))
+        stays = asyncio.ensure_future(engine.infer_routed_async("a", {"x": kept}, cancellable=True))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        return await busy, await asyncio.gather(gone, return_exceptions=True), await stays
+
+    ok, (cancelled,), later = asyncio.run(run())
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert ok.outputs["y"][0, 0] == 2.0 and later.outputs["y"][0, 0] == 6.0
+    assert 2.0 not in seen  # never computed
+    deadline = time.time() + 5
+    while engine.stats("a")["cancelled"] != 1 and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats("a")["cancelled"] == 1
