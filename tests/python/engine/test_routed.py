@@ -189,6 +189,7 @@ def test_a_cancelled_awaiting_task_withdraws_its_queued_request(engine, rng):
         stays = asyncio.ensure_future(engine.infer_routed_async("a", {"x": kept}, cancellable=True))
         await asyncio.sleep(0.01)
         gone.cancel()
+        await asyncio.sleep(0.01)  # the future's done callbacks (which set the flag) run on the next loop turn
         gate.set()
         return await busy, await asyncio.gather(gone, return_exceptions=True), await stays
 
