@@ -20,6 +20,7 @@ the last step) when the canary had ``min_requests`` requests; otherwise it waits
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ def window_evidence(counts: Mapping[str, List[dict]], accuracy: Mapping[int, Tup
             "error_rate": m["errors"] / m["requests"] if m["requests"] else None,
             "p50_ms": _finite(percentile_ms(m["latency"], 0.50)), "p99_ms": _finite(percentile_ms(m["latency"], 0.99)),
             "pairs": m["pairs"], "agreement": m["agree"] / m["pairs"] if m["pairs"] else None,
-            "max_abs_diff": _finite(m["max_abs_diff"]), "mirror_dropped": m["dropped"], "mirror_errors": m["copy_errors"],
+            "max_abs_diff": _finite(m["max_abs_diff"]), "mirror_dropped": m["dropped"],
+            "mirror_errors": m["copy_errors"],
             "labelled": labelled, "accuracy": correct / labelled if labelled else None,
         }
     c, s = out["canary"]["accuracy"], out["stable"]["accuracy"]
@@ -126,5 +128,4 @@ def _ms(x: Optional[float]) -> str:
 
 
 def _plain(cfg) -> Dict[str, object]:
-    import dataclasses
     return dataclasses.asdict(cfg)

@@ -34,6 +34,21 @@ def thresholds(record) -> tuple:
     return CanaryConfig(**(cfg.get("canary") or {})), SloConfig(**(cfg.get("slo") or {}))
 
 
+def step_evidence(registry, rollout) -> dict:
+    """The current step's evidence: every worker's counts of its window summed per arm (canary
+    and the live version), the labelled accuracy since the rollout started, step and weight."""
+    try:
+        stable = registry.get(rollout.name).version
+    except ModelNotFound:
+        stable = None
+    versions = [v for v in (rollout.version, stable) if v is not None]
+    evidence = window_evidence(registry.rollouts.window_counts(rollout.window),
+                               registry.rollouts.accuracy(rollout.name, rollout.started_at, versions),
+                               rollout.version, stable)
+    evidence.update(step=rollout.step, weight=rollout.weight, window=rollout.window)
+    return evidence
+
+
 class Controller:
     """Decides the rollouts whose lease it holds (see the module docstring)."""
 
@@ -82,16 +97,8 @@ class Controller:
             return self._finish(registry, rollout, Decision(
                 "rollback", f"canary version {rollout.version} was moved to {record.state} outside the rollout"),
                 "aborted")
-        try:
-            stable = registry.get(rollout.name).version
-        except ModelNotFound:
-            stable = None
         canary_cfg, slo = thresholds(record)
-        versions = [v for v in (rollout.version, stable) if v is not None]
-        evidence = window_evidence(registry.rollouts.window_counts(rollout.window),
-                                   registry.rollouts.accuracy(rollout.name, rollout.started_at, versions),
-                                   rollout.version, stable)
-        evidence.update(step=rollout.step, weight=rollout.weight, window=rollout.window)
+        evidence = step_evidence(registry, rollout)
         interval_over = self.clock() - rollout.step_started_at >= rollout.interval_s
         decision = analyze(evidence, canary=canary_cfg, slo=slo, interval_over=interval_over and not rollout.hold,
                            last_step=rollout.step == len(rollout.steps) - 1)

@@ -19,9 +19,9 @@ from typing import Iterable, Optional
 from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from ..models.loader import LoadFailed
 from ..registry.store import ArtifactMissing, TamperedArtifact, check_name, check_version
-from .analysis import window_evidence
-from .controller import thresholds
+from .controller import step_evidence, thresholds
 from .gate import gate_rate, run_gate
+from .recorder import merge, percentile_ms
 
 DEFAULT_STEPS = (5.0, 10.0, 25.0, 50.0, 100.0)
 """Canary weights (percent) when none are given."""
@@ -37,7 +37,8 @@ def parse_steps(text) -> tuple:
             raise TypeError
         steps = tuple(float(x) for x in items)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"steps: expected comma-separated percentages like 5,10,25,50,100, got {text!r}") from None
+        raise InvalidArgument(f"steps: expected comma-separated percentages like 5,10,25,50,100, "
+                              f"got {text!r}") from None
     if not steps:
         raise InvalidArgument("steps: at least one weight is needed")
     for w in steps:
@@ -110,7 +111,7 @@ def _startable(registry, name: str, version: int):
     rollout already running."""
     record = registry.get(name, version)
     try:
-        live = registry.get(name)
+        registry.get(name)  # the live version
     except ModelNotFound:
         raise FailedPrecondition(f"model {name!r} has no live version: a canary needs a stable version to "
                                  "compare with; promote one first") from None
@@ -123,20 +124,19 @@ def _startable(registry, name: str, version: int):
     if active is not None:
         raise FailedPrecondition(f"model {name!r} already has a canary: version {active.version} at "
                                  f"{active.weight:g}% (rollout #{active.id}); promote or abort it first")
-    del live
     return record
 
 
 def promote_canary(registry, name: str, reason: str = "promoted by the operator"):
     """Makes the active canary live now (the previous live version stays in the live history)."""
     rollout = _active(registry, name)
-    return registry.rollouts.finish(rollout.id, "promoted", evidence=_evidence(registry, rollout), reason=reason)
+    return registry.rollouts.finish(rollout.id, "promoted", evidence=step_evidence(registry, rollout), reason=reason)
 
 
 def abort_canary(registry, name: str, reason: str = "aborted by the operator"):
     """Ends the active canary: its version is retired, all keys go back to the stable version."""
     rollout = _active(registry, name)
-    return registry.rollouts.finish(rollout.id, "aborted", evidence=_evidence(registry, rollout), reason=reason)
+    return registry.rollouts.finish(rollout.id, "aborted", evidence=step_evidence(registry, rollout), reason=reason)
 
 
 def canary_status(registry, name: str, history: int = 50) -> dict:
@@ -148,7 +148,7 @@ def canary_status(registry, name: str, history: int = 50) -> dict:
     out = {"model": name, "rollout": rollout.to_dict() if rollout else None, "window": None,
            "shadow": None, "history": [e.to_dict() for e in registry.rollouts.history(name, history)]}
     if rollout is not None and rollout.active:
-        out["window"] = _evidence(registry, rollout)
+        out["window"] = step_evidence(registry, rollout)
     shadow = registry.rollouts.shadow(name)
     if shadow is not None:
         out["shadow"] = dict(shadow.to_dict(), window=_shadow_window(registry, shadow))
@@ -181,21 +181,7 @@ def _active(registry, name: str):
     return rollout
 
 
-def _evidence(registry, rollout) -> dict:
-    try:
-        stable = registry.get(rollout.name).version
-    except ModelNotFound:
-        stable = None
-    versions = [v for v in (rollout.version, stable) if v is not None]
-    ev = window_evidence(registry.rollouts.window_counts(rollout.window),
-                         registry.rollouts.accuracy(rollout.name, rollout.started_at, versions), rollout.version, stable)
-    ev.update(step=rollout.step, weight=rollout.weight, window=rollout.window)
-    return ev
-
-
 def _shadow_window(registry, shadow) -> dict:
-    from .recorder import merge, percentile_ms
-
     m = merge(registry.rollouts.window_counts(shadow.window).get("shadow", []))
     return {"pairs": m["pairs"], "agreement": m["agree"] / m["pairs"] if m["pairs"] else None,
             "max_abs_diff": m["max_abs_diff"], "dropped": m["dropped"], "errors": m["copy_errors"],

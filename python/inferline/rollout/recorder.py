@@ -115,7 +115,8 @@ class Recorder:
             arms[w.stable] = self._arm_counts(w.window, "stable", w.stable)
             copies[w.canary] = (w.mirror_share, w.stable, arms[w.canary], "canary")
         if w.shadow is not None and w.shadow_window is not None:
-            copies[w.stable] = (w.shadow_share, w.shadow, self._arm_counts(w.shadow_window, "shadow", w.shadow), "shadow")
+            shadow_counts = self._arm_counts(w.shadow_window, "shadow", w.shadow)
+            copies[w.stable] = (w.shadow_share, w.shadow, shadow_counts, "shadow")
         return _Watched(w, arms, copies)
 
     def watch(self, model: str) -> Optional["_Watched"]:

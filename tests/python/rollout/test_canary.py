@@ -371,3 +371,17 @@ def test_mirroring_stays_within_its_budget_of_traffic():
     assert mirror_share(30.0, 5) == 30.0  # a configured share below the cap stays
     for weight in (1, 5, 10, 25, 50, 100):
         assert mirror_share(100.0, weight) * weight / 100.0 <= MIRROR_BUDGET
+
+
+def test_routed_traffic_is_recorded_per_minute_for_the_gates_observed_peak(repo):
+    with Service(repo, poll_interval_s=0) as svc:
+        svc.models.sync_blocking()  # the first flush only takes the starting count
+        for i in range(30):
+            svc.infer("m", {"x": np.full((1, 4), i, np.float32)})
+        svc.models.sync_blocking()
+    registry = open_registry(repo)
+    try:
+        peak = registry.rollouts.peak_rate("m", int(time.time() // 60) - 60)
+    finally:
+        registry.close()
+    assert peak is not None and peak >= 15 / 60.0  # 30 requests in one minute, or split over two
