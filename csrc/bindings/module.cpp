@@ -154,6 +154,16 @@ ModelConfig ConfigFromPy(const py::dict& d) {
   c.instances = d["instances"].cast<uint32_t>();
   c.queue_capacity = d["queue_capacity"].cast<uint32_t>();
   c.priority_levels = d["priority_levels"].cast<uint32_t>();
+  if (d.contains("queue")) {
+    auto q = d["queue"].cast<py::dict>();
+    auto order = q["overload"].cast<std::string>();
+    if (order == "newest_first") c.queue.overload = OverloadOrder::kNewestFirst;
+    else if (order == "shed_oldest") c.queue.overload = OverloadOrder::kShedOldest;
+    else if (order == "fifo") c.queue.overload = OverloadOrder::kFifo;
+    else Throw(InvalidArgument(c.Describe() + ": queue.overload must be 'newest_first', 'shed_oldest' or 'fifo', got '" + order + "'"));
+    c.queue.target_us = q["target_us"].cast<uint64_t>();
+    c.queue.interval_us = q["interval_us"].cast<uint64_t>();
+  }
   return c;
 }
 
@@ -522,6 +532,7 @@ py::dict Model_Stats(const Model& m) {
   d["deadline_missed"] = s.deadline_missed;
   d["errors"] = s.errors;
   d["cancelled"] = s.cancelled;
+  d["shed"] = s.shed;
   d["last_batch_end_us"] = s.last_batch_end_us;
   d["queue_us"] = HistogramToPy(s.queue_us);
   d["compute_us"] = HistogramToPy(s.compute_us);

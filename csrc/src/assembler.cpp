@@ -37,6 +37,13 @@ void Model::Impl::ExecutorLoop() {
                      Status(StatusCode::kCancelled, context_ + ": cancelled by shutdown"));
     AnswerWithStatus(*this, batch.withdrawn,
                      Status(StatusCode::kCancelled, context_ + ": cancelled by the caller before its batch ran"));
+    AnswerWithStatus(*this, batch.late,
+                     Status(StatusCode::kDeadlineExceeded,
+                            context_ + ": overloaded: cannot finish before its deadline, so never computed"));
+    AnswerWithStatus(*this, batch.shed,
+                     Status(StatusCode::kResourceExhausted,
+                            context_ + ": overloaded: shed after waiting longer than " +
+                                std::to_string(config_.queue.interval_us / 1000) + " ms; retry later"));
     if (!batch.requests.empty()) RunBatch(batch);
     batch.Clear();
     if (!more) return;
@@ -51,7 +58,9 @@ bool Model::Impl::Assemble(Batch* batch) {
     // Shutdown(false) has begun: start nothing new, even before released_ (drain_
     // is written before stopping_, so it is visible once stopping_ is).
     const bool cancel = (stop || stopping_.load(std::memory_order_acquire)) && !drain_.load(std::memory_order_relaxed);
-    DrainQueues(stop);
+    const bool disciplined = config_.queue.overload != OverloadOrder::kFifo;
+    // While standing, every waiting request is in pending_ (to pick the newest, shed the oldest).
+    DrainQueues(stop || (standing_ && disciplined));
     const uint64_t now = clock_->NowUs();
     const uint64_t next_expiry = CollectExpired(now, &batch->expired, &batch->withdrawn);
     if (cancel) {
@@ -66,7 +75,11 @@ bool Model::Impl::Assemble(Batch* batch) {
       TakeFront(FirstFit(config_.batching.max_batch_size), batch);
       return true;
     }
-    if (!batch->expired.empty() || !batch->withdrawn.empty()) return true;
+    if (UpdateStanding(now) && disciplined) {
+      AssembleOverloaded(now, batch);
+      if (!batch->requests.empty() || batch->HasAnswers()) return true;
+    }
+    if (batch->HasAnswers()) return true;
     BatchDecision d = Decide(now);
     if (d.kind == BatchDecision::Kind::kDispatch) {
       TakeFront(d.take, batch);
@@ -77,6 +90,69 @@ bool Model::Impl::Assemble(Batch* batch) {
     // at its deadline rather than at the next dispatch.
     const uint64_t wait = std::min(d.wait_us, next_expiry - now);
     SleepForBatch(now, wait);
+  }
+}
+
+// CoDel's test at each dispatch chance: the queue is standing once the oldest
+// waiting request has waited longer than the target at every chance for a whole
+// interval; it stops standing at the first chance where it has not (or nothing waits).
+bool Model::Impl::UpdateStanding(uint64_t now_us) {
+  uint64_t oldest = UINT64_MAX;
+  for (const auto& level : pending_) {
+    if (!level.empty()) oldest = std::min(oldest, level.front()->enqueue_us);
+  }
+  if (oldest == UINT64_MAX || now_us < oldest || now_us - oldest <= standing_target_us_) {
+    above_target_ = false;
+    standing_ = false;
+    return false;
+  }
+  if (!above_target_) {
+    above_target_ = true;
+    above_since_us_ = now_us;
+  }
+  if (now_us - above_since_us_ >= config_.queue.interval_us) standing_ = true;
+  return standing_;
+}
+
+void Model::Impl::AssembleOverloaded(uint64_t now_us, Batch* batch) {
+  DrainQueues(true);  // this chance may be the first of the standing state
+  const uint32_t max_rows = config_.batching.max_batch_size;
+  const uint64_t finish = now_us + estimator_.Current().EstimateUs(max_rows) + config_.batching.deadline_slack_us;
+  const bool shed_oldest = config_.queue.overload == OverloadOrder::kShedOldest;
+  const uint64_t interval = config_.queue.interval_us;
+  for (size_t l = 0; l < pending_.size(); ++l) {
+    auto& level = pending_[l];
+    auto keep = std::stable_partition(level.begin(), level.end(), [&](const Request* r) {
+      const uint64_t dl = r->req.deadline_us;
+      return (dl == 0 || dl >= finish) && !(shed_oldest && now_us - r->enqueue_us > interval);
+    });
+    for (auto it = keep; it != level.end(); ++it) {
+      pending_rows_[l] -= (*it)->rows;
+      const uint64_t dl = (*it)->req.deadline_us;
+      (dl != 0 && dl < finish ? batch->late : batch->shed).push_back(*it);
+    }
+    level.erase(keep, level.end());
+  }
+  if (PendingEmpty()) return;
+  if (shed_oldest) {
+    TakeFront(FirstFit(max_rows), batch);
+  } else {
+    TakeNewest(max_rows, batch);
+  }
+}
+
+// The newest requests whose rows fit in max_rows, highest priority first; at least one.
+void Model::Impl::TakeNewest(uint32_t max_rows, Batch* batch) {
+  for (size_t l = pending_.size(); l-- > 0;) {
+    auto& level = pending_[l];
+    while (!level.empty()) {
+      Request* r = level.back();
+      if (!batch->requests.empty() && batch->rows + r->rows > max_rows) return;
+      level.pop_back();
+      pending_rows_[l] -= r->rows;
+      batch->requests.push_back(r);
+      batch->rows += r->rows;
+    }
   }
 }
 

@@ -7,6 +7,13 @@
 
 namespace inferline {
 
+uint64_t QueuePolicy::TargetUs(const BatchPolicy& batching) const noexcept {
+  if (target_us != 0) return target_us;
+  constexpr uint64_t kOverBatching = 5000;
+  return batching.max_queue_delay_us > UINT64_MAX - kOverBatching ? UINT64_MAX
+                                                                   : batching.max_queue_delay_us + kOverBatching;
+}
+
 std::string ModelConfig::Describe() const {
   return "model '" + name + "' version " + std::to_string(version);
 }
@@ -57,6 +64,7 @@ Status CheckScheduling(const ModelConfig& c, const std::string& ctx) {
   if (c.priority_levels < 1 || c.priority_levels > 16) {
     return InvalidArgument(ctx + ": priority_levels = " + std::to_string(c.priority_levels) + " must be in [1, 16]");
   }
+  if (c.queue.interval_us == 0) return InvalidArgument(ctx + ": queue.interval_us must be > 0");
   return c.batching.Validate(ctx);
 }
 
@@ -147,7 +155,8 @@ Model::Impl::Impl(ModelConfig config, std::vector<TensorSpec> backend_inputs, st
       context_(config_.Describe()),
       backend_(std::move(backend)),
       clock_(clock),
-      stats_(config_.batching.max_batch_size) {
+      stats_(config_.batching.max_batch_size),
+      standing_target_us_(config_.queue.TargetUs(config_.batching)) {
   for (uint32_t l = 0; l < config_.priority_levels; ++l) {
     queues_.push_back(std::make_unique<LevelQueue>(config_.queue_capacity));
   }
@@ -307,6 +316,7 @@ void RecordOutcome(ModelStats& stats, const Status& status, uint64_t queue_us, u
     case StatusCode::kOk: stats.RecordRequest(queue_us, end_to_end_us); break;
     case StatusCode::kDeadlineExceeded: stats.AddDeadlineMissed(1); break;
     case StatusCode::kCancelled: stats.AddCancelled(1); break;
+    case StatusCode::kResourceExhausted: stats.AddShed(1); break;  // only the queue discipline answers so
     default: stats.AddErrors(1); break;
   }
 }

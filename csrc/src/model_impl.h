@@ -78,7 +78,18 @@ struct Batch {
   std::vector<Request*> expired;    // answer DEADLINE_EXCEEDED
   std::vector<Request*> cancelled;  // answer CANCELLED (shutdown)
   std::vector<Request*> withdrawn;  // answer CANCELLED (the caller withdrew it)
-  void Clear() { requests.clear(); rows = 0; expired.clear(); cancelled.clear(); withdrawn.clear(); }
+  std::vector<Request*> late;       // answer DEADLINE_EXCEEDED: overloaded, cannot finish in time
+  std::vector<Request*> shed;       // answer RESOURCE_EXHAUSTED: overloaded, waited too long
+  bool HasAnswers() const { return !expired.empty() || !withdrawn.empty() || !late.empty() || !shed.empty(); }
+  void Clear() {
+    requests.clear();
+    rows = 0;
+    expired.clear();
+    cancelled.clear();
+    withdrawn.clear();
+    late.clear();
+    shed.clear();
+  }
 };
 
 class Model::Impl {
@@ -121,6 +132,13 @@ class Model::Impl {
   uint64_t CollectExpired(uint64_t now_us, std::vector<Request*>* out, std::vector<Request*>* withdrawn);
   void CancelPending(Batch* batch);
   void TakeFront(size_t count, Batch* batch);
+  // Overload (QueuePolicy): CoDel's standing-queue test, run at each dispatch chance.
+  bool UpdateStanding(uint64_t now_us);
+  // While standing: moves hopeless requests to batch->late and, for kShedOldest,
+  // those waiting longer than the interval to batch->shed; then takes a batch
+  // (newest first for kNewestFirst) when anything is left.
+  void AssembleOverloaded(uint64_t now_us, Batch* batch);
+  void TakeNewest(uint32_t max_rows, Batch* batch);
   size_t FirstFit(uint32_t max_rows) const;
   BatchDecision Decide(uint64_t now_us);
   bool PendingEmpty() const;
@@ -149,6 +167,10 @@ class Model::Impl {
   std::vector<std::deque<Request*>> pending_;  // requires assemble_mu_
   std::vector<uint32_t> pending_rows_;         // requires assemble_mu_
   std::vector<PendingItem> view_items_;        // requires assemble_mu_
+  const uint64_t standing_target_us_;          // config_.queue.TargetUs(config_.batching)
+  bool standing_ = false;                      // requires assemble_mu_
+  bool above_target_ = false;                  // requires assemble_mu_: the oldest waited > target since
+  uint64_t above_since_us_ = 0;                // requires assemble_mu_
 
   std::atomic<bool> sleeping_{false};  // the assembler may be waiting on wake_cv_
   // What makes a sleeping assembler worth waking (set before sleeping_, W0):

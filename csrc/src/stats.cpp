@@ -133,6 +133,7 @@ void ModelStats::AddDeadlineMissed(uint64_t n) noexcept {
 void ModelStats::AddErrors(uint64_t n) noexcept { outcome_.errors.fetch_add(n, kRelaxed); }
 
 void ModelStats::AddCancelled(uint64_t n) noexcept { outcome_.cancelled.fetch_add(n, kRelaxed); }
+void ModelStats::AddShed(uint64_t n) noexcept { outcome_.shed.fetch_add(n, kRelaxed); }
 
 void ModelStats::RecordBatch(uint32_t rows, uint64_t compute_us, uint64_t end_us) noexcept {
   exec_.batches.fetch_add(1, kRelaxed);
@@ -156,6 +157,7 @@ StatsSnapshot ModelStats::Snapshot() const {
   s.deadline_missed = outcome_.deadline_missed.load(kRelaxed);
   s.errors = outcome_.errors.load(kRelaxed);
   s.cancelled = outcome_.cancelled.load(kRelaxed);
+  s.shed = outcome_.shed.load(kRelaxed);
   s.queue_us = queue_us_.Snapshot();
   s.compute_us = compute_us_.Snapshot();
   s.end_to_end_us = end_to_end_us_.Snapshot();
@@ -170,7 +172,7 @@ StatsSnapshot ModelStats::Snapshot() const {
 void ModelStats::Reset() noexcept {
   for (auto* counter : {&submit_.requests, &submit_.rows, &submit_.rejected, &exec_.batches,
                         &exec_.last_batch_end_us, &outcome_.deadline_missed, &outcome_.errors,
-                        &outcome_.cancelled}) {
+                        &outcome_.cancelled, &outcome_.shed}) {
     counter->store(0, kRelaxed);
   }
   for (size_t i = 0; i <= max_batch_size_; ++i) BatchSizeCounter(i).store(0, kRelaxed);

@@ -52,6 +52,8 @@ LIMITS = {
     "BatchingConfig.max_queue_delay_us": (0, _U64_MAX),
     "BatchingConfig.preferred_batch_sizes": (1, _U32_MAX),  # also <= max_batch_size (core)
     "BatchingConfig.deadline_slack_us": (0, _U64_MAX),
+    "QueueConfig.target_us": (0, _U64_MAX),
+    "QueueConfig.interval_us": (1, _U64_MAX),
     "ImagePreprocess.height": (1, 32768),               # kMaxImageSide (preprocess.h)
     "ImagePreprocess.width": (1, 32768),
     # Routing policy, checked here (the core never loads it): BreakerConfig::Validate's bounds
@@ -267,6 +269,27 @@ _POLICY_SECTIONS = {"breaker": BreakerConfig, "cache": CacheConfig, "slo": SloCo
 
 
 Preprocess = Union[TabularPreprocess, ImagePreprocess]
+@dataclass(frozen=True)
+class QueueConfig:
+    """Order under overload. The queue is *standing* once the oldest waiting request has waited
+    longer than ``target_us`` at every dispatch for ``interval_us`` (CoDel's test); it stops
+    standing as soon as the oldest has waited less. While standing (except "fifo"), requests
+    that could no longer finish before their deadlines are answered DEADLINE_EXCEEDED without
+    being computed."""
+
+    overload: Literal["newest_first", "shed_oldest", "fifo"] = "newest_first"
+    """"newest_first": batches take the newest requests, so arrivals meet their deadlines;
+    "shed_oldest": requests waiting longer than interval_us are answered RESOURCE_EXHAUSTED;
+    "fifo": oldest first always."""
+    target_us: int = 0
+    """Sojourn above which the queue counts as standing; 0: max_queue_delay_us + 5 ms."""
+    interval_us: int = 100_000
+    """How long the oldest must stay above target before the queue is standing."""
+
+    def to_core(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 _PREPROCESS_KINDS = {"tabular": TabularPreprocess, "image": ImagePreprocess}
 
 
@@ -290,6 +313,8 @@ class ModelConfig:
     """Requests that may wait per priority level before RESOURCE_EXHAUSTED."""
     priority_levels: int = 2
     """Priorities 0..levels-1; higher is served first."""
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    """Order under overload (newest first by default)."""
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     """When the router stops sending this version traffic and uses its fallback instead."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -302,7 +327,7 @@ class ModelConfig:
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(_as_spec(s) for s in self.inputs))
         object.__setattr__(self, "outputs", tuple(_as_spec(s) for s in self.outputs))
-        for key, cls in (("batching", BatchingConfig), *_POLICY_SECTIONS.items()):
+        for key, cls in (("batching", BatchingConfig), ("queue", QueueConfig), *_POLICY_SECTIONS.items()):
             if isinstance(getattr(self, key), Mapping):
                 object.__setattr__(self, key, _build(cls, getattr(self, key), f"{self.where}: {key}"))
         for key, cls in _POLICY_SECTIONS.items():  # policy: the core does not check it at load
@@ -341,7 +366,8 @@ class ModelConfig:
         return {"name": self.name, "version": int(self.version), "inputs": [s.to_core() for s in self.inputs],
                 "outputs": [s.to_core() for s in self.outputs], "preprocessing": prep,
                 "batching": self.batching.to_core(), "instances": int(self.instances),
-                "queue_capacity": int(self.queue_capacity), "priority_levels": int(self.priority_levels)}
+                "queue_capacity": int(self.queue_capacity), "priority_levels": int(self.priority_levels),
+                "queue": self.queue.to_core()}
 
 
 def _build(cls, data: Mapping, where: str):

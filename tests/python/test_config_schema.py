@@ -47,6 +47,8 @@ CORE_LIMITS = {
     "BatchingConfig.max_queue_delay_us": (0, U64),
     "BatchingConfig.preferred_batch_sizes": (1, U32),
     "BatchingConfig.deadline_slack_us": (0, U64),
+    "QueueConfig.target_us": (0, U64),
+    "QueueConfig.interval_us": (1, U64),              # "interval_us == 0" refused in model.cpp
     "ImagePreprocess.height": (1, MAX_SIDE),
     "ImagePreprocess.width": (1, MAX_SIDE),
 }
@@ -88,6 +90,8 @@ CORE_FIELDS = {
     "BatchingConfig.preferred_batch_sizes": ("include/inferline/batch_policy.h",
                                              "std::vector<uint32_t> preferred_batch_sizes"),
     "BatchingConfig.deadline_slack_us": ("include/inferline/batch_policy.h", "uint64_t deadline_slack_us"),
+    "QueueConfig.target_us": ("include/inferline/model.h", "uint64_t target_us"),
+    "QueueConfig.interval_us": ("include/inferline/model.h", "uint64_t interval_us"),
     "BreakerConfig.consecutive_failures": ("include/inferline/circuit_breaker.h", "uint32_t consecutive_failures"),
     "BreakerConfig.error_rate": ("include/inferline/circuit_breaker.h", "double error_rate"),
     "BreakerConfig.min_requests": ("include/inferline/circuit_breaker.h", "uint32_t min_requests"),
@@ -130,6 +134,15 @@ def test_policy_bounds_fit_the_core_breaker():
     assert re.search(r"half_open_probes\s*==\s*0", source)
 
 
+def test_queue_defaults_are_the_cores():
+    defaults = cfg.QueueConfig()
+    for key in ("QueueConfig.target_us", "QueueConfig.interval_us"):
+        assert getattr(defaults, key.split(".")[1]) == _core_default(*CORE_FIELDS[key]), key
+    assert "queue.interval_us must be > 0" in _text("src/model.cpp")
+    assert "OverloadOrder overload = OverloadOrder::kNewestFirst;" in _text("include/inferline/model.h")
+    assert defaults.overload == "newest_first"
+
+
 def test_breaker_defaults_are_the_cores():
     defaults = cfg.BreakerConfig()
     for key, (header, decl) in CORE_FIELDS.items():
@@ -144,7 +157,7 @@ def _schema_at(path: str) -> dict:
     cls, name = path.split(".")
     props = PACKAGE_SCHEMA["properties"]
     section = {"BatchingConfig": "batching", "BreakerConfig": "breaker", "CacheConfig": "cache",
-               "SloConfig": "slo", "CanaryConfig": "canary"}.get(cls)
+               "SloConfig": "slo", "CanaryConfig": "canary", "QueueConfig": "queue"}.get(cls)
     if section:
         return props[section]["properties"][name]
     if cls == "TensorSpec":

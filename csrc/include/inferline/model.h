@@ -16,6 +16,10 @@
 //    the answer); an accepted request is answered through its sink exactly once.
 //  - A request whose deadline passes before its batch starts is answered with
 //    DEADLINE_EXCEEDED and never computed.
+//  - Under overload (a standing queue, see QueuePolicy) requests are served
+//    newest first by default, so that arrivals still meet their deadlines;
+//    requests that can no longer meet theirs are answered DEADLINE_EXCEEDED
+//    without being computed.
 //  - A backend error isolates the failing rows: the batch is re-run in halves
 //    until the failing requests are found; only they get the error.
 //  - Requests with more rows than max_batch_size are split into batches and
@@ -49,6 +53,36 @@ namespace inferline {
 
 inline constexpr uint32_t kMaxQueueCapacity = 1u << 22;  // 4M requests per level
 
+// What the assembler does while the queue is standing: for a whole `interval_us`
+// the oldest waiting request has always waited longer than `target_us` (CoDel's
+// test: the minimum sojourn over an interval is above target). Arrivals then
+// outpace the executors, and oldest-first would make every request wait until
+// it is nearly, or already, too late. The queue stops standing as soon as the
+// oldest waiting request has waited less than target (or nothing waits).
+enum class OverloadOrder : uint8_t {
+  // Default. Batches take the newest requests first (highest priority first); the
+  // older ones run once the queue clears, or are answered DEADLINE_EXCEEDED at
+  // their deadlines. Newly arrived requests, whose callers still wait, meet theirs.
+  kNewestFirst,
+  // Requests that have waited longer than interval_us are answered
+  // RESOURCE_EXHAUSTED ("shed"); the rest run oldest first.
+  kShedOldest,
+  // No change: oldest first; requests expire at their deadlines.
+  kFifo,
+};
+
+struct QueuePolicy {
+  OverloadOrder overload = OverloadOrder::kNewestFirst;
+  uint64_t target_us = 0;          // 0: max_queue_delay_us + 5 ms (batching delay is not overload)
+  uint64_t interval_us = 100'000;  // > 0
+  // While standing (except kFifo), a request whose deadline falls before its batch
+  // could finish (now + the estimated compute of a full batch) is answered
+  // DEADLINE_EXCEEDED at once instead of computed for nobody.
+
+  // target_us in effect for `batching`.
+  uint64_t TargetUs(const BatchPolicy& batching) const noexcept;
+};
+
 struct ModelConfig {
   std::string name;
   int64_t version = 1;
@@ -59,6 +93,7 @@ struct ModelConfig {
   uint32_t instances = 1;         // executors running batches in parallel
   uint32_t queue_capacity = 4096; // requests waiting per priority level; at most kMaxQueueCapacity
   uint32_t priority_levels = 2;   // priorities 0..levels-1; higher is served first
+  QueuePolicy queue;              // order under overload
   // Opaque to the core: a host's own per-version object, kept alive with the model
   // and released with it (the Python binding keeps the Python config here, so that
   // the engine's map stays the one record of what is loaded).

@@ -116,6 +116,8 @@ struct StatsSnapshot {
   uint64_t deadline_missed = 0;  // also counts requests refused at Submit with a passed deadline (not in `requests`)
   uint64_t errors = 0;
   uint64_t cancelled = 0;
+  uint64_t shed = 0;             // answered RESOURCE_EXHAUSTED after admission: shed by the queue
+                                 // discipline under overload (or a backend out of memory)
   uint64_t last_batch_end_us = 0;  // the model's clock when the latest batch finished; 0 = none yet
   HistogramSnapshot queue_us, compute_us, end_to_end_us;
   std::vector<uint64_t> batch_size_counts;  // index = rows in the batch (0..max_batch_size)
@@ -140,6 +142,7 @@ class ModelStats {
   void AddDeadlineMissed(uint64_t n) noexcept;
   void AddErrors(uint64_t n) noexcept;
   void AddCancelled(uint64_t n) noexcept;
+  void AddShed(uint64_t n) noexcept;
   // One executed batch that finished at `end_us` (the model's clock); rows above
   // max_batch_size are counted as max_batch_size. With several executors the
   // recorded end is that of the batch recorded last (close to, not always, the latest).
@@ -174,7 +177,7 @@ class ModelStats {
   } exec_;
   // Outcomes, written by whichever thread finishes a request.
   struct alignas(kCacheLineBytes) {
-    std::atomic<uint64_t> deadline_missed{0}, errors{0}, cancelled{0};
+    std::atomic<uint64_t> deadline_missed{0}, errors{0}, cancelled{0}, shed{0};
   } outcome_;
   LatencyHistogram queue_us_, compute_us_, end_to_end_us_;
 };

@@ -1,7 +1,8 @@
 """`inferline serve`: the server process(es).
 
 One worker = one engine + the registry watcher + the gRPC and REST frontends on
-one asyncio loop. ``--workers N`` starts N such processes sharing the ports
+one asyncio loop, and the control listener (health probes on the metrics port) on
+a thread and loop of its own (control.py). ``--workers N`` starts N such processes sharing the ports
 (SO_REUSEPORT), each with its own engine; only one server's workers may share a
 port (``PortGuard``): a second, independent server fails with "address in use".
 
@@ -89,6 +90,7 @@ class PortGuard:
 
 
 async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: bool = True) -> int:
+    from .control import ControlListener
     from .grpc_frontend import start_grpc
     from .rest import start_rest
 
@@ -99,6 +101,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
+    control = ControlListener(dataplane, settings)
+    control.start()
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal():
@@ -108,7 +112,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     if ready_message:
-        _print_ready(settings, grpc_frontend.port, rest_frontend.port, manager, worker)
+        _print_ready(settings, grpc_frontend.port, rest_frontend.port, control.port, manager, worker)
     poller = asyncio.create_task(manager.run(stop))
     await stop.wait()
 
@@ -122,17 +126,19 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
             pass
     await asyncio.gather(grpc_frontend.stop(settings.shutdown_grace_s), rest_frontend.stop(settings.shutdown_grace_s))
     await poller
+    control.stop()  # probes answered until the end: live, ready false
     manager.close()
     engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
     print(f"inferline worker {worker} (pid {os.getpid()}) stopped", flush=True)
     return 0
 
 
-def _print_ready(settings, grpc_port, http_port, manager, worker) -> None:
+def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) -> None:
     scheme = "https" if settings.tls else "http"
     served = ", ".join(f"{n}:{v}{' (live)' if routed else ''}" for n, v, routed in manager.served()) or "none"
     print(f"inferline worker {worker} (pid {os.getpid()}): REST {scheme}://{settings.host}:{http_port}/v2  "
-          f"gRPC {settings.host}:{grpc_port}  models ready: {served}", flush=True)
+          f"gRPC {settings.host}:{grpc_port}  health {scheme}://{settings.host}:{control_port}/v2/health  "
+          f"models ready: {served}", flush=True)
 
 
 def _worker_main(settings: ServerSettings, worker: int) -> None:
@@ -156,14 +162,15 @@ def serve(settings: ServerSettings) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
     from ..models.service import open_registry
 
-    guard = PortGuard(settings.host, {"HTTP": settings.http_port, "gRPC": settings.grpc_port})
+    guard = PortGuard(settings.host, {"HTTP": settings.http_port, "gRPC": settings.grpc_port,
+                                      "metrics": settings.metrics_port})
     try:
         _warn_exposure(settings)
         open_registry(settings.repository).close()  # seeds the default repository once, before any worker
         if settings.workers <= 1:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
             return asyncio.run(run_worker(settings))
-        if 0 in (settings.http_port, settings.grpc_port):
+        if 0 in (settings.http_port, settings.grpc_port, settings.metrics_port):
             raise SystemExit("--workers > 1 needs fixed ports (the workers share them)")
         return _run_workers(settings)
     finally:

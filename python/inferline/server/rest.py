@@ -91,20 +91,30 @@ def _http_exception(request: web.Request, e: web.HTTPException) -> web.Response:
 # ---- the frontend ---------------------------------------------------------------
 
 class RestFrontend:
-    """The aiohttp application and its listening site; ``port`` is the bound port."""
+    """The aiohttp application and its listening site; ``port`` is the bound port. `health_only`:
+    just the health and model-readiness routes, on `port` (control.py's listener)."""
 
-    def __init__(self, dataplane, settings):
+    def __init__(self, dataplane, settings, *, health_only: bool = False, port: Optional[int] = None):
         self.dataplane = dataplane
         self.settings = settings
         self.port: Optional[int] = None
+        self._bind_port = settings.http_port if port is None else port
         self.app = web.Application(middlewares=[_errors], client_max_size=settings.max_message_bytes)
         self.app[MAX_BYTES] = settings.max_message_bytes
-        self._add_routes(self.app.router)
+        if health_only:
+            self._add_health_routes(self.app.router)
+        else:
+            self._add_routes(self.app.router)
         self._runner: Optional[web.AppRunner] = None
 
-    def _add_routes(self, r: web.UrlDispatcher) -> None:
+    def _add_health_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v2/health/live", self._live)
         r.add_get("/v2/health/ready", self._ready)
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            r.add_get(base + "/ready", self._model_ready)
+
+    def _add_routes(self, r: web.UrlDispatcher) -> None:
+        self._add_health_routes(r)
         r.add_get("/v2", self._server_metadata)
         r.add_get("/v2/models/stats", self._stats)  # before /v2/models/{name}
         r.add_post("/v2/repository/index", self._index)
@@ -120,7 +130,6 @@ class RestFrontend:
         r.add_delete(admin + "/shadow", self._shadow_stop)
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(base, self._model_metadata)
-            r.add_get(base + "/ready", self._model_ready)
             r.add_get(base + "/config", self._model_config)
             r.add_get(base + "/stats", self._stats)
             r.add_post(base + "/infer", self._infer)
@@ -129,7 +138,7 @@ class RestFrontend:
         s = self.settings
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=s.shutdown_grace_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.http_port, ssl_context=_ssl_context(s),
+        site = web.TCPSite(self._runner, s.host, self._bind_port, ssl_context=_ssl_context(s),
                            reuse_port=s.workers > 1)  # only a server's own workers share its port
         await site.start()
         self.port = self._runner.addresses[0][1]

@@ -1,0 +1,66 @@
+"""The control listener: health and readiness on the metrics port, on a thread and event loop of
+their own, so that an orchestrator's probes never wait behind inference work.
+
+The inference frontends share one event loop; under a flood it runs a backlog of requests and
+refusals, and a probe sent to the inference ports waits its turn in that backlog. The probes
+here are answered by another thread (it needs the GIL only for the microseconds of each
+answer; the interpreter hands it over within its switch interval, 5 ms), so liveness and
+readiness stay prompt whatever the data-plane load. The same port will carry ``/metrics``.
+
+    GET /v2/health/live | /v2/health/ready                    as on the REST port
+    GET /v2/models/{m}[/versions/{v}]/ready                   as on the REST port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Optional
+
+from .rest import RestFrontend
+
+
+class ControlListener:
+    """Serves the health routes on ``settings.metrics_port`` (0 = any free port; see ``port``)
+    from a daemon thread running its own event loop."""
+
+    def __init__(self, dataplane, settings):
+        self._frontend = RestFrontend(dataplane, settings, health_only=True, port=settings.metrics_port)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self.port: Optional[int] = None
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        """Binds and starts serving; returns the bound port. A bind failure is raised here."""
+        bound: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(bound,), name="inferline-control", daemon=True)
+        self._thread.start()
+        self.port = bound.result(timeout_s)
+        return self.port
+
+    def _run(self, bound: concurrent.futures.Future) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._frontend.start())
+        except BaseException as e:  # the port is taken, TLS files unreadable...
+            loop.close()
+            bound.set_exception(e)
+            return
+        self._loop = loop
+        bound.set_result(self._frontend.port)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._frontend.stop(0.5))
+            loop.close()
+
+    def stop(self) -> None:
+        """Stops serving and joins the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(10)
