@@ -246,15 +246,23 @@ class ServerThread:
             self.engine.close()
 
 
+def serve_once(repo, *args, env=None, timeout=60):
+    """Runs `inferline serve ...` expecting it to exit by itself; returns the CompletedProcess."""
+    metrics = () if "--metrics-port" in args else ("--metrics-port", str(free_port()))
+    cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), *metrics, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
 class ServerProcess:
     """`inferline serve` on free ports; no drain window unless `extra` sets --drain-seconds."""
 
     def __init__(self, repo, *extra, workers=1, ports=None, env=None):
         self.http, self.grpc = ports or (free_port(), free_port())
+        self.control = free_port()  # --metrics-port: the health probes' own listener
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         drain = () if "--drain-seconds" in extra else ("--drain-seconds", "0")
         cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), "--http-port", str(self.http),
-               "--grpc-port", str(self.grpc), "--poll-interval", "0.2", "--workers", str(workers), *drain, *extra]
+               "--grpc-port", str(self.grpc), "--metrics-port", str(self.control), "--poll-interval", "0.2", "--workers", str(workers), *drain, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -90,7 +90,7 @@ class PortGuard:
 
 
 async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: bool = True) -> int:
-    from .control import ControlListener
+    from .control import start_control
     from .grpc_frontend import start_grpc
     from .rest import start_rest
 
@@ -101,8 +101,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
-    control = ControlListener(dataplane, settings)
-    control.start()
+    control = await start_control(dataplane, settings)
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal():
@@ -126,7 +125,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
             pass
     await asyncio.gather(grpc_frontend.stop(settings.shutdown_grace_s), rest_frontend.stop(settings.shutdown_grace_s))
     await poller
-    control.stop()  # probes answered until the end: live, ready false
+    await control.stop()  # probes answered until the end: live, ready false
     manager.close()
     engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
     print(f"inferline worker {worker} (pid {os.getpid()}) stopped", flush=True)

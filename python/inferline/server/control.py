@@ -56,7 +56,11 @@ class ControlListener:
             loop.run_until_complete(self._frontend.stop(0.5))
             loop.close()
 
-    def stop(self) -> None:
+    async def stop(self, grace_s: float = 0.5) -> None:
+        """``close`` from an event loop (the frontends' interface)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def close(self) -> None:
         """Stops serving and joins the thread (idempotent)."""
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
@@ -64,3 +68,10 @@ class ControlListener:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(10)
+
+
+async def start_control(dataplane, settings) -> ControlListener:
+    """Starts the control listener on settings.host:settings.metrics_port (see ``.port``)."""
+    listener = ControlListener(dataplane, settings)
+    await asyncio.get_running_loop().run_in_executor(None, listener.start)
+    return listener

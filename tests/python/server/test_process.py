@@ -15,7 +15,7 @@ import pytest
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
-from server_fixtures import ServerProcess as Server, free_port
+from server_fixtures import ServerProcess as Server, free_port, serve_once
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -148,12 +148,6 @@ def test_two_workers_share_the_ports(repo):
     finally:
         assert server.stop() == 0
     assert sum("stopped" in line for line in server.lines) == 2
-
-
-def serve_once(repo, *args, env=None, timeout=60):
-    """Runs `inferline serve ...` expecting it to exit by itself; returns the CompletedProcess."""
-    cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("workers", [1, 2])
