@@ -1,6 +1,7 @@
 """Single-row gRPC requests to the demo model, next to the Python gRPC floor.
 
-    python bench/server/bench_grpc.py [--seconds 5] [--quick] [--fallback-overhead | --canary-overhead]
+    python bench/server/bench_grpc.py [--seconds 5] [--quick] [--fallback-overhead | --canary-overhead |
+                                       --baseline-python PATH]
 
 For each server (a no-op grpc.aio server answering a fixed ModelInferResponse:
 the floor; `inferline serve` with 1 and 2 workers) and each mode (unary,
@@ -19,6 +20,11 @@ in the same run; requests carry 256 distinct routing keys. Besides saturation it
 same open-loop rate (60% of the first no-rollout saturation) and reads the server's CPU time
 (/proc) over that run: CPU microseconds per request, the cost the canary adds. Only saturation and
 that rate are run (no 50%/80% rows), ``--rounds`` times each; the summary gives medians.
+
+--baseline-python PATH: instead, this installation's `inferline serve` and another one's (the
+python of a virtual environment with, e.g., main before a change installed), alternately,
+``--rounds`` times each, measured as for --canary-overhead (saturation, and server CPU per
+request at one open-loop rate); the summary gives the medians and their ratios.
 """
 
 from __future__ import annotations
@@ -201,11 +207,14 @@ def wait_port(port, timeout=60):
     raise RuntimeError(f"port {port} did not open")
 
 
-def start_inferline(workers, repo):
-    http, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "inferline", "serve", "--repository", repo, "--workers",
-                             str(workers), "--http-port", str(http), "--grpc-port", str(grpc_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_inferline(workers, repo, python=sys.executable):
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if python == sys.executable or k != "PYTHONPATH"}
+    proc = subprocess.Popen([python, "-m", "inferline", "serve", "--repository", repo, "--workers",
+                             str(workers), "--http-port", str(http), "--grpc-port", str(grpc_port),
+                             "--metrics-port", str(metrics)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tempfile.gettempdir() if python != sys.executable else None)
     lines = 0
     for line in proc.stdout:
         lines += "models ready" in line
@@ -223,7 +232,10 @@ def main() -> int:
                     help="instead: inferline with digits-mlp's fallback declared (and unused) vs none, same run")
     ap.add_argument("--canary-overhead", action="store_true",
                     help="instead: inferline with a 10%% canary of digits-mlp vs no rollout, same run")
-    ap.add_argument("--rounds", type=int, default=4, help="--canary-overhead: alternations (medians reported)")
+    ap.add_argument("--baseline-python", metavar="PATH",
+                    help="instead: this installation vs the inferline installed for PATH (a python), same run")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="--canary-overhead, --baseline-python: alternations (medians reported)")
     args = ap.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     from inferline.demo_models import demo_package_path
@@ -248,6 +260,12 @@ def main() -> int:
         # the floor first (the table's ratios), then the two alternately, twice each
         configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-no-fallback", 1)] * 2
     keys, fixed = 0, {}
+    pythons = {}
+    if args.baseline_python:
+        repos["inferline-baseline"] = repo
+        pythons["inferline-baseline"] = args.baseline_python
+        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-baseline", 1)] * args.rounds
+    per_request_cpu = bool(args.canary_overhead or args.baseline_python)
     if args.canary_overhead:
         repos["inferline-canary-10"] = canary_repository(demo_package_path("digits-mlp"),
                                                          demo_package_path("digits-logreg"))
@@ -264,15 +282,15 @@ def main() -> int:
             proc.start()
             wait_port(port)
         else:
-            proc, port = start_inferline(workers, repos[server])
+            proc, port = start_inferline(workers, repos[server], pythons.get(server, sys.executable))
         try:
             for mode in ("unary", "stream"):
                 sat = load(port, mode, args.procs, 64, None, seconds, keys)
                 row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
                 for frac in (0.5, 0.8):
-                    row[frac] = row["sat"] if args.canary_overhead else \
+                    row[frac] = row["sat"] if per_request_cpu else \
                         load(port, mode, args.procs, 64, sat["rps"] * frac, seconds, keys)
-                if args.canary_overhead and server != "noop-grpc.aio":
+                if per_request_cpu and server != "noop-grpc.aio":
                     fixed.setdefault(mode, 0.6 * sat["rps"])
                     cpu0 = process_cpu_s(proc.pid)
                     row["fixed"] = load(port, mode, args.procs, 64, fixed[mode], seconds, keys)
@@ -314,6 +332,17 @@ def main() -> int:
                   f"{cpu['canary-10-no-mirror']:.0f} us (ratio {cpu['canary-10-no-mirror'] / cpu['inferline']:.3f}); "
                   f"saturation ratio {sat['inferline-canary-10'] / sat['inferline']:.3f} "
                   f"(no mirroring {sat['canary-10-no-mirror'] / sat['inferline']:.3f})")
+    if args.baseline_python:
+        print()
+        for mode in ("unary", "stream"):
+            names = ("inferline", "inferline-baseline")
+            cpu = {n: np.median([r["cpu_us"] for r in rows if r["server"] == n and r["mode"] == mode]) for n in names}
+            sat = {n: np.median([r["sat"]["rps"] for r in rows if r["server"] == n and r["mode"] == mode])
+                   for n in names}
+            print(f"{mode}: saturation this {sat['inferline']:.0f} req/s, baseline {sat['inferline-baseline']:.0f} "
+                  f"req/s, ratio {sat['inferline'] / sat['inferline-baseline']:.3f}; at {fixed[mode]:.0f} req/s "
+                  f"offered, server CPU per request this {cpu['inferline']:.0f} us, baseline "
+                  f"{cpu['inferline-baseline']:.0f} us, ratio {cpu['inferline'] / cpu['inferline-baseline']:.3f}")
     return 0
 
 

@@ -1,17 +1,24 @@
 """Goodput under overload: inferline next to KServe's model server, same model, same run.
 
-    python bench/server/bench_overload.py [--seconds 8] [--quick] [--kserve-python PATH] [--plot PATH]
+    python bench/server/bench_overload.py [--seconds 8] [--quick] [--model digits-heavy|digits-mlp]
+                                          [--kserve-python PATH] [--plot PATH]
 
-Both servers answer v2 gRPC ModelInfer for the demo model digits-mlp (the same model.onnx, the
-same standardisation from model.json; KServe runs it in onnxruntime with one intra-op and one
-inter-op thread, as inferline's model.json asks). One server runs at a time. For each:
-  - capacity: closed loop, 64 calls in flight per client process, no deadline -> answers OK/s;
+Both servers answer v2 gRPC ModelInfer for the same model (the same model.onnx, the same
+standardisation from model.json; KServe runs it in onnxruntime with one intra-op and one
+inter-op thread, as inferline's model.json asks): digits-heavy by default (heavy_model.py:
+digits-mlp's signature in front of ~1.5 ms of compute per row that batching cannot share, so
+that the model sets the capacity and the clients can offer 10x it), or the demo digits-mlp,
+whose capacity is the servers' per-request overhead: the clients here cannot send 10x that. One server runs at a time. For each:
+  - capacity: the best of closed loops with 8, 32 and 64 calls in flight per client process, no
+    deadline -> answers OK/s;
   - for each multiple m: an open loop at m x capacity, and a closed loop with m x 100 calls in
     flight per client process (resent at once after any answer or error), both with a 200 ms
     gRPC deadline. Goodput = answers OK within their deadline, per second;
   - after the largest multiple (the spike): 3 s open loop at 0.5 x capacity -> p99 (recovery);
-  - during every run a prober process calls ServerLive every 100 ms (2 s timeout), and the
-    server's RSS (its process tree, /proc VmRSS) is read before and at the end of the run.
+  - during every run a prober process calls ServerLive on the gRPC port and GET /v2/health/live
+    on the probe port (inferline: its control listener, --metrics-port; KServe: its REST port)
+    every 100 ms each (2 s timeout), and the server's RSS (its process tree, /proc VmRSS) is read
+    before and at the end of the run.
 One line per (server, run), then a table and a plot of goodput / capacity vs the multiple.
 Ratios are against the capacity measured in the same run: the machine is small and noisy.
 
@@ -40,6 +47,9 @@ LIVE = "/inference.GRPCInferenceService/ServerLive"
 CODES = ("OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED")
 """Always counted (zeros included); any other status code is counted under its own name."""
 DEADLINE_S = 0.2
+CAPACITY_CONCURRENCY = (8, 32, 64)
+"""Closed loops (calls in flight per client process, no deadline) whose best OK/s is the capacity:
+the most a server answers, whether or not a larger loop would make it refuse."""
 SPIKE_RECOVERY = (0.5, 3.0)  # (multiple of capacity, seconds) after the largest multiple
 KSERVE_HINT = ("python3 -m venv /tmp/kserve-venv && /tmp/kserve-venv/bin/pip install kserve onnxruntime, "
                "then --kserve-python /tmp/kserve-venv/bin/python")
@@ -95,6 +105,7 @@ TABLE = (("server", "server", "{server}"), ("mode", "mode", "{mode}"), ("x", "x"
          ("p99 ms", "p99_ms", "{p99_ms:.1f}"), ("health max ms", "health_max_ms", "{health[max_ms]:.1f}"),
          ("health p99 ms", "health_p99_ms", "{health[p99_ms]:.1f}"),
          ("health t/o", "health_timeouts", "{health[timeouts]}"),
+         ("probe max ms", "probe_max_ms", "{probe[max_ms]:.1f}"), ("probe t/o", "probe_timeouts", "{probe[timeouts]}"),
          ("client lag ms", "client_lag_p99_ms", "{client_lag_p99_ms:.1f}"),
          ("RSS MB", "rss_mb", "{rss_start:.0f}>{rss_end:.0f}"))
 """(table title, key in the per-run line, format) of each column; the refusals by code follow."""
@@ -111,7 +122,8 @@ x: the multiple of capacity asked for (closed: m x 100 calls in flight per clien
 sent/cap: what the clients did send; goodput: answers OK within {deadline_ms:.0f} ms (client-timed), per
 second; good/cap and ok/cap: goodput and every OK answer (however late the client saw it) over
 the capacity row of the same server; p99 ms: of the OK answers; health: ServerLive every 100 ms
-(t/o: 2 s timeouts); client lag ms: p99 of the clients' event-loop lateness; recov-*: 3 s at 0.5 x
+(t/o: 2 s timeouts); probe: GET /v2/health/live on the probe port (inferline: the control listener;
+KServe: its REST port) every 100 ms; client lag ms: p99 of the clients' event-loop lateness; recov-*: 3 s at 0.5 x
 capacity right after the spike; (OK too late=N): calls that ended OK, timed past their deadline.
 """
 
@@ -229,7 +241,7 @@ async def _probe(port, ready, stop, period_s=0.1, timeout_s=2.0):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         live = channel.unary_unary(LIVE, request_serializer=ident, response_deserializer=ident)
         await channel.channel_ready()
-        ready.put("prober")
+        ready.set()
         next_at = time.perf_counter()
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -247,20 +259,58 @@ async def _probe(port, ready, stop, period_s=0.1, timeout_s=2.0):
     return latencies, timeouts, errors
 
 
-def _probe_proc(port, ready, stop, results, cpus):
+async def _probe_http(port, ready, stop, period_s=0.1, timeout_s=2.0):
+    """GET /v2/health/live every period_s on one keep-alive connection (a new one after an error)."""
+    import aiohttp
+
+    latencies, timeouts, errors = [], 0, 0
+    url = f"http://127.0.0.1:{port}/v2/health/live"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async with session.get(url) as r:
+            await r.read()
+        ready.set()
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with session.get(url) as r:
+                    await r.read()
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+            except asyncio.TimeoutError:
+                timeouts += 1
+                latencies.append(time.perf_counter() - t0)
+            except aiohttp.ClientError:
+                errors += 1
+            next_at = max(next_at + period_s, time.perf_counter())
+            await asyncio.sleep(next_at - time.perf_counter())
+    return latencies, timeouts, errors
+
+
+async def _probe_both(grpc_port, http_port, ready, stop):
+    grpc_ready, http_ready = asyncio.Event(), asyncio.Event()
+    probes = asyncio.gather(_probe(grpc_port, grpc_ready, stop), _probe_http(http_port, http_ready, stop))
+    await asyncio.wait([asyncio.ensure_future(grpc_ready.wait()), asyncio.ensure_future(http_ready.wait())])
+    ready.put("prober")
+    return await probes
+
+
+def _probe_proc(ports, ready, stop, results, cpus):
     if cpus:
         os.sched_setaffinity(0, cpus)
-    results.put(asyncio.run(_probe(port, ready, stop)))
+    results.put(asyncio.run(_probe_both(*ports, ready, stop)))
 
 
 def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=None, timeout=None,
-             deadline=None, cpus=None):
+             deadline=None, cpus=None, probe_port=None):
     """One run from `procs` client processes, with the prober and RSS readings around it."""
     ctx = mp.get_context("spawn")
     ready, go, stop, results, health_q = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
     spec = {"seconds": seconds, "concurrency": concurrency, "rate": None if rate is None else rate / procs,
             "timeout": timeout, "deadline": deadline, "cpus": cpus}
-    prober = ctx.Process(target=_probe_proc, args=(port, ready, stop, health_q, cpus))
+    prober = ctx.Process(target=_probe_proc, args=((port, probe_port), ready, stop, health_q, cpus))
     clients = [ctx.Process(target=_client_proc, args=(port, spec, payloads, ready, go, results))
                for _ in range(procs)]
     rss_start = process_tree_rss_mb(server_pid)
@@ -276,14 +326,15 @@ def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=
         lags += got[1]
     rss_end = process_tree_rss_mb(server_pid)
     stop.set()
-    health = health_summary(*health_q.get(timeout=60))
+    grpc_probes, http_probes = health_q.get(timeout=60)
     for p in [prober, *clients]:
         p.join()
-    return {**summarize(records, seconds), "health": health, "rss_start": rss_start, "rss_end": rss_end,
+    return {**summarize(records, seconds), "health": health_summary(*grpc_probes),
+            "probe": health_summary(*http_probes), "rss_start": rss_start, "rss_end": rss_end,
             "client_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else float("nan")}
 
 
-def measure_server(name, port, pid, payloads, args):
+def measure_server(name, port, probe_port, pid, payloads, args):
     """The runs against one server; prints one line per run and returns the rows."""
     rows = []
 
@@ -296,8 +347,15 @@ def measure_server(name, port, pid, payloads, args):
         rows.append(row)
         print(run_line(row), flush=True)
 
-    load = lambda **kw: run_load(port, pid, payloads, args.procs, cpus=args.client_cpus, **kw)  # noqa: E731
-    record("capacity", 1, None, load(seconds=args.capacity_seconds, concurrency=64, timeout=30.0))
+    load = lambda **kw: run_load(port, pid, payloads, args.procs, cpus=args.client_cpus,  # noqa: E731
+                                 probe_port=probe_port, **kw)
+    best = None
+    for c in CAPACITY_CONCURRENCY:  # the most it answers OK, below the point where it starts refusing
+        result = load(seconds=args.capacity_seconds, concurrency=c, timeout=30.0)
+        print(f"server={name} capacity probe: {c} calls in flight per client process: "
+              f"{result['goodput_rps']:.0f} OK/s, refusals {refusals_text(result['codes'])}", flush=True)
+        best = result if best is None or result["goodput_rps"] > best["goodput_rps"] else best
+    record("capacity", 1, None, best)
     capacity = max(rows[0]["goodput_rps"], 1.0)
     for m in args.multiples:
         for mode in ("open", "closed"):
@@ -313,7 +371,7 @@ def measure_server(name, port, pid, payloads, args):
 
 # ---- the servers ---------------------------------------------------------------------------
 KSERVE_MODEL = '''\
-"""digits-mlp as a kserve.Model: onnxruntime (1 intra-op, 1 inter-op thread), standardised as
+"""The bench's model as a kserve.Model: onnxruntime (1 intra-op, 1 inter-op thread), standardised as
 inferline's preprocessing does (NaN -> nan_fill, (x - mean) / std, clip), v2 gRPC. Written by
 bench/server/bench_overload.py; configured by the environment (OVERLOAD_*)."""
 import json
@@ -325,7 +383,7 @@ import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
 
-class DigitsMLP(Model):
+class OnnxDigits(Model):
     def __init__(self, name, model_dir):
         super().__init__(name)
         self.model_dir = model_dir
@@ -360,18 +418,18 @@ if __name__ == "__main__":
                          http_port=int(os.environ["OVERLOAD_HTTP_PORT"]), enable_latency_logging=False,
                          grace_period=5)
     logging.getLogger("kserve").setLevel(logging.WARNING)  # its gRPC interceptor logs every call at INFO
-    server.start([DigitsMLP("digits-mlp", os.environ["OVERLOAD_MODEL_DIR"])])
+    server.start([OnnxDigits(os.environ["OVERLOAD_MODEL_NAME"], os.environ["OVERLOAD_MODEL_DIR"])])
 '''
 
 
-def golden_payloads(package: str):
-    """ModelInferRequest bytes for each golden row of digits-mlp, and the golden logits."""
+def golden_payloads(package: str, model: str):
+    """ModelInferRequest bytes for each golden row of the package, and the golden logits."""
     from inferline.server.proto import inference_pb2 as pb
 
     golden = np.load(os.path.join(package, "golden.npz"))
     payloads = []
     for row in golden["inputs/pixels"]:
-        req = pb.ModelInferRequest(model_name="digits-mlp")
+        req = pb.ModelInferRequest(model_name=model)
         req.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
         req.raw_input_contents.append(np.ascontiguousarray(row[None], np.float32).tobytes())
         payloads.append(req.SerializeToString())
@@ -406,31 +464,31 @@ def wait_and_check(name, port, proc, payloads, logits, log_path, timeout_s=180.0
         raise RuntimeError(f"{name} does not compute the golden logits (max abs diff {diff})")
 
 
-def start_server(name, workdir, kserve_python=None, cpus=None):
-    """(Popen, grpc port, log path) of inferline serve, or of the KServe model server."""
+def start_server(name, workdir, package, kserve_python=None, cpus=None, server_args=()):
+    """(Popen, grpc port, probe port, log path) of inferline serve (probe: its control listener), or of
+    the KServe model server (probe: its REST port)."""
     from bench_grpc import free_port
 
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port, control = free_port(), free_port(), free_port()
     log_path = os.path.join(workdir, f"{name}.log")
     env = dict(os.environ)
     if name == "inferline":
         cmd = [sys.executable, "-m", "inferline", "serve", "--repository", os.path.join(workdir, "repo"),
-               "--http-port", str(http), "--grpc-port", str(grpc_port), "--drain-seconds", "0"]
+               "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(control),
+               "--drain-seconds", "0", *server_args]
     else:
-        from inferline.demo_models import demo_package_path
-
-        script = os.path.join(workdir, "kserve_digits_mlp.py")
+        script = os.path.join(workdir, "kserve_model.py")
         with open(script, "w", encoding="utf-8") as f:
             f.write(KSERVE_MODEL)
         cmd = [kserve_python, script]
         env.update(OVERLOAD_GRPC_PORT=str(grpc_port), OVERLOAD_HTTP_PORT=str(http),
-                   OVERLOAD_MODEL_DIR=demo_package_path("digits-mlp"))
+                   OVERLOAD_MODEL_DIR=package, OVERLOAD_MODEL_NAME=os.path.basename(package))
         env.pop("PYTHONPATH", None)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)  # before it starts threads or children: they inherit it
-    return proc, grpc_port, log_path
+    return proc, grpc_port, control if name == "inferline" else http, log_path
 
 
 def stop_server(proc):
@@ -454,7 +512,7 @@ def kserve_problem(kserve_python):
     return None
 
 
-def plot(rows, path):
+def plot(rows, path, model):
     """goodput / capacity vs offered load, one line per server and mode (matplotlib, if importable).
     Open loop: at the rate the clients did send (sent / capacity), which on a small machine falls
     short of the target; closed loop: at its nominal multiple (m x 100 calls in flight per client)."""
@@ -476,7 +534,7 @@ def plot(rows, path):
     ax.axhline(1.0, linestyle=":", color="grey", label="capacity")
     ax.set(xscale="log", xlabel="offered load, x capacity of the same run\n(open: sent rate; closed: m x 100 "
                                 "in flight per client process)",
-           ylabel="goodput / capacity (OK within 200 ms)", title="digits-mlp, gRPC, single-row requests")
+           ylabel="goodput / capacity (OK within 200 ms)", title=f"{model}, gRPC, single-row requests")
     ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
@@ -496,6 +554,9 @@ def main() -> int:
                     help="server on CPU 0, clients and prober on the others, so that overload cannot take "
                          "CPU from the server (default: on with 2 or more CPUs)")
     ap.add_argument("--plot", default="/tmp/inferline-overload.png", help="where the plot goes")
+    ap.add_argument("--server-args", default="", help="more `inferline serve` flags, e.g. '--admission-limit 64'")
+    ap.add_argument("--model", choices=("digits-heavy", "digits-mlp"), default="digits-heavy",
+                    help="the model both servers run (default digits-heavy: compute sets the capacity)")
     args = ap.parse_args()
     args.multiples = (1, 10) if args.quick else (1, 2, 3, 10)
     args.seconds = 3.0 if args.quick else args.seconds
@@ -512,8 +573,14 @@ def main() -> int:
     registry = open_registry(os.path.join(workdir, "repo"))
     push(registry, demo_package_path("digits-logreg"))
     push(registry, demo_package_path("digits-mlp"))
+    package = demo_package_path("digits-mlp")
+    if args.model == "digits-heavy":
+        from heavy_model import build_package
+
+        package = build_package(workdir, package)
+        push(registry, package)
     registry.close()
-    payloads, logits = golden_payloads(demo_package_path("digits-mlp"))
+    payloads, logits = golden_payloads(package, args.model)
     servers = ["inferline"]
     problem = kserve_problem(args.kserve_python)
     if problem:
@@ -522,15 +589,16 @@ def main() -> int:
         servers.append("kserve")
     rows = []
     for name in servers:
-        proc, port, log_path = start_server(name, workdir, args.kserve_python, args.server_cpus)
+        proc, port, probe_port, log_path = start_server(name, workdir, package, args.kserve_python,
+                                                        args.server_cpus, args.server_args.split())
         try:
             wait_and_check(name, port, proc, payloads, logits, log_path)
-            rows += measure_server(name, port, proc.pid, payloads, args)
+            rows += measure_server(name, port, probe_port, proc.pid, payloads, args)
         finally:
             stop_server(proc)
     print(LEGEND.format(deadline_ms=DEADLINE_S * 1000))
     print(format_table(rows))
-    plot(rows, args.plot)
+    plot(rows, args.plot, args.model)
     return 0
 
 

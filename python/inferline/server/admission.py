@@ -12,9 +12,12 @@ near capacity, each checked before a request is decoded:
    the limit by a fifth; a window that hit the limit without exceeding the target raises it by
    one twentieth), or static (``settings.admission_limit``). Over it: UNAVAILABLE / HTTP 503 with
    a retry hint, at the cost of a counter check.
-3. The deadline: a request whose remaining deadline is shorter than the current latency EWMA
-   (what it would wait and compute) is refused DEADLINE_EXCEEDED instead of being computed for
-   nobody; the core also drops queued rows whose deadline passed before their batch runs.
+3. The deadline: a request whose remaining deadline is shorter than its predicted latency (what
+   it would wait and compute) is refused DEADLINE_EXCEEDED instead of being computed for nobody;
+   the core also drops queued rows whose deadline passed before their batch runs. The prediction
+   is the latency EWMA scaled to the load now: latency x (in flight + 1) / (in flight when that
+   latency was measured + 1), so an estimate made under a burst does not outlive it (a worker
+   whose last requests waited seconds admits the next one when nothing is ahead of it).
 
 Every refusal is counted by reason (``stats()``). All calls happen on the worker's event loop
 (one thread): no lock.
@@ -52,15 +55,21 @@ class Admission:
         self.target_s = target_ms / 1000.0
         self.in_flight = 0
         self.latency_s = 0.0
-        """EWMA of admitted requests' latency (seconds): the wait a new request should expect."""
+        """EWMA of admitted requests' latency (seconds)."""
+        self.load = 0.0
+        """EWMA of the requests in flight ahead of each admitted one, measured with latency_s."""
         self.refused = {"overload": 0, "deadline": 0}
         self.admitted = 0
         self._clock = clock
         self._window_end = clock() + WINDOW_S
         self._hit_limit = False
 
-    def admit(self, deadline_left_s: Optional[float]) -> float:
-        """Admits one request (returns its start time for ``done``) or raises Overloaded /
+    def predicted_latency_s(self) -> float:
+        """What a request admitted now should expect to wait and compute (module docstring, 3)."""
+        return self.latency_s * (self.in_flight + 1) / (self.load + 1)
+
+    def admit(self, deadline_left_s: Optional[float]) -> tuple:
+        """Admits one request (returns the token to give ``done``) or raises Overloaded /
         DeadlineExceeded. ``deadline_left_s``: seconds before the caller's deadline, None if none."""
         if self.in_flight >= self.limit:
             self._hit_limit = True
@@ -69,18 +78,23 @@ class Admission:
             raise Overloaded(f"server overloaded: {self.in_flight} requests in flight (limit {self.limit}); "
                              f"retry after ~{retry_ms} ms", retry_ms)
         if deadline_left_s is not None and deadline_left_s < self.latency_s:
-            self.refused["deadline"] += 1
-            raise DeadlineExceeded(f"the deadline ({deadline_left_s * 1000:.1f} ms left) is shorter than the "
-                                   f"current latency ({self.latency_s * 1000:.1f} ms); refused before decoding")
+            predicted = self.predicted_latency_s()
+            if deadline_left_s < predicted:
+                self.refused["deadline"] += 1
+                raise DeadlineExceeded(f"the deadline ({deadline_left_s * 1000:.1f} ms left) is shorter than the "
+                                       f"predicted latency ({predicted * 1000:.1f} ms); refused before decoding")
+        ahead = self.in_flight
         self.in_flight += 1
         self.admitted += 1
-        return self._clock()
+        return self._clock(), ahead
 
-    def done(self, started: float) -> None:
-        """The admitted request that started at ``started`` has been answered (or failed)."""
+    def done(self, token: tuple) -> None:
+        """The admitted request whose ``admit`` returned `token` has been answered (or failed)."""
+        started, ahead = token
         self.in_flight -= 1
         now = self._clock()
         self.latency_s += 0.05 * ((now - started) - self.latency_s)
+        self.load += 0.05 * (ahead - self.load)
         if now >= self._window_end:
             self._window_end = now + WINDOW_S
             if not self.static:

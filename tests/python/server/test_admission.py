@@ -40,10 +40,30 @@ def test_a_deadline_shorter_than_the_current_latency_is_refused_before_any_work(
         clock.t += 0.020
         a.done(started)
     assert 0.015 < a.latency_s <= 0.020
-    with pytest.raises(DeadlineExceeded, match="shorter than the current latency"):
+    with pytest.raises(DeadlineExceeded, match="shorter than the predicted latency"):
         a.admit(0.005)
     a.done(a.admit(0.5))  # a deadline it can meet is admitted
     assert a.stats()["refused"]["deadline"] == 1
+
+
+def test_a_latency_measured_under_a_burst_does_not_outlive_it():
+    """Seconds of latency measured with 200 requests in flight; then the burst is over. A request
+    with a 200 ms deadline and nothing ahead of it is admitted, not refused forever (an estimate
+    only answers could move would never move again)."""
+    clock = Clock()
+    a = Admission(4096, clock=clock)
+    for _ in range(20):
+        held = [a.admit(None) for _ in range(200)]
+        clock.t += 3.0
+        for token in held:
+            a.done(token)
+    assert a.latency_s > 2.0 and a.predicted_latency_s() < 0.05
+    token = a.admit(0.2)
+    held = [a.admit(None) for _ in range(150)]
+    with pytest.raises(DeadlineExceeded):  # with 150 ahead again, 200 ms is too short once more
+        a.admit(0.2)
+    for t in [token, *held]:
+        a.done(t)
 
 
 def test_the_adaptive_limit_falls_when_latency_exceeds_the_target_and_grows_when_it_is_met():

@@ -67,7 +67,8 @@ def row(server, mode, multiple, goodput_rps):
     result = bo.summarize(records(), 1.0)
     return {"server": server, "mode": mode, "multiple": multiple, **result, "goodput_rps": goodput_rps,
             "offered_rps": 1234.4, "ratio": goodput_rps / 1000, "sent_ratio": 1.5, "ok_ratio": 0.9,
-            "health": bo.health_summary([0.001, 0.05], 0), "client_lag_p99_ms": 1.25,
+            "health": bo.health_summary([0.001, 0.05], 0), "probe": bo.health_summary([0.002], 1),
+            "client_lag_p99_ms": 1.25,
             "rss_start": 100.2, "rss_end": 120.7}
 
 
