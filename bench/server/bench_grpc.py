@@ -234,6 +234,7 @@ def main() -> int:
                     help="instead: inferline with a 10%% canary of digits-mlp vs no rollout, same run")
     ap.add_argument("--baseline-python", metavar="PATH",
                     help="instead: this installation vs the inferline installed for PATH (a python), same run")
+    ap.add_argument("--modes", default="unary,stream", help="comma-separated: unary, stream")
     ap.add_argument("--rounds", type=int, default=4,
                     help="--canary-overhead, --baseline-python: alternations (medians reported)")
     args = ap.parse_args()
@@ -284,7 +285,7 @@ def main() -> int:
         else:
             proc, port = start_inferline(workers, repos[server], pythons.get(server, sys.executable))
         try:
-            for mode in ("unary", "stream"):
+            for mode in args.modes.split(","):
                 sat = load(port, mode, args.procs, 64, None, seconds, keys)
                 row = {"server": server, "workers": workers, "mode": mode, "sat": sat}
                 for frac in (0.5, 0.8):
@@ -334,7 +335,7 @@ def main() -> int:
                   f"(no mirroring {sat['canary-10-no-mirror'] / sat['inferline']:.3f})")
     if args.baseline_python:
         print()
-        for mode in ("unary", "stream"):
+        for mode in args.modes.split(","):
             names = ("inferline", "inferline-baseline")
             cpu = {n: np.median([r["cpu_us"] for r in rows if r["server"] == n and r["mode"] == mode]) for n in names}
             sat = {n: np.median([r["sat"]["rps"] for r in rows if r["server"] == n and r["mode"] == mode])
@@ -342,7 +343,9 @@ def main() -> int:
             print(f"{mode}: saturation this {sat['inferline']:.0f} req/s, baseline {sat['inferline-baseline']:.0f} "
                   f"req/s, ratio {sat['inferline'] / sat['inferline-baseline']:.3f}; at {fixed[mode]:.0f} req/s "
                   f"offered, server CPU per request this {cpu['inferline']:.0f} us, baseline "
-                  f"{cpu['inferline-baseline']:.0f} us, ratio {cpu['inferline'] / cpu['inferline-baseline']:.3f}")
+                  f"{cpu['inferline-baseline']:.0f} us, ratio {cpu['inferline'] / cpu['inferline-baseline']:.3f} "
+                  f"(rounds: " + ", ".join(f"{r['server'].replace('inferline-', '')} {r['cpu_us']:.0f}" for r in rows
+                                           if r["mode"] == mode and r["server"] != "noop-grpc.aio") + ")")
     return 0
 
 

@@ -4,9 +4,10 @@ Under overload a server that accepts everything answers nothing in time: request
 one waits past its caller's deadline, and the work is done for nobody. Three bounds keep goodput
 near capacity, each checked before a request is decoded:
 
-1. The transport: at most ``settings.max_concurrent_streams`` calls per HTTP/2 connection (gRPC);
-   the gRPC core refuses the rest itself (REFUSED_STREAM, which the client sees as UNAVAILABLE)
-   without waking Python.
+1. The transport: at most ``settings.max_concurrent_streams`` calls per HTTP/2 connection (gRPC).
+   gRPC clients hold further calls on their side until one ends (only calls sent before the
+   client has the server's settings are refused, REFUSED_STREAM, seen as UNAVAILABLE), so they
+   never wake Python.
 2. ``Admission.admit``: at most ``limit`` inference requests in flight in this worker, adaptive by
    default (AIMD against a latency target: each window whose latency EWMA exceeds the target cuts
    the limit by a fifth; a window that hit the limit without exceeding the target raises it by
@@ -18,6 +19,12 @@ near capacity, each checked before a request is decoded:
    is the latency EWMA scaled to the load now: latency x (in flight + 1) / (in flight when that
    latency was measured + 1), so an estimate made under a burst does not outlive it (a worker
    whose last requests waited seconds admits the next one when nothing is ahead of it).
+
+Refusing is not free in Python: a refused gRPC call costs the server about as much CPU as
+answering a no-op one (~150-170 us; bench/server/bench_refusal_cost.py), a tenth of a 1.5 ms
+model's request and most of a light one's. Clients that resend refusals at once therefore take
+CPU from the model (bench/README.md, "Overload"); refusals costing microseconds need a native
+frontend.
 
 Every refusal is counted by reason (``stats()``). All calls happen on the worker's event loop
 (one thread): no lock.

@@ -315,7 +315,7 @@ async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFron
         ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED from grpc
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", int(settings.workers > 1)),  # only a server's own workers share its port
-        ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams)),  # more: REFUSED_STREAM, in C
+        ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams)),  # more wait in the client
     ])
     server.add_generic_rpc_handlers((InferenceService(dataplane).generic_handler(),))
     health_service = HealthService(dataplane)

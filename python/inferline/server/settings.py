@@ -59,8 +59,8 @@ class ServerSettings:
         3.0, "on SIGTERM/SIGINT: seconds to keep accepting with readiness false, so load balancers "
              "move traffic away before the listeners close (default 3; a second signal skips it)")
     max_concurrent_streams: int = _setting(
-        128, "gRPC calls one connection may have open at once; the transport refuses more (UNAVAILABLE) "
-             "without waking Python, keeping floods off the event loop (default 128)")
+        128, "gRPC calls one connection may have open at once; clients hold more on their side, so they "
+             "never reach the event loop (default 128)")
     admission_limit: int = _setting(
         0, "inference requests one worker may have in flight; more are refused at once (UNAVAILABLE, "
            "HTTP 503); 0 = adaptive: the limit follows the measured latency (default 0)")
