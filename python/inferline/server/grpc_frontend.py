@@ -8,7 +8,9 @@ Handlers are registered generically with bytes in and bytes out: each one
 parses its request, asks the ``DataPlane`` and serializes the answer, and every
 exception goes through one mapping (``grpc_status``) to a gRPC status. Per
 inference request Python does one parse, one ``await dataplane.infer`` and one
-serialize (bench/server/decode_cost.py measures that share). Also served:
+serialize (bench/server/decode_cost.py measures that share). ModelStreamInfer
+streams are bounded in number (`max_streams`), in work in hand (see ``_Stream``)
+and in idle time (`stream_idle_timeout_s`). Also served:
 ``grpc.health.v1.Health`` (SERVING while the data plane is ready; a model name
 as the service asks about that model) and server reflection.
 """
@@ -37,7 +39,15 @@ log = logging.getLogger("inferline.server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 MAX_STREAM_IN_FLIGHT = 1024
-"""Requests of one ModelStreamInfer stream being answered at once; reading pauses beyond it."""
+"""Requests of one ModelStreamInfer stream in hand (being answered, or answered and not yet written);
+reading pauses beyond it."""
+MAX_STREAM_BYTES = 16 << 20
+"""Bytes of one stream's requests and answers in hand; reading pauses beyond it (one request always fits)."""
+FEW_OUTPUTS = 16
+"""A request naming more outputs than this is checked against the model's output count before decoding."""
+MAX_STATUS_BYTES = 1024
+"""Status messages are cut to this many UTF-8 bytes: they travel in a trailer, percent-encoded (up to
+3 KiB), and one over the client's metadata limit (8 KiB by default) reaches it as RESOURCE_EXHAUSTED."""
 
 UNIMPLEMENTED_RPCS = {
     "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest,
@@ -61,11 +71,19 @@ def grpc_status(exc: BaseException) -> tuple:
     """(grpc.StatusCode, message) for any exception a handler raised: the one error mapping."""
     if isinstance(exc, InferlineError):
         code = GRPC_CODE_OVERRIDES.get(exc.grpc_code) or getattr(grpc.StatusCode, exc.grpc_code, None)
-        return code or grpc.StatusCode.UNKNOWN, exc.message
+        return code or grpc.StatusCode.UNKNOWN, clip_message(exc.message)
     if isinstance(exc, DecodeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message: {exc}"
+        return grpc.StatusCode.INVALID_ARGUMENT, clip_message(f"malformed request message: {exc}")
     log.error("internal error in a gRPC handler", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+def clip_message(message: str, limit: int = MAX_STATUS_BYTES) -> str:
+    """`message`, or its first `limit` UTF-8 bytes and how long it was."""
+    data = message.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return message
+    return f"{data[:limit].decode('utf-8', 'ignore')}... (message of {len(message)} characters cut)"
 
 
 def _unary(method, request_type):
@@ -87,8 +105,12 @@ def _unary(method, request_type):
 class InferenceService:
     """The RPCs of inference.GRPCInferenceService, each a thin conversion around the DataPlane."""
 
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, settings: Optional[ServerSettings] = None):
+        settings = settings or ServerSettings()
         self.dp = dataplane
+        self.max_streams = settings.max_streams
+        self.stream_idle_s = settings.stream_idle_timeout_s or None
+        self.open_streams = 0
 
     def generic_handler(self):
         u = _unary
@@ -153,42 +175,28 @@ class InferenceService:
             admission.done(started)
 
     async def model_infer(self, request, context):
-        response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
+        response = await self.dp.infer(self._decode(request, context))
         return convert.encode_infer_response(response)
+
+    def _decode(self, request, context):
+        """The InferRequest in `request`; a long `outputs` list is first held to the model's output count."""
+        max_outputs = None
+        if len(request.outputs) > FEW_OUTPUTS:
+            max_outputs = len(self.dp.model_metadata(request.model_name, request.model_version)["outputs"])
+        return convert.decode_infer_request(request, _deadline_us(context), max_outputs)
 
     async def model_stream_infer(self, requests, context):
         """Answers each request of the stream as soon as it completes (not in order); a failed
-        request gets `error_message` and the stream goes on."""
-        answers: asyncio.Queue = asyncio.Queue()
-        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
-        tasks: set = set()
-
-        async def answer(raw: bytes):
-            try:
-                answers.put_nowait(await self._stream_answer(raw, context))
-            finally:
-                slots.release()
-
-        async def read():
-            try:
-                async for raw in requests:
-                    await slots.acquire()
-                    task = asyncio.ensure_future(answer(raw))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.wait(list(tasks))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.ensure_future(read())
+        request gets `error_message` and the stream goes on. Past `max_streams` open streams, UNAVAILABLE."""
+        if self.open_streams >= self.max_streams:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"ModelStreamInfer: this worker has {self.open_streams} streams open, its limit "
+                                f"(--max-streams); retry later, or send unary ModelInfer calls")
+        self.open_streams += 1
         try:
-            while (out := await answers.get()) is not None:
-                await context.write(out)
-            await reader  # surfaces a failure to read the stream
+            await _Stream(self, requests, context, self.stream_idle_s).run()
         finally:
-            for task in (reader, *tasks):
-                task.cancel()
+            self.open_streams -= 1
 
     async def _stream_answer(self, raw: bytes, context) -> bytes:
         request = None
@@ -199,7 +207,7 @@ class InferenceService:
             return pb.ModelStreamInferResponse(error_message=grpc_status(e)[1]).SerializeToString()
         try:
             request = pb.ModelInferRequest.FromString(raw)
-            response = await self.dp.infer(convert.decode_infer_request(request, _deadline_us(context)))
+            response = await self.dp.infer(self._decode(request, context))
             out = pb.ModelStreamInferResponse(infer_response=convert.encode_infer_response(response))
         except Exception as e:
             _, message = grpc_status(e)
@@ -224,6 +232,83 @@ class InferenceService:
     async def repository_model_unload(self, request, context):
         await self.dp.repository_unload(request.model_name, authorization=_authorization(context))
         return pb.RepositoryModelUnloadResponse()
+
+
+class _Stream:
+    """One ModelStreamInfer call. Work in hand (requests being answered, answers not yet written) is
+    bounded by MAX_STREAM_IN_FLIGHT and MAX_STREAM_BYTES and freed as each answer is written; past
+    either bound the stream is not read, so a client that does not read its answers is held back by
+    HTTP/2 flow control. With nothing in hand and no request for `idle_s`, or an answer unread for
+    `idle_s`, the stream ends UNAVAILABLE."""
+
+    def __init__(self, service: InferenceService, requests, context, idle_s: Optional[float]):
+        self.service, self.requests, self.context, self.idle_s = service, requests, context, idle_s
+        self.answers: asyncio.Queue = asyncio.Queue()  # (answer, request size), then None
+        self.tasks: set = set()
+        self.in_hand = self.bytes_in_hand = 0
+        self.room = asyncio.Event()
+        self.last_active = asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        reader = asyncio.ensure_future(self._read())
+        try:
+            while (item := await self._next_answer()) is not None:
+                out, size = item
+                await self._write(out)
+                self.last_active = asyncio.get_running_loop().time()
+                self.in_hand -= 1
+                self.bytes_in_hand -= size
+                self.room.set()
+            await reader  # surfaces a failure to read the stream
+        finally:
+            for task in (reader, *self.tasks):
+                task.cancel()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.requests:
+                self.last_active = asyncio.get_running_loop().time()
+                while self.in_hand >= MAX_STREAM_IN_FLIGHT or (
+                        self.in_hand and self.bytes_in_hand + len(raw) > MAX_STREAM_BYTES):
+                    self.room.clear()
+                    await self.room.wait()
+                self.in_hand += 1
+                self.bytes_in_hand += len(raw)
+                task = asyncio.ensure_future(self._answer(raw))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            if self.tasks:
+                await asyncio.wait(list(self.tasks))
+        finally:
+            self.answers.put_nowait(None)
+
+    async def _answer(self, raw: bytes) -> None:
+        out = await self.service._stream_answer(raw, self.context)
+        self.bytes_in_hand += len(out)
+        self.answers.put_nowait((out, len(raw) + len(out)))
+
+    async def _next_answer(self):
+        """The next answer; ends the stream after `idle_s` with nothing in hand and nothing read or written."""
+        while self.idle_s is not None:
+            left = self.last_active + self.idle_s - asyncio.get_running_loop().time()
+            try:
+                return await asyncio.wait_for(self.answers.get(), left if left > 0 else self.idle_s)
+            except asyncio.TimeoutError:
+                if not self.in_hand and self.answers.empty():
+                    await self.context.abort(grpc.StatusCode.UNAVAILABLE,
+                                             f"ModelStreamInfer: no request for {self.idle_s:g} s; stream closed "
+                                             f"(--stream-idle-timeout)")
+        return await self.answers.get()
+
+    async def _write(self, out: bytes) -> None:
+        if self.idle_s is None:
+            return await self.context.write(out)
+        try:
+            await asyncio.wait_for(self.context.write(out), self.idle_s)
+        except asyncio.TimeoutError:
+            await self.context.abort(grpc.StatusCode.UNAVAILABLE,
+                                     f"ModelStreamInfer: an answer went unread for {self.idle_s:g} s; stream "
+                                     f"closed (--stream-idle-timeout)")
 
 
 def _authorization(context) -> Optional[str]:
@@ -317,7 +402,7 @@ async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFron
         ("grpc.so_reuseport", int(settings.workers > 1)),  # only a server's own workers share its port
         ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams)),  # more wait in the client
     ])
-    server.add_generic_rpc_handlers((InferenceService(dataplane).generic_handler(),))
+    server.add_generic_rpc_handlers((InferenceService(dataplane, settings).generic_handler(),))
     health_service = HealthService(dataplane)
     await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)  # for Watch; Check asks live
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

@@ -61,6 +61,13 @@ class ServerSettings:
     max_concurrent_streams: int = _setting(
         128, "gRPC calls one connection may have open at once; clients hold more on their side, so they "
              "never reach the event loop (default 128)")
+    max_streams: int = _setting(
+        1024, "ModelStreamInfer streams one worker may have open at once; more are refused at once "
+              "(UNAVAILABLE) (default 1024)")
+    stream_idle_timeout_s: float = _setting(
+        300.0, "seconds a ModelStreamInfer stream may go without a request (with none being answered) or "
+               "leave an answer unread before it is closed (UNAVAILABLE); 0 = never (default 300)",
+        flag="stream-idle-timeout")
     admission_limit: int = _setting(
         0, "inference requests one worker may have in flight; more are refused at once (UNAVAILABLE, "
            "HTTP 503); 0 = adaptive: the limit follows the measured latency (default 0)")
@@ -107,11 +114,13 @@ class ServerSettings:
                 raise SettingsError(f"--{name.replace('_', '-')} {port}: a port is 0..65535")
         if self.workers < 1:
             raise SettingsError(f"--workers {self.workers}: at least 1")
-        for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s"):
+        for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s", "stream_idle_timeout_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
         if self.max_concurrent_streams < 1:
             raise SettingsError(f"--max-concurrent-streams {self.max_concurrent_streams}: at least 1")
+        if self.max_streams < 1:
+            raise SettingsError(f"--max-streams {self.max_streams}: at least 1")
         if self.admission_limit < 0:
             raise SettingsError(f"--admission-limit {self.admission_limit}: 0 (adaptive) or a positive cap")
         if not self.admission_target_ms > 0:

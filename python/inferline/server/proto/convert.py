@@ -3,7 +3,8 @@
 Pure functions, no gRPC: the frontend calls them once per request and the
 decode-cost benchmark (bench/server/decode_cost.py) times them on their own.
 Every problem with a request raises ``InvalidArgument`` naming the tensor or
-parameter at fault.
+parameter at fault (names cut to ``NAME_CHARS`` characters: a status message
+travels in a gRPC trailer, which clients limit to a few KiB).
 """
 
 from __future__ import annotations
@@ -24,12 +25,36 @@ _INT_PARAMS = ("uint64_param", "int64_param")
 MAX_TIMEOUT_US = 1 << 48
 """Longer `timeout` parameters (about 9 years) mean no timeout."""
 _DTYPES = {name: np.dtype(np_name) for name, np_name in codec.KSERVE_TO_NUMPY.items()}
+MAX_DIMS = 64
+"""The most dimensions a tensor may have: NumPy 2's limit (NumPy 1 refuses more than 32, also InvalidArgument)."""
+NAME_CHARS = 200
+"""Longer names are cut in error messages (see `quote`)."""
+
+
+def quote(name: str, limit: int = NAME_CHARS) -> str:
+    """`name` quoted for an error message; a long one cut, with its length: 'aaa...' (1048576 characters)."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name)} characters)"
 
 
 # ---- ModelInferRequest -> InferRequest -----------------------------------------
 
-def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: Optional[int] = None) -> InferRequest:
-    """The request in `msg`; `deadline_us` (time left before the client's gRPC deadline) caps `timeout`."""
+def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: Optional[int] = None,
+                         max_outputs: Optional[int] = None) -> InferRequest:
+    """The request in `msg`; `deadline_us` (time left before the client's gRPC deadline) caps `timeout`;
+    `max_outputs` (the model's output count) bounds `outputs`, which may name each output once.
+    Whatever fails here is the caller's fault: InvalidArgument."""
+    try:
+        return _decode(msg, deadline_us, max_outputs)
+    except InvalidArgument:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError) as e:  # a case the checks below missed
+        raise InvalidArgument(f"model {quote(msg.model_name)}: malformed infer request "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _decode(msg: pb.ModelInferRequest, deadline_us: Optional[int], max_outputs: Optional[int]) -> InferRequest:
     req = InferRequest(msg.model_name, msg.model_version, msg.id)
     if msg.parameters:
         _read_parameters(req, msg.parameters)
@@ -37,7 +62,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: Optional[int] =
         req.timeout_us = deadline_us if req.timeout_us is None else min(req.timeout_us, deadline_us)
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
-        raise InvalidArgument(f"model {msg.model_name!r}: {len(raw)} raw_input_contents for {len(msg.inputs)} "
+        raise InvalidArgument(f"model {quote(msg.model_name)}: {len(raw)} raw_input_contents for {len(msg.inputs)} "
                               f"inputs (give one per input, in the order of `inputs`)")
     inputs = req.inputs
     for i, t in enumerate(msg.inputs):
@@ -51,25 +76,52 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: Optional[int] =
             data = _from_contents(t, _where(msg, t))
         inputs.append(InferInput(t.name, t.datatype, list(data.shape), data))
     if msg.outputs:
-        req.outputs = [o.name for o in msg.outputs]
-        for o in msg.outputs:
-            if o.parameters and ("classification" in o.parameters or "shared_memory_region" in o.parameters):
-                raise InvalidArgument(f"model {msg.model_name!r} output {o.name!r}: the classification and "
-                                      f"shared-memory extensions are not supported")
+        req.outputs = _requested_outputs(msg, max_outputs)
     return req
 
 
+def _requested_outputs(msg, max_outputs: Optional[int]) -> list:
+    """The names in `outputs`, checked before any work: each once, no more than the model has."""
+    outputs = msg.outputs
+    if max_outputs is not None and len(outputs) > max_outputs:
+        raise InvalidArgument(f"model {quote(msg.model_name)}: {len(outputs)} outputs requested, but it has "
+                              f"{max_outputs} (name each output at most once)")
+    names: list = []
+    seen: set = set()
+    for o in outputs:
+        where = f"model {quote(msg.model_name)} output {quote(o.name)}"
+        if o.name in seen:
+            raise InvalidArgument(f"{where}: requested twice (name each output at most once)")
+        if o.parameters and ("classification" in o.parameters or "shared_memory_region" in o.parameters):
+            raise InvalidArgument(f"{where}: the classification and shared-memory extensions are not supported")
+        seen.add(o.name)
+        names.append(o.name)
+    return names
+
+
 def _where(msg, t) -> str:
-    return f"model {msg.model_name!r} input {t.name!r}"
+    return f"model {quote(msg.model_name)} input {quote(t.name)}"
 
 
 def _from_raw(raw: bytes, t, msg):
     """codec.from_raw with a fast path for well-formed tensors (the checks cost more than the copy)."""
     dtype = _DTYPES.get(t.datatype)
     shape = tuple(t.shape)
-    if dtype is not None and len(raw) == dtype.itemsize * math.prod(shape) and min(shape, default=0) >= 0:
-        return np.frombuffer(raw, dtype).reshape(shape)
-    return codec.from_raw(raw, t.datatype, shape, _where(msg, t))  # says what is wrong
+    where = _where(msg, t)
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions (at most {MAX_DIMS})")
+    try:
+        if dtype is not None and len(raw) == dtype.itemsize * math.prod(shape) and min(shape, default=0) >= 0:
+            return np.frombuffer(raw, dtype).reshape(shape)
+        return codec.from_raw(raw, t.datatype, shape, where)  # says what is wrong
+    except (ValueError, OverflowError, MemoryError) as e:  # NumPy refuses the shape (too large an array)
+        raise InvalidArgument(f"{where}: shape {_shape(shape)} cannot be used ({e})") from None
+
+
+def _shape(shape) -> str:
+    """A shape for a message, its middle elided past 16 dimensions."""
+    dims = [str(d) for d in shape]
+    return "[" + ", ".join(dims if len(dims) <= 16 else dims[:8] + ["..."] + dims[-8:]) + "]"
 
 
 def _from_contents(t, where: str):
@@ -81,12 +133,17 @@ def _from_contents(t, where: str):
         raise InvalidArgument(f"{where}: {t.datatype} has no typed contents field")
     if not t.HasField("contents"):
         raise InvalidArgument(f"{where}: no data (send raw_input_contents or contents.{field})")
-    return codec.from_list(getattr(t.contents, field), t.datatype, t.shape, where)
+    if len(t.shape) > MAX_DIMS:
+        raise InvalidArgument(f"{where}: shape has {len(t.shape)} dimensions (at most {MAX_DIMS})")
+    try:
+        return codec.from_list(getattr(t.contents, field), t.datatype, t.shape, where)
+    except (ValueError, OverflowError, MemoryError) as e:  # NumPy refuses the shape (too large an array)
+        raise InvalidArgument(f"{where}: shape {_shape(t.shape)} cannot be used ({e})") from None
 
 
 def _read_parameters(req: InferRequest, params) -> None:
     """Reads the reserved request parameters; the others go to `req.parameters` as plain values."""
-    where = f"model {req.model_name!r} parameter"
+    where = f"model {quote(req.model_name)} parameter"
     for key, p in params.items():
         kind = p.WhichOneof("parameter_choice")
         value = None if kind is None else getattr(p, kind)
@@ -100,7 +157,7 @@ def _read_parameters(req: InferRequest, params) -> None:
             req.timeout_us = value if 0 < value <= MAX_TIMEOUT_US else None  # 0 = no timeout (Triton)
         elif key == "sequence_id":
             if value:
-                raise InvalidArgument(f"model {req.model_name!r}: sequences (sequence_id {value!r}) are not supported")
+                raise InvalidArgument(f"model {quote(req.model_name)}: sequences (sequence_id {value!r}) are not supported")
         elif key == "routing_key":
             if kind != "string_param":
                 raise InvalidArgument(f"{where} 'routing_key': expected a string_param, got {kind}")
