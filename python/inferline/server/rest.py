@@ -24,6 +24,12 @@ JSON and binary tensor bodies (Triton's extension) are converted in
 rest_convert.py; this module holds the aiohttp app, its routes and handlers; the
 data plane checks and runs. Every error becomes ``{"error": message}`` with the
 status from ``http_status``.
+
+Hostile input is bounded before it costs: a body (a compressed one as it inflates,
+chunk by chunk) is read up to settings.max_message_bytes and no further; past it
+the answer is 413 and the connection stops reading (what the client still sends
+is dropped unparsed, so nothing more is inflated). A malformed HTTP request is
+one WARNING line, at most one a second per kind (``_ServerLog``).
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from typing import Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from ..errors import InferlineError, InvalidArgument, Unauthenticated
 from .admission import Overloaded
@@ -43,6 +52,7 @@ from .rest_convert import HEADER_LENGTH, decode_infer_request, dumps, encode_inf
 log = logging.getLogger("inferline.server.rest")
 
 MAX_BYTES = web.AppKey("max_bytes", int)
+LINGER_S = 1.0  # after a 413: what the client still sends in this time is dropped, then the connection closes
 
 # ---- errors: one mapping --------------------------------------------------------
 
@@ -62,6 +72,10 @@ async def _errors(request: web.Request, handler):
         return await handler(request)
     except Unauthenticated as e:
         return error_response(http_status(e), e.message, {"WWW-Authenticate": 'Bearer realm="inferline"'})
+    except BodyTooLarge as e:
+        response = error_response(413, e.message)
+        response.force_close()  # the connection already reads no more (_read_body)
+        return response
     except InferlineError as e:
         return error_response(http_status(e), e.message)
     except web.HTTPException as e:
@@ -86,6 +100,61 @@ def _http_exception(request: web.Request, e: web.HTTPException) -> web.Response:
         message = e.text or e.reason
     headers = {k: v for k, v in e.headers.items() if k in ("Allow", "WWW-Authenticate")}
     return error_response(e.status, message, headers)
+
+
+class BodyTooLarge(InvalidArgument):
+    """A request body over settings.max_message_bytes (HTTP 413)."""
+
+
+async def _read_body(request: web.Request, limit: int) -> bytearray:
+    """The request body, at most `limit` bytes of it after decompression. aiohttp inflates a
+    compressed body as it is read, a chunk at a time; past the limit this stops reading the
+    connection (``RequestHandler.close``: what the client still sends is dropped, not parsed or
+    inflated, and aiohttp's lingering read gets nothing until LINGER_S ends it) and raises BodyTooLarge."""
+    declared = request.content_length
+    body = bytearray()
+    if declared is None or declared <= limit:
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                break
+        else:
+            return body
+    request.protocol.close()
+    asyncio.get_running_loop().call_later(LINGER_S, request.content.feed_eof)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    encoding = request.headers.get("Content-Encoding")
+    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes"
+                       f"{f' once decompressed ({encoding})' if encoding else ''}")
+
+
+class _ServerLog:
+    """aiohttp's connection logger, made quiet for malformed requests (aiohttp's HttpProcessingError:
+    a bad request line, header, chunk or encoding): one WARNING line, at most one per `period_s` for
+    each kind, which counts the ones left out. Anything else goes to aiohttp's logger unchanged."""
+
+    def __init__(self, period_s: float = 1.0):
+        self._period_s = period_s
+        self._last: dict = {}  # kind -> (time of its last line, how many were left out since)
+
+    def __getattr__(self, name: str):  # debug, warning, ...
+        return getattr(server_logger, name)
+
+    def exception(self, msg, *args, exc_info=None, **kwargs) -> None:
+        if not isinstance(exc_info, HttpProcessingError):
+            server_logger.exception(msg, *args, exc_info=exc_info or True, **kwargs)
+            return
+        kind, now = type(exc_info).__name__, time.monotonic()
+        last, left_out = self._last.get(kind, (None, 0))
+        if last is not None and now - last < self._period_s:
+            self._last[kind] = (last, left_out + 1)
+            return
+        self._last[kind] = (now, 0)
+        what = " ".join(str(exc_info.message).split())[:160]
+        more = f" ({left_out} more like it in the last {now - last:.0f} s not logged)" if left_out else ""
+        log.warning("malformed HTTP request (%s: %s), answered %s%s; context: %s", kind, what, exc_info.code, more,
+                    msg % args if args else msg)
 
 
 # ---- the frontend ---------------------------------------------------------------
@@ -136,7 +205,8 @@ class RestFrontend:
 
     async def start(self) -> None:
         s = self.settings
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=s.shutdown_grace_s)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=s.shutdown_grace_s,
+                                     logger=_ServerLog())
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, self._bind_port, ssl_context=_ssl_context(s),
                            reuse_port=s.workers > 1)  # only a server's own workers share its port
@@ -192,16 +262,18 @@ class RestFrontend:
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        if request.content_length is not None and request.content_length > self.settings.max_message_bytes:
-            raise web.HTTPRequestEntityTooLarge(self.settings.max_message_bytes, request.content_length)
+        limit = self.settings.max_message_bytes
+        if request.content_length is not None and request.content_length > limit:
+            await _read_body(request, limit)  # refuses at once, without reading
         admission = self.dataplane.admission
         try:
             started = admission.admit(None)  # before the body is read
         except Overloaded as e:
             return error_response(503, e.message, {"Retry-After": str(max(1, -(-e.retry_after_ms // 1000)))})
         try:
-            body = await request.read()
-            req, default, chosen = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version)
+            body = await _read_body(request, limit)
+            req, default, chosen = await decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
+                                                              max_bytes=limit)
             out, content_type, headers = encode_infer_response(await self.dataplane.infer(req), default, chosen)
         finally:
             admission.done(started)
@@ -328,7 +400,7 @@ def _bool(doc: dict, key: str, what: str) -> bool:
 
 
 async def _optional_json(request: web.Request, what: str) -> dict:
-    body = await request.read()
+    body = await _read_body(request, request.app[MAX_BYTES])
     if not body.strip():
         return {}
     try:

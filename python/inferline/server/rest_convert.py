@@ -9,30 +9,55 @@ follow it, in input order. Outputs asked for with ``binary_data`` (or the
 request parameter ``binary_data_output``) come back the same way. Malformed
 input raises InvalidArgument naming the model and the tensor; the data plane
 checks the rest (names, dtypes and shapes against the model).
+
+Large JSON data is bounded before it costs anything: a flat JSON array of 64 KiB
+or more is cut out of the body before the body is parsed (one regular
+expression), its values are counted (its commas), and an input's count and
+declared shape are checked against the shape and the request size limit first;
+only then is the array converted, 1 MiB of text at a time with the event loop
+free in between. (``json.loads`` holds the GIL throughout, so a thread would not
+let other requests through; cutting the work up does.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
 from typing import Optional, Tuple
 
 import numpy as np
 
 from ..errors import InvalidArgument
-from .codec import from_list, from_raw
+from .codec import KSERVE_TO_NUMPY, from_list, from_raw, numpy_dtype
 from .types import InferInput, InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Request parameters read here; the rest are passed on in InferRequest.parameters.
 _READ_PARAMS = ("priority", "timeout", "routing_key", "binary_data_output")
 _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers", "U": "strings"}
+MAX_DIMS = 64  # numpy's limit
+_SPAN_MIN_BYTES = 64 * 1024  # flat JSON arrays this long are counted before they are parsed
+_CHUNK_BYTES = 1 << 20  # and converted this much text at a time, the event loop free in between
+_FLAT_ARRAY = re.compile(rb'\[([^\[\]{}"]{%d,})\]' % _SPAN_MIN_BYTES)  # no strings, objects or nesting
 
 
 # ---- infer: JSON (+ binary) -> InferRequest -------------------------------------
 
-def decode_infer_request(body: bytes, header_length: Optional[str], model: str, version: str = ""):
-    """Returns (InferRequest, binary_default, {output name: binary}) or raises InvalidArgument."""
-    doc, binary = _split_body(body, header_length)
+async def decode_infer_request(body, header_length: Optional[str], model: str, version: str = "",
+                               max_bytes: int = 1 << 62):
+    """Returns (InferRequest, binary_default, {output name: binary}) or raises InvalidArgument. No
+    tensor may describe more than `max_bytes` (the request limit); large JSON data is checked before
+    it is converted and converted in steps (see the module docstring)."""
+    json_part, binary = _split_body(body, header_length)
+    doc, spans = _parse_json(json_part)
+    if len(spans) != _placed(doc, spans):  # a large array elsewhere (nested rows, say): parsed whole
+        doc, spans = _loads(json_part), {}
+    return await _decode(doc, spans, json_part, binary, header_length, model, version, max_bytes)
+
+
+async def _decode(doc, spans: dict, text, binary, header_length, model: str, version: str, max_bytes: int):
     if not isinstance(doc, dict):
         raise InvalidArgument("infer request: the JSON body must be an object")
     params = json_object(doc.get("parameters"), "infer request 'parameters'")
@@ -41,7 +66,9 @@ def decode_infer_request(body: bytes, header_length: Optional[str], model: str, 
         raise InvalidArgument(f"model {model!r}: infer request 'inputs' must be a list of tensors")
     inputs, offset = [], 0
     for i, t in enumerate(tensors):
-        inp, size = _decode_input(t, i, model, binary, offset, header_length is None)
+        inp, size = _decode_input(t, i, model, binary, offset, header_length is None, max_bytes, spans)
+        if isinstance(inp.data, _Span):
+            inp = InferInput(inp.name, inp.datatype, inp.shape, await _from_span(text, inp.data, inp))
         inputs.append(inp)
         offset += size
     if offset != len(binary):
@@ -71,7 +98,8 @@ def _request_parameters(params: dict) -> tuple:
     return priority, timeout or None, routing_key  # timeout 0 = none, as in Triton
 
 
-def _split_body(body: bytes, header_length: Optional[str]):
+def _split_body(body, header_length: Optional[str]):
+    """(the JSON part, the binary part as a memoryview)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
@@ -83,13 +111,48 @@ def _split_body(body: bytes, header_length: Optional[str]):
             raise InvalidArgument(f"{HEADER_LENGTH} {n} is outside the {len(body)}-byte body")
         view = memoryview(body)
         json_part, binary = bytes(view[:n]), view[n:]
+    return json_part, binary
+
+
+class _Span:
+    """A flat JSON array cut out of the body: text[start:end] holds about `count` values (commas + 1)."""
+
+    def __init__(self, start: int, end: int, count: int):
+        self.start, self.end, self.count = start, end, count
+        self.where = ""
+
+
+def _placed(doc, spans: dict) -> int:
+    """How many of the cut-out arrays are an input's 'data' (where they are converted in steps)."""
+    tensors = doc.get("inputs") if isinstance(doc, dict) else None
+    if not spans or not isinstance(tensors, list):
+        return 0
+    return sum(isinstance(t, dict) and isinstance(t.get("data"), str) and t["data"] in spans for t in tensors)
+
+
+def _parse_json(text) -> tuple:
+    """(document, {placeholder: _Span}): the JSON with each flat array of _SPAN_MIN_BYTES or more
+    replaced by a placeholder string (unique to this request), parsed."""
+    if len(text) < _SPAN_MIN_BYTES:
+        return _loads(text), {}
+    spans, nonce = {}, os.urandom(8).hex()
+
+    def cut(m: re.Match) -> bytes:
+        key = f"\0inferline-span-{nonce}-{len(spans)}"
+        spans[key] = _Span(m.start(1), m.end(1), text.count(b",", m.start(1), m.end(1)) + 1)
+        return json.dumps(key).encode()
+    return _loads(_FLAT_ARRAY.sub(cut, text)), spans
+
+
+def _loads(text):
     try:
-        return json.loads(json_part), binary
+        return json.loads(text)
     except (ValueError, RecursionError) as e:
         raise InvalidArgument(f"malformed JSON in the request body: {e}") from None
 
 
-def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no_header: bool):
+def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no_header: bool, max_bytes: int,
+                  spans: dict):
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise InvalidArgument(f"model {model!r}: inputs[{index}] must be an object with a 'name' string")
     where = f"model {model!r} input {_short(t['name'])}"
@@ -98,6 +161,7 @@ def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no
         raise InvalidArgument(f"{where}: 'datatype' must be a string, got {_short(datatype)}")
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
         raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {_short(shape)}")
+    _check_shape(shape, datatype, where, max_bytes)
     params = json_object(t.get("parameters"), f"{where} 'parameters'")
     if "shared_memory_region" in params:
         raise InvalidArgument(f"{where}: shared-memory tensors are not supported")
@@ -105,6 +169,11 @@ def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no
     if size is None:
         if "data" not in t:
             raise InvalidArgument(f"{where}: neither 'data' nor the parameter binary_data_size")
+        span = spans.get(t["data"]) if isinstance(t["data"], str) else None
+        if span is not None:  # converted by the caller, in steps, once the count fits the shape
+            _check_count(span.count, datatype, shape, where)
+            span.where = where
+            return InferInput(t["name"], datatype, shape, span), 0
         return InferInput(t["name"], datatype, shape, _from_json(t["data"], datatype, shape, where)), 0
     if not _is_int(size) or size < 0:
         raise InvalidArgument(f"{where}: binary_data_size must be an integer >= 0, got {_short(size)}")
@@ -120,7 +189,53 @@ def _decode_input(t, index: int, model: str, binary: memoryview, offset: int, no
     return InferInput(t["name"], datatype, shape, arr), size
 
 
+def _check_shape(shape: list, datatype: str, where: str, max_bytes: int) -> None:
+    """A shape numpy can hold that describes at most `max_bytes` (zero dimensions aside)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    for d in shape:
+        if not 0 <= d < 2**63:
+            raise InvalidArgument(f"{where}: shape {_short(shape)} has a dimension out of range "
+                                  f"(each is 0 .. 2**63-1)")
+    size = np.dtype(KSERVE_TO_NUMPY.get(datatype, "uint8")).itemsize
+    for d in shape:
+        size *= d or 1
+    if size > max_bytes:
+        empty = " (empty, but its other dimensions are not)" if 0 in shape else ""
+        raise InvalidArgument(f"{where}: shape {_short(shape)} of {datatype} describes {size} bytes{empty}, "
+                              f"over the request limit of {max_bytes} bytes")
+
+
+def _check_count(count: int, datatype: str, shape: list, where: str) -> None:
+    needed = 1
+    for d in shape:
+        needed *= d
+    if count != needed:
+        raise InvalidArgument(f"{where}: {count} values for {datatype} {list(shape)}, which needs {needed}")
+
+
+async def _from_span(text, span: _Span, inp: InferInput) -> np.ndarray:
+    """The values of a cut-out array, converted _CHUNK_BYTES of text at a time (each step a JSON
+    parse and a conversion), yielding to the event loop between steps."""
+    where = span.where
+    out = np.empty(span.count, numpy_dtype(inp.datatype, where))
+    filled, pos = 0, span.start
+    while pos < span.end:
+        stop = text.find(b",", pos + _CHUNK_BYTES, span.end) if span.end - pos > _CHUNK_BYTES else -1
+        stop = span.end if stop < 0 else stop
+        values = _loads(b"[" + text[pos:stop] + b"]")  # at most span.count values in all: one per comma, + 1
+        out[filled:filled + len(values)] = _from_json(values, inp.datatype, [len(values)], where)
+        filled, pos = filled + len(values), stop + 1
+        if pos == span.end:  # the text ended with a comma
+            raise InvalidArgument("malformed JSON in the request body: a comma ends an array")
+        await asyncio.sleep(0)
+    _check_count(filled, inp.datatype, inp.shape, where)
+    return out.reshape(inp.shape)
+
+
 def _from_json(values, datatype: str, shape: list, where: str) -> np.ndarray:
+    if isinstance(values, list) and not (values and isinstance(values[0], list)):
+        _check_count(len(values), datatype, shape, where)  # flat: counted before it is converted
     try:
         probe = np.asarray(values)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -131,6 +246,8 @@ def _from_json(values, datatype: str, shape: list, where: str) -> np.ndarray:
     try:
         with np.errstate(over="raise", invalid="raise"):
             return from_list(values, datatype, shape, where)
+    except ValueError as e:  # the final reshape (_check_shape keeps it from happening)
+        raise InvalidArgument(f"{where}: shape {_short(shape)} is not a valid tensor shape ({e})") from None
     except (OverflowError, FloatingPointError) as e:
         raise InvalidArgument(f"{where}: a value is out of range for {datatype} ({e})") from None
     except RecursionError:
