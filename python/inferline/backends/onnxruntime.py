@@ -14,14 +14,20 @@ outputs, since batches have any number of rows up to max_batch_size. A graph
 exported with a fixed batch dim is refused, except a fixed 1 when the config
 sets ``batching.max_batch_size = 1`` (every batch then has one row).
 
-``onnxruntime`` (and ``onnx``, for ``signature_from_onnx``) are imported when
-needed, so this module imports without them.
+External data: a graph over 2 GB keeps its tensors' bytes in files beside it (``location``
+relative to the model's directory). ``external_data_locations`` lists them, so that a package
+stores them with the graph; ONNX Runtime reads them from the directory the model is opened in.
+
+``onnxruntime`` (and ``onnx``, for ``signature_from_onnx`` and ``external_data_locations``) are
+imported when needed, so this module imports without them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from typing import Any, List, Mapping, Tuple
+import reprlib
+from typing import Any, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
@@ -43,6 +49,9 @@ _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 _CPU = "CPUExecutionProvider"
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 80
 
 
 def _import_ort():
@@ -142,7 +151,8 @@ def _session_options(ort, spec: BackendSpec, where: str):
         try:
             so.add_session_config_entry(str(key), text)
         except Exception as e:  # ORT raises its own exception types
-            raise InvalidArgument(f"{where}: backend.options.{key} = {value!r} refused by onnxruntime: {e}") from e
+            raise InvalidArgument(f"{where}: backend.options.{key} = {_SHORT.repr(value)} refused by onnxruntime: "
+                                  f"{e}") from e
     return so
 
 
@@ -290,3 +300,69 @@ def _spec_from_arg(arg, where: str, kind: str) -> TensorSpec:
     dims = [-1] + [int(d) if _fixed(d) else -1 for d in arg.shape[1:]]
     return TensorSpec(arg.name, dtype, tuple(dims))
 
+
+
+# ---- external data ------------------------------------------------------------------
+_LOCATION_ENTRY = b"\n\x08location"
+"""How a tensor's external_data entry {key: "location"} starts in the protobuf bytes."""
+
+
+def external_data_locations(path) -> List[Tuple[str, Any]]:
+    """(tensor, location) for every tensor of the ONNX model at ``path`` whose data is external:
+    initializers (sparse ones too) and node attributes, in subgraphs and functions as well.
+    ``tensor`` names it ("initializer 'w'"); ``location`` is the file as the graph gives it
+    (relative to the model's directory), None when the tensor names none. The weights are not read;
+    an unreadable graph lists nothing (loading it fails later, saying why).
+
+    Needs the ``onnx`` package; without it a model whose bytes show an external-data entry is
+    refused (FailedPrecondition), since its files could not be listed and stored.
+    """
+    path = os.fspath(path)
+    try:
+        import onnx
+    except ImportError:
+        if _mentions_external_data(path):
+            raise FailedPrecondition(f"ONNX model {path} seems to keep tensors in external data files; listing "
+                                     f"them needs the onnx package: pip install onnx") from None
+        return []
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # not a readable graph: loading it says why, naming the step
+        return []
+    external = onnx.TensorProto.EXTERNAL
+    return [(label, {e.key: e.value for e in t.external_data}.get("location"))
+            for label, t in _all_tensors(model) if t.data_location == external]
+
+
+def _all_tensors(model) -> Iterator[Tuple[str, Any]]:
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph) -> Iterator[Tuple[str, Any]]:
+    for t in graph.initializer:
+        yield f"initializer {t.name!r}", t
+    for s in graph.sparse_initializer:
+        yield f"sparse initializer {s.values.name!r}", s.values
+        yield f"sparse initializer {s.values.name!r} (indices)", s.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes) -> Iterator[Tuple[str, Any]]:
+    for node in nodes:
+        for a in node.attribute:
+            label = f"node {node.name or node.op_type!r} attribute {a.name!r}"
+            tensors = ([a.t] if a.HasField("t") else []) + list(a.tensors)
+            sparse = ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors)
+            yield from ((label, t) for t in tensors + [s.values for s in sparse] + [s.indices for s in sparse])
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graph_tensors(g)
+
+
+def _mentions_external_data(path: str) -> bool:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(_LOCATION_ENTRY) >= 0

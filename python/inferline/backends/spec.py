@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Mapping, Optional, Union
 
 from ..errors import InvalidArgument
 
@@ -32,7 +32,8 @@ class BackendSpec:
     graph_optimization: str = "all"
     """ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all"."""
     options: dict = field(default_factory=dict)
-    """Extra runtime-specific options (ONNX Runtime session config entries)."""
+    """Extra runtime-specific options (ONNX Runtime session config entries): name -> string,
+    integer, number or boolean (runtimes pass them on as text)."""
 
     def __post_init__(self):
         object.__setattr__(self, "providers", tuple(self.providers))
@@ -40,9 +41,21 @@ class BackendSpec:
             value = getattr(self, key)
             if value is not None and int(value) < 1:
                 raise InvalidArgument(f"backend.{key} must be >= 1, got {value}")
+        _check_options(self.options)
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise InvalidArgument(f"backend.graph_optimization must be disable|basic|extended|all, "
                                   f"got {self.graph_optimization!r}")
+
+
+def _check_options(options) -> None:
+    """Option values must be scalars: a runtime stringifies them, and a nested value (a YAML alias
+    bomb, say) could take minutes and gigabytes to turn into text."""
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"backend.options must be a mapping of name -> value, got {type(options).__name__}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise InvalidArgument(f"backend.options.{str(key)[:80]} must be a string, integer, number or boolean, "
+                                  f"got {type(value).__name__}")
 
 
 _RUNTIMES: Dict[str, Union[Callable, str]] = {}

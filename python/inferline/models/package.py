@@ -11,10 +11,17 @@ fallback reference (name[:version]), golden settings and labels.
 A bare ``.onnx`` file is a package too: its signature is read from the graph
 (dim 0 -> -1) and defaults fill the rest. The version is not part of the
 package: the registry assigns it at push.
+
+An ONNX graph's external data files (``location`` relative to the graph, e.g. weights.bin for
+a model over 2 GB) belong to the package and are stored with it. Nothing outside the package
+is read: every file must be a regular file inside its directory, reached without symbolic
+links. The config is at most MAX_CONFIG_BYTES, YAML aliases are refused (a few nested ones
+expand a small file to gigabytes) and backend options are scalars.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -31,6 +38,10 @@ from ..registry import check_fallback_ref, check_name
 
 CONFIG_NAMES = ("model.yaml", "model.yml", "model.json")
 ARTIFACT_BY_BACKEND = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file's size limit (the demo configs are about 5 KB)."""
+_MAX_MESSAGE = 300
+_SCALAR = ["string", "integer", "number", "boolean"]
 
 def _package_schema() -> dict:
     """The config part comes from config.py (dataclasses + LIMITS); the rest is the package's own."""
@@ -42,7 +53,7 @@ def _package_schema() -> dict:
             "inter_op_threads": {"type": ["integer", "null"], "minimum": 1},
             "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
             "graph_optimization": {"enum": ["disable", "basic", "extended", "all"]},
-            "options": {"type": "object"}}},
+            "options": {"type": "object", "additionalProperties": {"type": _SCALAR}}}},
         "fallback": {"type": ["string", "null"]},
         "golden": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {
             "file": {"type": "string"}, "bitwise": {"type": "boolean"},
@@ -128,49 +139,125 @@ def _bare_onnx(path: str, name: Optional[str]) -> ModelPackage:
     config_path = os.path.join(scratch, "model.json")
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
-    return _build(data, name, {"model.onnx": path, "model.json": config_path}, "model.onnx", scratch)
+    try:
+        external = _external_data(os.path.dirname(path), path, os.path.basename(path))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    files = {**external, "model.onnx": path, "model.json": config_path}
+    return _build(data, name, files, "model.onnx", scratch)
 
 
 def _directory(root: str, name: Optional[str]) -> ModelPackage:
-    found = [n for n in CONFIG_NAMES if os.path.isfile(os.path.join(root, n))]
+    root = os.path.realpath(root)  # the package may be named through a link; nothing inside may be one
+    found = [n for n in CONFIG_NAMES if os.path.lexists(os.path.join(root, n))]
     if not found:
         raise InvalidArgument(f"package {root!r}: no config file ({', '.join(CONFIG_NAMES)})")
-    data = _read_config(os.path.join(root, found[0]))
+    data = _read_config(_package_file(root, found[0], "config"))
     backend_name = data.get("backend", {}).get("name", "onnxruntime")
     artifact = ARTIFACT_BY_BACKEND[backend_name]
     files = {found[0]: os.path.join(root, found[0])}
     for rel in [artifact] + ([data["golden"]["file"]] if "golden" in data else []):
+        what = "artifact" if rel == artifact else "golden.file"
         if os.path.basename(rel) != rel or rel in ("", ".", ".."):
             raise InvalidArgument(f"package {root!r}: golden.file {rel!r} must be a plain file name in the package")
-        full = os.path.join(root, rel)
-        if not os.path.isfile(full):
-            what = "artifact" if rel == artifact else "golden.file"
-            raise InvalidArgument(f"package {root!r}: {what} {rel!r} is missing (backend {backend_name} needs "
-                                  f"{artifact})")
-        files[rel] = full
+        files[rel] = _package_file(root, rel, what, f"backend {backend_name} needs {artifact}")
+    if backend_name == "onnxruntime":
+        files.update(_external_data(root, files[artifact], artifact))
     pkg_name = check_name(name or data.get("name") or os.path.basename(root.rstrip(os.sep)),
                           "--name" if name else "name")
     return _build(data, pkg_name, files, artifact)
 
 
+def _package_file(root: str, rel: str, what: str, needs: str = "") -> str:
+    """The path of ``rel`` ('/'-separated) in the package directory ``root`` (resolved): a regular
+    file reached without symbolic links, so that nothing outside the package is read or shown."""
+    path = root
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            link = os.path.relpath(path, root).replace(os.sep, "/")
+            how = "is a symbolic link" if link == rel else f"is under a symbolic link ({link!r})"
+            raise InvalidArgument(f"package {root!r}: {what} {rel!r} {how}; a package's files must be regular "
+                                  f"files inside its directory (copy the file in)")
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"package {root!r}: {what} {rel!r} is missing" + (f" ({needs})" if needs else ""))
+    return path
+
+
+def _external_data(root: str, graph: str, artifact: str) -> dict:
+    """{relative name: path} of the external data files that the ONNX graph at ``graph`` (the package's
+    ``artifact``) references, each a plain relative path to a regular file inside ``root``."""
+    from ..backends.onnxruntime import external_data_locations
+
+    files = {}
+    for tensor, location in external_data_locations(graph):
+        where = f"package {root!r}: {artifact}: {tensor}: external data"
+        if not location:
+            raise InvalidArgument(f"{where} names no location")
+        parts = location.split("/")
+        if "\\" in location or os.path.isabs(location) or any(p in ("", ".", "..") for p in parts):
+            raise InvalidArgument(f"{where} {location[:200]!r} must be a relative path inside the package "
+                                  f"('/'-separated, without '..', '.', empty parts or a leading '/')")
+        if location not in files:
+            files[location] = _package_file(root, location, f"{artifact}: {tensor}: external data")
+    return files
+
+
 def _read_config(path: str) -> dict:
     import jsonschema
 
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidArgument(f"{path}: the config is {size} bytes; at most {MAX_CONFIG_BYTES} are allowed")
     try:
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".json"):
-                data = json.load(f)
-            else:
-                import yaml
-                data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.load(text, Loader=_no_alias_loader())  # noqa: S506 (a SafeLoader)
     except Exception as e:  # a parse error of any kind: report where
-        raise InvalidArgument(f"{path}: cannot parse: {e}") from e
+        raise InvalidArgument(f"{path}: cannot parse: {_clip(str(e))}") from e
     try:
         jsonschema.validate(data, PACKAGE_SCHEMA)
     except jsonschema.ValidationError as e:
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise InvalidArgument(f"{path}: field {where}: {e.message}") from None
+        raise InvalidArgument(f"{path}: field {where}: {_schema_message(e)}") from None
     return data
+
+
+@functools.lru_cache(maxsize=None)
+def _no_alias_loader():
+    """yaml.SafeLoader that refuses aliases (and so merge keys): an alias re-uses a node, and a
+    few nested ones make a 600-byte file gigabytes once its value is walked ("billion laughs")."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"found alias *{event.anchor[:40]}: YAML aliases are not allowed in a model config "
+                    f"(write the value out)", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def _schema_message(e) -> str:
+    """jsonschema's message, without quoting a list or mapping that has the wrong type (it may be huge)."""
+    if e.validator == "type" and (e.instance is None or isinstance(e.instance, (list, dict))):
+        want = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        want = ", ".join(want[:-1]) + " or " + want[-1] if len(want) > 1 else want[0]
+        got = "null" if e.instance is None else "a list" if isinstance(e.instance, list) else "an object (mapping)"
+        return f"must be a {want}, got {got}"
+    return _clip(e.message)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"
 
 
 def _build(data: dict, name: str, files: dict, artifact: str, scratch: Optional[str] = None) -> ModelPackage:
