@@ -79,11 +79,13 @@ def grpc_status(exc: BaseException) -> tuple:
 
 
 def clip_message(message: str, limit: int = MAX_STATUS_BYTES) -> str:
-    """`message`, or its first `limit` UTF-8 bytes and how long it was."""
+    """`message`, or about `limit` UTF-8 bytes of it: its start and its end (which says what is wrong)."""
     data = message.encode("utf-8", "backslashreplace")
     if len(data) <= limit:
         return message
-    return f"{data[:limit].decode('utf-8', 'ignore')}... (message of {len(message)} characters cut)"
+    head = data[:limit * 3 // 4].decode("utf-8", "ignore")
+    tail = data[-(limit // 4):].decode("utf-8", "ignore")
+    return f"{head} ...[{len(message)} characters in all]... {tail}"
 
 
 def _unary(method, request_type):
