@@ -12,7 +12,9 @@ call, not as an error) and reads the server's RSS (/proc VmRSS) every 50 ms. ``c
 a normal call failed, took longer than `max_stall_s`, or when RSS grew by more than
 `max_rss_growth_mb` over its value before the hostile requests. Tests keep the bound on stalls
 generous (a second): it catches the multi-second stalls this suite is about without timing the
-machine; the 100 ms figures come from bench/server/bench_hostile.py.
+machine. To hold the suite to a tighter bound and see each watch's numbers (the figures in the
+notes), run it as a benchmark: ``HOSTILE_MAX_STALL_S=0.1 pytest tests/python/hostile -s`` (every
+``check`` prints its summary line; the variable overrides each test's stall bound).
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ class Watch:
                 f"RSS {self.rss_before:.0f} -> peak {self.rss_peak:.0f} MiB; errors {self.errors[:3]}")
 
     def check(self, max_stall_s: float = 1.0, max_rss_growth_mb: Optional[float] = 200.0) -> None:
+        print(f"\nwatch: {self.summary()}")
+        max_stall_s = float(os.environ.get("HOSTILE_MAX_STALL_S", max_stall_s))
         assert not self.errors, self.summary()
         assert all(self.latencies.values()), f"no normal call completed: {self.summary()}"
         assert self.max_stall_s <= max_stall_s, f"a normal call waited {self.max_stall_s:.2f} s: {self.summary()}"
