@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import HostileServer, Watch
+from hostile.harness import HostileServer, Watch
 
 
 @pytest.fixture(scope="module")
