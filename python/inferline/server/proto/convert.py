@@ -157,7 +157,8 @@ def _read_parameters(req: InferRequest, params) -> None:
             req.timeout_us = value if 0 < value <= MAX_TIMEOUT_US else None  # 0 = no timeout (Triton)
         elif key == "sequence_id":
             if value:
-                raise InvalidArgument(f"model {quote(req.model_name)}: sequences (sequence_id {value!r}) are not supported")
+                raise InvalidArgument(f"model {quote(req.model_name)}: sequences (sequence_id {value!r}) "
+                                      f"are not supported")
         elif key == "routing_key":
             if kind != "string_param":
                 raise InvalidArgument(f"{where} 'routing_key': expected a string_param, got {kind}")
