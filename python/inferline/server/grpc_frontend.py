@@ -9,7 +9,7 @@ parses its request, asks the ``DataPlane`` and serializes the answer, and every
 exception goes through one mapping (``grpc_status``) to a gRPC status. Per
 inference request Python does one parse, one ``await dataplane.infer`` and one
 serialize (bench/server/decode_cost.py measures that share). ModelStreamInfer
-streams are bounded in number (`max_streams`), in work in hand (see ``_Stream``)
+streams are bounded in number (`max_streams`), in work in hand (grpc_stream.py)
 and in idle time (`stream_idle_timeout_s`). Also served:
 ``grpc.health.v1.Health`` (SERVING while the data plane is ready; a model name
 as the service asks about that model) and server reflection.
@@ -17,7 +17,6 @@ as the service asks about that model) and server reflection.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -31,6 +30,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from ..errors import InferlineError, Unimplemented
 from .admission import Overloaded
 from .dataplane import DataPlane
+from .grpc_stream import Stream
 from .proto import convert
 from .proto import inference_pb2 as pb
 from .settings import ServerSettings
@@ -38,11 +38,6 @@ from .settings import ServerSettings
 log = logging.getLogger("inferline.server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
-MAX_STREAM_IN_FLIGHT = 1024
-"""Requests of one ModelStreamInfer stream in hand (being answered, or answered and not yet written);
-reading pauses beyond it."""
-MAX_STREAM_BYTES = 16 << 20
-"""Bytes of one stream's requests and answers in hand; reading pauses beyond it (one request always fits)."""
 FEW_OUTPUTS = 16
 """A request naming more outputs than this is checked against the model's output count before decoding."""
 MAX_STATUS_BYTES = 1024
@@ -196,7 +191,7 @@ class InferenceService:
                                 f"(--max-streams); retry later, or send unary ModelInfer calls")
         self.open_streams += 1
         try:
-            await _Stream(self, requests, context, self.stream_idle_s).run()
+            await Stream(self._stream_answer, requests, context, self.stream_idle_s).run()
         finally:
             self.open_streams -= 1
 
@@ -234,83 +229,6 @@ class InferenceService:
     async def repository_model_unload(self, request, context):
         await self.dp.repository_unload(request.model_name, authorization=_authorization(context))
         return pb.RepositoryModelUnloadResponse()
-
-
-class _Stream:
-    """One ModelStreamInfer call. Work in hand (requests being answered, answers not yet written) is
-    bounded by MAX_STREAM_IN_FLIGHT and MAX_STREAM_BYTES and freed as each answer is written; past
-    either bound the stream is not read, so a client that does not read its answers is held back by
-    HTTP/2 flow control. With nothing in hand and no request for `idle_s`, or an answer unread for
-    `idle_s`, the stream ends UNAVAILABLE."""
-
-    def __init__(self, service: InferenceService, requests, context, idle_s: Optional[float]):
-        self.service, self.requests, self.context, self.idle_s = service, requests, context, idle_s
-        self.answers: asyncio.Queue = asyncio.Queue()  # (answer, request size), then None
-        self.tasks: set = set()
-        self.in_hand = self.bytes_in_hand = 0
-        self.room = asyncio.Event()
-        self.last_active = asyncio.get_running_loop().time()
-
-    async def run(self) -> None:
-        reader = asyncio.ensure_future(self._read())
-        try:
-            while (item := await self._next_answer()) is not None:
-                out, size = item
-                await self._write(out)
-                self.last_active = asyncio.get_running_loop().time()
-                self.in_hand -= 1
-                self.bytes_in_hand -= size
-                self.room.set()
-            await reader  # surfaces a failure to read the stream
-        finally:
-            for task in (reader, *self.tasks):
-                task.cancel()
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.requests:
-                self.last_active = asyncio.get_running_loop().time()
-                while self.in_hand >= MAX_STREAM_IN_FLIGHT or (
-                        self.in_hand and self.bytes_in_hand + len(raw) > MAX_STREAM_BYTES):
-                    self.room.clear()
-                    await self.room.wait()
-                self.in_hand += 1
-                self.bytes_in_hand += len(raw)
-                task = asyncio.ensure_future(self._answer(raw))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            if self.tasks:
-                await asyncio.wait(list(self.tasks))
-        finally:
-            self.answers.put_nowait(None)
-
-    async def _answer(self, raw: bytes) -> None:
-        out = await self.service._stream_answer(raw, self.context)
-        self.bytes_in_hand += len(out)
-        self.answers.put_nowait((out, len(raw) + len(out)))
-
-    async def _next_answer(self):
-        """The next answer; ends the stream after `idle_s` with nothing in hand and nothing read or written."""
-        while self.idle_s is not None:
-            left = self.last_active + self.idle_s - asyncio.get_running_loop().time()
-            try:
-                return await asyncio.wait_for(self.answers.get(), left if left > 0 else self.idle_s)
-            except asyncio.TimeoutError:
-                if not self.in_hand and self.answers.empty():
-                    await self.context.abort(grpc.StatusCode.UNAVAILABLE,
-                                             f"ModelStreamInfer: no request for {self.idle_s:g} s; stream closed "
-                                             f"(--stream-idle-timeout)")
-        return await self.answers.get()
-
-    async def _write(self, out: bytes) -> None:
-        if self.idle_s is None:
-            return await self.context.write(out)
-        try:
-            await asyncio.wait_for(self.context.write(out), self.idle_s)
-        except asyncio.TimeoutError:
-            await self.context.abort(grpc.StatusCode.UNAVAILABLE,
-                                     f"ModelStreamInfer: an answer went unread for {self.idle_s:g} s; stream "
-                                     f"closed (--stream-idle-timeout)")
 
 
 def _authorization(context) -> Optional[str]:
