@@ -10,13 +10,17 @@ request parameter ``binary_data_output``) come back the same way. Malformed
 input raises InvalidArgument naming the model and the tensor; the data plane
 checks the rest (names, dtypes and shapes against the model).
 
-Large JSON data is bounded before it costs anything: a flat JSON array of 64 KiB
-or more is cut out of the body before the body is parsed (one regular
-expression), its values are counted (its commas), and an input's count and
-declared shape are checked against the shape and the request size limit first;
-only then is the array converted, 1 MiB of text at a time with the event loop
-free in between. (``json.loads`` holds the GIL throughout, so a thread would not
-let other requests through; cutting the work up does.)
+Large JSON data is bounded before it costs anything: a JSON array of numbers of
+64 KiB or more, flat or nested (no strings or objects inside), is cut out of the
+body before the body is parsed (one regular expression), its values are counted
+(its commas: nested rows are read row-major, their brackets dropped), and an
+input's count and declared shape are checked against the shape and the request
+size limit first; only then is the array converted, 1 MiB of text at a time
+with the event loop free in between. (``json.loads`` holds the GIL throughout,
+so a thread would not let other requests through; cutting the work up does.)
+What is still parsed in one go is bounded too: a large array that is not an
+input's ``data`` is refused, and the rest of the JSON (names, shapes,
+parameters, string data) may be at most MAX_JSON_REST_BYTES.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating
 MAX_DIMS = 64  # numpy's limit
 _SPAN_MIN_BYTES = 64 * 1024  # flat JSON arrays this long are counted before they are parsed
 _CHUNK_BYTES = 1 << 20  # and converted this much text at a time, the event loop free in between
-_FLAT_ARRAY = re.compile(rb'\[([^\[\]{}"]{%d,})\]' % _SPAN_MIN_BYTES)  # no strings, objects or nesting
+_NUMBER_ARRAY = re.compile(rb'\[([^{}"]{%d,})\]' % _SPAN_MIN_BYTES)  # numbers, maybe nested; no strings or objects
+MAX_JSON_REST_BYTES = 4 << 20
+"""The JSON parsed in one go, once the large number arrays are cut out (about 0.1 s of parsing here)."""
 
 
 # ---- infer: JSON (+ binary) -> InferRequest -------------------------------------
@@ -52,8 +58,9 @@ async def decode_infer_request(body, header_length: Optional[str], model: str, v
     it is converted and converted in steps (see the module docstring)."""
     json_part, binary = _split_body(body, header_length)
     doc, spans = _parse_json(json_part)
-    if len(spans) != _placed(doc, spans):  # a large array elsewhere (nested rows, say): parsed whole
-        doc, spans = _loads(json_part), {}
+    if len(spans) != _placed(doc, spans):
+        raise InvalidArgument(f"model {model!r}: the request has a large array (over {_SPAN_MIN_BYTES} bytes of "
+                              f"JSON) outside an input's 'data'")
     return await _decode(doc, spans, json_part, binary, header_length, model, version, max_bytes)
 
 
@@ -115,10 +122,11 @@ def _split_body(body, header_length: Optional[str]):
 
 
 class _Span:
-    """A flat JSON array cut out of the body: text[start:end] holds about `count` values (commas + 1)."""
+    """A JSON array of numbers cut out of the body: text[start:end] holds about `count` values (commas
+    + 1); `nested`: it has inner brackets (rows), dropped when it is converted."""
 
-    def __init__(self, start: int, end: int, count: int):
-        self.start, self.end, self.count = start, end, count
+    def __init__(self, start: int, end: int, count: int, nested: bool):
+        self.start, self.end, self.count, self.nested = start, end, count, nested
         self.where = ""
 
 
@@ -131,17 +139,22 @@ def _placed(doc, spans: dict) -> int:
 
 
 def _parse_json(text) -> tuple:
-    """(document, {placeholder: _Span}): the JSON with each flat array of _SPAN_MIN_BYTES or more
-    replaced by a placeholder string (unique to this request), parsed."""
+    """(document, {placeholder: _Span}): the JSON with each array of numbers of _SPAN_MIN_BYTES or more
+    replaced by a placeholder string (unique to this request), parsed; at most MAX_JSON_REST_BYTES of it."""
     if len(text) < _SPAN_MIN_BYTES:
         return _loads(text), {}
     spans, nonce = {}, os.urandom(8).hex()
 
     def cut(m: re.Match) -> bytes:
         key = f"\0inferline-span-{nonce}-{len(spans)}"
-        spans[key] = _Span(m.start(1), m.end(1), text.count(b",", m.start(1), m.end(1)) + 1)
+        start, end = m.start(1), m.end(1)
+        spans[key] = _Span(start, end, text.count(b",", start, end) + 1, text.find(b"[", start, end) >= 0)
         return json.dumps(key).encode()
-    return _loads(_FLAT_ARRAY.sub(cut, text)), spans
+    rest = _NUMBER_ARRAY.sub(cut, text)
+    if len(rest) > MAX_JSON_REST_BYTES:
+        raise InvalidArgument(f"the request's JSON is {len(rest)} bytes besides its number arrays; at most "
+                              f"{MAX_JSON_REST_BYTES} are parsed (send large tensors as binary data)")
+    return _loads(rest), spans
 
 
 def _loads(text):
@@ -223,7 +236,8 @@ async def _from_span(text, span: _Span, inp: InferInput) -> np.ndarray:
     while pos < span.end:
         stop = text.find(b",", pos + _CHUNK_BYTES, span.end) if span.end - pos > _CHUNK_BYTES else -1
         stop = span.end if stop < 0 else stop
-        values = _loads(b"[" + text[pos:stop] + b"]")  # at most span.count values in all: one per comma, + 1
+        chunk = text[pos:stop].translate(None, b"[]") if span.nested else text[pos:stop]
+        values = _loads(b"[" + chunk + b"]")  # at most span.count values in all: one per comma, + 1
         out[filled:filled + len(values)] = _from_json(values, inp.datatype, [len(values)], where)
         filled, pos = filled + len(values), stop + 1
         if pos == span.end:  # the text ended with a comma

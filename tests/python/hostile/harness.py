@@ -132,8 +132,9 @@ class Watch:
         return max((max(v) for v in self.latencies.values() if v), default=float("nan"))
 
     def summary(self) -> str:
-        return (f"normal calls: rest {len(self.latencies['rest'])} (max {max(self.latencies['rest'], default=0):.3f} s),"
-                f" grpc {len(self.latencies['grpc'])} (max {max(self.latencies['grpc'], default=0):.3f} s); "
+        rest, grpc = self.latencies["rest"], self.latencies["grpc"]
+        return (f"normal calls: rest {len(rest)} (max {max(rest, default=0):.3f} s),"
+                f" grpc {len(grpc)} (max {max(grpc, default=0):.3f} s); "
                 f"RSS {self.rss_before:.0f} -> peak {self.rss_peak:.0f} MiB; errors {self.errors[:3]}")
 
     def check(self, max_stall_s: float = 1.0, max_rss_growth_mb: Optional[float] = 200.0) -> None:

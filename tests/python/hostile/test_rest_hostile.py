@@ -184,6 +184,48 @@ def test_large_json_data_that_fits_is_converted_in_steps(server):
     watch.check(max_stall_s=1.0, max_rss_growth_mb=300)
 
 
+def nested_zeros_body(rows: int) -> bytes:
+    """An infer request whose 'data' is `rows` nested rows of 64 zeros, declared [1, 64]."""
+    row = b"[" + b",".join([b"0"] * 64) + b"]"
+    return (b'{"inputs":[{"name":"pixels","shape":[1,64],"datatype":"FP32","data":[' + b",".join([row] * rows)
+            + b']}]}')
+
+
+def test_nested_json_data_longer_than_its_shape_is_400_before_it_is_parsed(server):
+    body = nested_zeros_body(450_000)  # 56 MiB, 28.8 M values in rows
+    with Watch(server) as watch:
+        status, message = error_of(post(server.http, body))
+    assert status == 400 and message == "model 'digits-mlp' input 'pixels': 28800000 values for FP32 [1, 64], " \
+                                        "which needs 64", message
+    watch.check(max_stall_s=1.0, max_rss_growth_mb=250)
+
+
+def test_nested_json_data_that_fits_is_read_row_major_like_flat_data(server):
+    rows = 600  # 77 KB of JSON: over the size from which arrays are cut out and converted in steps
+    nested = tensor_doc([rows, 64], [ROW.ravel().tolist()] * rows)
+    flat = tensor_doc([rows, 64], ROW.ravel().tolist() * rows)
+    answers = [post(server.http, json.dumps(doc).encode()) for doc in (nested, flat)]
+    assert [a[0] for a in answers] == [200, 200], [a[2][:200] for a in answers]
+    outputs = [{o["name"]: o["data"] for o in json.loads(a[2])["outputs"]} for a in answers]
+    assert outputs[0] == outputs[1] and len(outputs[0]["label"]) == rows
+
+
+def test_a_large_array_outside_the_inputs_data_is_refused(server):
+    doc = tensor_doc([1, 64], ROW.ravel().tolist())
+    doc["parameters"] = {"extra": [[0] * 64] * 2000}  # 260 KB of numbers where no tensor is
+    status, message = error_of(post(server.http, json.dumps(doc).encode()))
+    assert status == 400 and "a large array (over 65536 bytes of JSON) outside an input's 'data'" in message, message
+
+
+def test_more_than_the_bound_of_other_json_is_refused_before_it_is_parsed(server):
+    doc = tensor_doc([1, 64], ROW.ravel().tolist())
+    doc["parameters"] = {"notes": ["x" * 100] * 50_000}  # 5 MB of strings: not number arrays
+    with Watch(server) as watch:
+        status, message = error_of(post(server.http, json.dumps(doc).encode()))
+    assert status == 400 and "bytes besides its number arrays; at most 4194304 are parsed" in message, message
+    watch.check(max_stall_s=1.0, max_rss_growth_mb=100)
+
+
 def test_data_too_large_for_the_limit_is_400_before_it_is_read(server):
     rows = LIMIT // 256 + 1  # 64 FP32 values a row: one row over the limit
     status, message = error_of(post(server.http, json.dumps(tensor_doc([rows, 64], [0.0])).encode()))
