@@ -204,22 +204,35 @@ class RestFrontend:
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        limit = self.settings.max_message_bytes
+        header = request.headers.get(HEADER_LENGTH)
+        limit, what = self._body_limit(header)
         if request.content_length is not None and request.content_length > limit:
-            await read_body(request, limit)  # refuses at once, without reading
+            await read_body(request, limit, what)  # refuses at once, without reading
         admission = self.dataplane.admission
         try:
             started = admission.admit(None)  # before the body is read
         except Overloaded as e:
             return error_response(503, e.message, {"Retry-After": str(max(1, -(-e.retry_after_ms // 1000)))})
         try:
-            body = await read_body(request, limit)
-            req, default, chosen = await decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
-                                                              max_bytes=limit)
+            body = await read_body(request, limit, what)
+            if header is not None and header.isdigit() and int(header) > self.settings.max_json_bytes:
+                raise BodyTooLarge(f"the request's JSON part ({HEADER_LENGTH} {header}) exceeds the limit of "
+                                   f"{self.settings.max_json_bytes} bytes (--max-json-bytes)")
+            req, default, chosen = await decode_infer_request(body, header, name, version,
+                                                              max_bytes=self.settings.max_message_bytes)
             out, content_type, headers = encode_infer_response(await self.dataplane.infer(req), default, chosen)
         finally:
             admission.done(started)
         return web.Response(body=out, content_type=content_type, headers=headers)
+
+    def _body_limit(self, header: Optional[str]) -> tuple:
+        """(the byte limit of an infer body, what to say when it is passed): the JSON limit for a
+        JSON-only body (its parsing is paid on the event loop), the message limit with binary data."""
+        s = self.settings
+        if header is not None or s.max_json_bytes >= s.max_message_bytes:
+            return s.max_message_bytes, ""
+        return s.max_json_bytes, (" for a JSON request (--max-json-bytes); send large tensors as binary data "
+                                  f"({HEADER_LENGTH})")
 
     async def _index(self, request: web.Request) -> web.Response:
         doc = await _optional_json(request, "repository index request")

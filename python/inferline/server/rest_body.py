@@ -37,11 +37,11 @@ class BodyTooLarge(InvalidArgument):
     """A request body over settings.max_message_bytes (HTTP 413)."""
 
 
-async def read_body(request: web.Request, limit: int) -> bytearray:
+async def read_body(request: web.Request, limit: int, what: str = "") -> bytearray:
     """The request body, at most `limit` bytes of it after decompression (see the module docstring).
     Past the limit this stops reading the connection (``RequestHandler.close``: what the client still
     sends is dropped, not parsed, and aiohttp's lingering read gets nothing until LINGER_S ends it)
-    and raises BodyTooLarge."""
+    and raises BodyTooLarge, its message ending with `what` (which limit it was)."""
     declared, encoding = request.content_length, request.headers.get("Content-Encoding", "").strip().lower()
     inflater = _Inflater(encoding) if encoding not in ("", "identity") else None
     body = bytearray()
@@ -62,9 +62,9 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
     request.protocol.close()
     asyncio.get_running_loop().call_later(LINGER_S, request.content.feed_eof)
     if declared is not None and declared > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes{what}")
     raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes"
-                       f"{f' once decompressed ({encoding})' if inflater else ''}")
+                       f"{f' once decompressed ({encoding})' if inflater else ''}{what}")
 
 
 class _Inflater:

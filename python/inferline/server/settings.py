@@ -55,6 +55,10 @@ class ServerSettings:
     tls_cert: Optional[str] = _setting(None, "PEM certificate (with --tls-key: TLS for gRPC and HTTP)")
     tls_key: Optional[str] = _setting(None, "PEM private key")
     max_message_bytes: int = _setting(64 * 1024 * 1024, "largest accepted request in bytes (default 64 MiB)")
+    max_json_bytes: int = _setting(
+        8 * 1024 * 1024, "largest JSON in a REST request (the whole body, or the part before binary tensor "
+                         "data): parsing is paid on the event loop, so large tensors travel as binary data "
+                         "(default 8 MiB)")
     drain_seconds: float = _setting(
         3.0, "on SIGTERM/SIGINT: seconds to keep accepting with readiness false, so load balancers "
              "move traffic away before the listeners close (default 3; a second signal skips it)")
@@ -127,6 +131,8 @@ class ServerSettings:
             raise SettingsError(f"--admission-target-ms {self.admission_target_ms}: must be above 0")
         if self.max_message_bytes < 1024:
             raise SettingsError(f"--max-message-bytes {self.max_message_bytes}: at least 1024")
+        if self.max_json_bytes < 1024:
+            raise SettingsError(f"--max-json-bytes {self.max_json_bytes}: at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("--tls-cert and --tls-key go together")
 

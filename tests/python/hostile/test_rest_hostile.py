@@ -31,7 +31,16 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = HostileServer(tmp_path_factory.mktemp("rest-hostile"))
+    """JSON allowed up to the whole message limit, so that 64 MiB of JSON reaches the decoder."""
+    srv = HostileServer(tmp_path_factory.mktemp("rest-hostile"), "--max-json-bytes", str(LIMIT))
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory):
+    """The default limits: 8 MiB of JSON, 64 MiB in all."""
+    srv = HostileServer(tmp_path_factory.mktemp("rest-default"))
     yield srv
     assert srv.stop() == 0
 
@@ -224,6 +233,35 @@ def test_more_than_the_bound_of_other_json_is_refused_before_it_is_parsed(server
         status, message = error_of(post(server.http, json.dumps(doc).encode()))
     assert status == 400 and "bytes besides its number arrays; at most 4194304 are parsed" in message, message
     watch.check(max_stall_s=1.0, max_rss_growth_mb=100)
+
+
+JSON_LIMIT = 8 << 20  # settings.max_json_bytes, the default
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_by_default_json_over_8_mib_is_413_and_reading_stops_there(default, encoding):
+    body, headers = zeros_body(), {}
+    if encoding:
+        body, headers = compress(body, encoding), {"Content-Encoding": encoding}
+    with Watch(default) as watch:
+        status, message = error_of(post(default.http, body, headers))
+    assert status == 413 and message.endswith(
+        f"{JSON_LIMIT} bytes{' once decompressed (gzip)' if encoding else ''} for a JSON request "
+        f"(--max-json-bytes); send large tensors as binary data (Inference-Header-Content-Length)"), message
+    watch.check(max_stall_s=1.0, max_rss_growth_mb=100)
+
+
+def test_by_default_binary_data_is_not_held_to_the_json_limit(default):
+    rows = (JSON_LIMIT // 256) + 1000  # 64 FP32 values a row: 8.2 MiB of binary data
+    doc = json.dumps(tensor_doc([rows, 64], binary_data_size=rows * 256)).encode()
+    data = ROW.tobytes() * rows
+    status, _, answer = post(default.http, doc + data, {"Inference-Header-Content-Length": str(len(doc))})
+    assert status == 200, answer[:300]
+    assert len({o["name"]: o for o in json.loads(answer)["outputs"]}["label"]["data"]) == rows
+    big = json.dumps({**tensor_doc([1, 64], binary_data_size=256), "id": "x" * JSON_LIMIT}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(big))}
+    status, message = error_of(post(default.http, big + ROW.tobytes(), headers))
+    assert status == 413 and "JSON part (Inference-Header-Content-Length" in message and "--max-json-bytes" in message
 
 
 def test_data_too_large_for_the_limit_is_400_before_it_is_read(server):
