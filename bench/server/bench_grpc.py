@@ -21,6 +21,9 @@ same open-loop rate (60% of the first no-rollout saturation) and reads the serve
 (/proc) over that run: CPU microseconds per request, the cost the canary adds. Only saturation and
 that rate are run (no 50%/80% rows), ``--rounds`` times each; the summary gives medians.
 
+--bare-onnx: digits-mlp's model.onnx is pushed alone, as a new user's bare .onnx would be: no
+preprocessing and no backend settings, so the runtime's serving defaults apply.
+
 --baseline-python PATH: instead, this installation's `inferline serve` and another one's (the
 python of a virtual environment with, e.g., main before a change installed), alternately,
 ``--rounds`` times each, measured as for --canary-overhead (saturation, and server CPU per
@@ -235,6 +238,8 @@ def main() -> int:
     ap.add_argument("--baseline-python", metavar="PATH",
                     help="instead: this installation vs the inferline installed for PATH (a python), same run")
     ap.add_argument("--modes", default="unary,stream", help="comma-separated: unary, stream")
+    ap.add_argument("--bare-onnx", action="store_true",
+                    help="serve digits-mlp's model.onnx pushed bare (no package settings) instead of its package")
     ap.add_argument("--rounds", type=int, default=4,
                     help="--canary-overhead, --baseline-python: alternations (medians reported)")
     args = ap.parse_args()
@@ -245,7 +250,10 @@ def main() -> int:
     repo = tempfile.mkdtemp(prefix="inferline-bench-")
     registry = open_registry(repo)
     push(registry, demo_package_path("digits-logreg"))
-    push(registry, demo_package_path("digits-mlp"))
+    if args.bare_onnx:  # the graph alone: no preprocessing, no backend settings (the runtime's defaults)
+        push(registry, os.path.join(demo_package_path("digits-mlp"), "model.onnx"), name="digits-mlp")
+    else:
+        push(registry, demo_package_path("digits-mlp"))
     registry.close()
 
     repos = {"inferline": repo}

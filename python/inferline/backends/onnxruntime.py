@@ -9,6 +9,14 @@ declared signature is checked against the graph, so a wrong config is refused
 at load instead of failing every batch. Each batch is one ``session.run``,
 which releases the GIL while it computes.
 
+Serving defaults (a spec that leaves them unset, e.g. a bare ``.onnx``): ONNX Runtime's own
+defaults (intra-op threads = every core, idle threads spinning) suit one big batch on an idle
+machine, not micro-batches beside an event loop that needs a core: its spinning threads take
+the cores the server's frontends run on. So intra-op threads default to ``serving_threads()``
+(1 on up to 4 cores, a quarter of the cores above, at most 8) and thread-pool spinning to off
+(``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning`` = 0); a package that
+sets ``threads`` or those options gets what it sets.
+
 Batch dimension: the graph's dim 0 must be symbolic (or unknown) for inputs and
 outputs, since batches have any number of rows up to max_batch_size. A graph
 exported with a fixed batch dim is refused, except a fixed 1 when the config
@@ -137,10 +145,23 @@ def _provider_entry(p: Any, where: str) -> Tuple[str, Any]:
                           f"{{name, options}} mappings, got {p!r}")
 
 
+SPIN_OPTIONS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def serving_threads(cores: int = 0) -> int:
+    """Intra-op threads for a session whose spec leaves them unset (module docstring); `cores`:
+    the CPUs this process may use (0: ask the OS)."""
+    if not cores:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 4)
+
+
 def _session_options(ort, spec: BackendSpec, where: str):
     so = ort.SessionOptions()
-    if spec.threads is not None:
-        so.intra_op_num_threads = int(spec.threads)
+    so.intra_op_num_threads = int(spec.threads) if spec.threads is not None else serving_threads()
+    for key in SPIN_OPTIONS:
+        if key not in spec.options:
+            so.add_session_config_entry(key, "0")
     if spec.inter_op_threads is not None:
         so.inter_op_num_threads = int(spec.inter_op_threads)
         if spec.inter_op_threads > 1:  # inter-op threads only run in parallel execution mode

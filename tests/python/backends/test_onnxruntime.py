@@ -8,7 +8,7 @@ import pytest
 
 import inferline as il
 from inferline.backends import BackendSpec, make_backend
-from inferline.backends.onnxruntime import OnnxRuntimeBackend, signature_from_onnx
+from inferline.backends.onnxruntime import SPIN_OPTIONS, OnnxRuntimeBackend, serving_threads, signature_from_onnx
 from inferline.errors import FailedPrecondition, InvalidArgument
 
 onnx = pytest.importorskip("onnx")
@@ -245,6 +245,26 @@ def test_session_options_follow_the_spec(mlp):
     default = make_backend(BackendSpec(), mlp[0])
     default.create(mlp_config())
     assert default.session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_unset_threads_and_spinning_get_serving_defaults(mlp):
+    """A spec that leaves them unset (a bare .onnx) gets serving_threads() intra-op threads and no
+    spinning, not ONNX Runtime's every-core spinning pool; what a spec sets wins."""
+    default = make_backend(BackendSpec(), mlp[0])
+    default.create(mlp_config())
+    so = default.session.get_session_options()
+    assert so.intra_op_num_threads == serving_threads()
+    assert [so.get_session_config_entry(k) for k in SPIN_OPTIONS] == ["0", "0"]
+    spinning = make_backend(BackendSpec(threads=2, options={"session.intra_op.allow_spinning": True}), mlp[0])
+    spinning.create(mlp_config())
+    so = spinning.session.get_session_options()
+    assert so.intra_op_num_threads == 2 and so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (4, 1), (5, 1), (8, 2), (16, 4), (64, 8), (256, 8)])
+def test_serving_threads_leave_cores_to_the_server(cores, threads):
+    assert serving_threads(cores) == threads
 
 
 def test_bad_thread_counts_are_refused():
