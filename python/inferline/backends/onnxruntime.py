@@ -43,7 +43,7 @@ from .. import _core
 from ..config import ModelConfig, TensorSpec
 from ..errors import FailedPrecondition, InvalidArgument
 from .signature import backend_inputs, describe, preprocess_note, shape_text
-from .spec import BackendSpec
+from .spec import BackendSpec, serving_threads
 
 # ONNX element type names (TensorProto.DataType names, lower case, as in ORT's
 # "tensor(float)") -> NumPy dtype names the core supports.
@@ -146,14 +146,6 @@ def _provider_entry(p: Any, where: str) -> Tuple[str, Any]:
 
 
 SPIN_OPTIONS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
-
-
-def serving_threads(cores: int = 0) -> int:
-    """Intra-op threads for a session whose spec leaves them unset (module docstring); `cores`:
-    the CPUs this process may use (0: ask the OS)."""
-    if not cores:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 1 if cores <= 4 else min(8, cores // 4)
 
 
 def _session_options(ort, spec: BackendSpec, where: str):

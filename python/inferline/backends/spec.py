@@ -9,10 +9,21 @@ calls once per loaded version. New runtimes register with ``register_runtime``.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Union
 
 from ..errors import InvalidArgument
+
+
+def serving_threads(cores: int = 0) -> int:
+    """Intra-op threads for a runtime whose spec leaves ``threads`` unset: 1 on up to 4 cores, a
+    quarter of the cores above, at most 8. Runtimes' own defaults (every core) suit one big batch on
+    an idle machine, not micro-batches beside the server's event loop. `cores`: the CPUs this process
+    may use (0: ask the OS)."""
+    if not cores:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 4)
 
 
 @dataclass(frozen=True)
@@ -20,7 +31,7 @@ class BackendSpec:
     name: str = "onnxruntime"
     """Runtime: "onnxruntime" or "torchscript"."""
     threads: Optional[int] = None
-    """Intra-op threads (None: the runtime's default)."""
+    """Intra-op threads (None: ``serving_threads()``)."""
     inter_op_threads: Optional[int] = None
     """Inter-op threads (None: the runtime's default)."""
     providers: tuple = ()

@@ -16,9 +16,10 @@ ignored). At load the module runs once on a 1-row and a 2-row zero batch and
 its outputs are checked against the declared outputs (count, dtype, rank, rows,
 fixed dims).
 
-``threads`` sets torch's intra-op threads and ``inter_op_threads`` its inter-op
-threads; both are process-wide in torch, so the last model loaded sets them
-(torch allows inter-op threads to change only before its first parallel work).
+``threads`` sets torch's intra-op threads (unset: ``serving_threads()``, 1 on up to 4
+cores, not torch's every core) and ``inter_op_threads`` its inter-op threads; both are
+process-wide in torch, so the last model loaded sets them (torch allows inter-op
+threads to change only before its first parallel work).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .. import _core
 from ..config import ModelConfig
 from ..errors import FailedPrecondition, InvalidArgument
 from .signature import backend_inputs, describe
-from .spec import BackendSpec
+from .spec import BackendSpec, serving_threads
 
 
 def _import_torch():
@@ -91,8 +92,7 @@ def _device(torch, text: str, where: str):
 
 
 def _set_threads(torch, spec: BackendSpec, where: str) -> None:
-    if spec.threads is not None:
-        torch.set_num_threads(int(spec.threads))
+    torch.set_num_threads(int(spec.threads) if spec.threads is not None else serving_threads())
     if spec.inter_op_threads is not None and torch.get_num_interop_threads() != int(spec.inter_op_threads):
         try:
             torch.set_num_interop_threads(int(spec.inter_op_threads))

@@ -7,6 +7,7 @@ itself silences the matching torch.jit.load warning (torchscript.py says why).
 
 import asyncio
 import pickle
+import os
 import sys
 from typing import Dict, Tuple
 
@@ -15,6 +16,7 @@ import pytest
 
 import inferline as il
 from inferline.backends import BackendSpec, make_backend
+from inferline.backends.spec import serving_threads
 from inferline.backends.torchscript import TorchScriptBackend
 from inferline.errors import FailedPrecondition, InvalidArgument
 
@@ -216,6 +218,17 @@ def test_threads_and_describe(tuple_net):
     assert not backend.module.training
     assert backend.describe() == {"backend": "torchscript", "torch": torch.__version__, "device": "cpu",
                                   "numpy": np.__version__}
+
+
+def test_unset_threads_get_the_serving_default(tuple_net, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        make_backend(BackendSpec("torchscript"), tuple_net[0]).create(tuple_config())
+        assert torch.get_num_threads() == serving_threads(16) == 4  # not torch's every core
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_missing_torch_is_a_failed_precondition(monkeypatch, tuple_net):
