@@ -88,12 +88,13 @@ def _requested_outputs(msg, max_outputs: Optional[int]) -> list:
                               f"{max_outputs} (name each output at most once)")
     names: list = []
     seen: set = set()
-    for o in outputs:
-        where = f"model {quote(msg.model_name)} output {quote(o.name)}"
+    for o in outputs:  # messages are built only on failure: this runs for every request
         if o.name in seen:
-            raise InvalidArgument(f"{where}: requested twice (name each output at most once)")
+            raise InvalidArgument(f"model {quote(msg.model_name)} output {quote(o.name)}: requested twice "
+                                  f"(name each output at most once)")
         if o.parameters and ("classification" in o.parameters or "shared_memory_region" in o.parameters):
-            raise InvalidArgument(f"{where}: the classification and shared-memory extensions are not supported")
+            raise InvalidArgument(f"model {quote(msg.model_name)} output {quote(o.name)}: the classification and "
+                                  f"shared-memory extensions are not supported")
         seen.add(o.name)
         names.append(o.name)
     return names
@@ -107,15 +108,14 @@ def _from_raw(raw: bytes, t, msg):
     """codec.from_raw with a fast path for well-formed tensors (the checks cost more than the copy)."""
     dtype = _DTYPES.get(t.datatype)
     shape = tuple(t.shape)
-    where = _where(msg, t)
     if len(shape) > MAX_DIMS:
-        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions (at most {MAX_DIMS})")
+        raise InvalidArgument(f"{_where(msg, t)}: shape has {len(shape)} dimensions (at most {MAX_DIMS})")
     try:
         if dtype is not None and len(raw) == dtype.itemsize * math.prod(shape) and min(shape, default=0) >= 0:
             return np.frombuffer(raw, dtype).reshape(shape)
-        return codec.from_raw(raw, t.datatype, shape, where)  # says what is wrong
+        return codec.from_raw(raw, t.datatype, shape, _where(msg, t))  # says what is wrong
     except (ValueError, OverflowError, MemoryError) as e:  # NumPy refuses the shape (too large an array)
-        raise InvalidArgument(f"{where}: shape {_shape(shape)} cannot be used ({e})") from None
+        raise InvalidArgument(f"{_where(msg, t)}: shape {_shape(shape)} cannot be used ({e})") from None
 
 
 def _shape(shape) -> str:
