@@ -231,60 +231,64 @@ def _client_proc(port, spec, payloads, ready, go, results):
     results.put(asyncio.run(_drive(port, spec, payloads, ready, go)))
 
 
-async def _probe(port, ready, stop, period_s=0.1, timeout_s=2.0):
+async def _probe_every(probe, stop, period_s=0.1):
+    """Awaits ``probe()`` every `period_s` until `stop` is set: (latencies, timeouts, errors). A probe
+    says "ok", "timeout" (its elapsed time counts as a latency) or "error"."""
+    latencies, timeouts, errors = [], 0, 0
+    next_at = time.perf_counter()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        outcome = await probe()
+        if outcome != "error":
+            latencies.append(time.perf_counter() - t0)
+        timeouts += outcome == "timeout"
+        errors += outcome == "error"
+        next_at = max(next_at + period_s, time.perf_counter())
+        await asyncio.sleep(next_at - time.perf_counter())
+    return latencies, timeouts, errors
+
+
+async def _probe(port, ready, stop, timeout_s=2.0):
+    """ServerLive on the gRPC port."""
     import grpc
 
     ident = lambda b: b  # noqa: E731
-    latencies, timeouts, errors = [], 0, 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         live = channel.unary_unary(LIVE, request_serializer=ident, response_deserializer=ident)
         await channel.channel_ready()
         ready.set()
-        next_at = time.perf_counter()
-        while not stop.is_set():
-            t0 = time.perf_counter()
+
+        async def probe():
             try:
                 await live(b"", timeout=timeout_s)
-                latencies.append(time.perf_counter() - t0)
+                return "ok"
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    timeouts += 1
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-            next_at = max(next_at + period_s, time.perf_counter())
-            await asyncio.sleep(next_at - time.perf_counter())
-    return latencies, timeouts, errors
+                return "timeout" if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
+
+        return await _probe_every(probe, stop)
 
 
-async def _probe_http(port, ready, stop, period_s=0.1, timeout_s=2.0):
-    """GET /v2/health/live every period_s on one keep-alive connection (a new one after an error)."""
+async def _probe_http(port, ready, stop, timeout_s=2.0):
+    """GET /v2/health/live on one keep-alive connection (a new one after an error)."""
     import aiohttp
 
-    latencies, timeouts, errors = [], 0, 0
     url = f"http://127.0.0.1:{port}/v2/health/live"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         async with session.get(url) as r:
             await r.read()
         ready.set()
-        next_at = time.perf_counter()
-        while not stop.is_set():
-            t0 = time.perf_counter()
+
+        async def probe():
             try:
                 async with session.get(url) as r:
                     await r.read()
-                if r.status == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
+                return "ok" if r.status == 200 else "error"
             except asyncio.TimeoutError:
-                timeouts += 1
-                latencies.append(time.perf_counter() - t0)
+                return "timeout"
             except aiohttp.ClientError:
-                errors += 1
-            next_at = max(next_at + period_s, time.perf_counter())
-            await asyncio.sleep(next_at - time.perf_counter())
-    return latencies, timeouts, errors
+                return "error"
+
+        return await _probe_every(probe, stop)
 
 
 async def _probe_both(grpc_port, http_port, ready, stop):
