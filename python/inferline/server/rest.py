@@ -50,6 +50,7 @@ from .rest_convert import HEADER_LENGTH, decode_infer_request, dumps, encode_inf
 log = logging.getLogger("inferline.server.rest")
 
 MAX_BYTES = web.AppKey("max_bytes", int)
+MAX_JSON_BYTES = web.AppKey("max_json_bytes", int)
 
 # ---- errors: one mapping --------------------------------------------------------
 
@@ -112,6 +113,7 @@ class RestFrontend:
         self._bind_port = settings.http_port if port is None else port
         self.app = web.Application(middlewares=[_errors], client_max_size=settings.max_message_bytes)
         self.app[MAX_BYTES] = settings.max_message_bytes
+        self.app[MAX_JSON_BYTES] = min(settings.max_json_bytes, settings.max_message_bytes)
         if health_only:
             self._add_health_routes(self.app.router)
         else:
@@ -355,7 +357,7 @@ def _bool(doc: dict, key: str, what: str) -> bool:
 
 
 async def _optional_json(request: web.Request, what: str) -> dict:
-    body = await read_body(request, request.app[MAX_BYTES])
+    body = await read_body(request, request.app[MAX_JSON_BYTES], " for a JSON request (--max-json-bytes)")
     if not body.strip():
         return {}
     try:

@@ -251,6 +251,15 @@ def test_by_default_json_over_8_mib_is_413_and_reading_stops_there(default, enco
     watch.check(max_stall_s=1.0, max_rss_growth_mb=100)
 
 
+def test_control_and_feedback_json_is_held_to_the_json_limit(default):
+    """/feedback is open to any client that may infer; its JSON, like the admin calls', is parsed whole."""
+    labels = json.dumps({"labels": [{"id": "r" * 20, "label": 1}] * 400_000}).encode()  # 16 MB
+    with Watch(default) as watch:
+        status, message = error_of(post(default.http, labels, path="/v2/models/digits-mlp/feedback"))
+    assert status == 413 and message.endswith(f"{JSON_LIMIT} bytes for a JSON request (--max-json-bytes)"), message
+    watch.check(max_stall_s=1.0, max_rss_growth_mb=100)
+
+
 def test_by_default_binary_data_is_not_held_to_the_json_limit(default):
     rows = (JSON_LIMIT // 256) + 1000  # 64 FP32 values a row: 8.2 MiB of binary data
     doc = json.dumps(tensor_doc([rows, 64], binary_data_size=rows * 256)).encode()
