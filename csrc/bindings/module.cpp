@@ -15,6 +15,7 @@
 #include "inferline/engine.h"
 #include "inferline/model.h"
 #include "inferline/router.h"
+#include "device_backend.h"
 #include "policy_from_py.h"
 
 namespace py = pybind11;
@@ -163,6 +164,12 @@ ModelConfig ConfigFromPy(const py::dict& d) {
     else Throw(InvalidArgument(c.Describe() + ": queue.overload must be 'newest_first', 'shed_oldest' or 'fifo', got '" + order + "'"));
     c.queue.target_us = q["target_us"].cast<uint64_t>();
     c.queue.interval_us = q["interval_us"].cast<uint64_t>();
+  }
+  if (d.contains("gpu") && !d["gpu"].is_none()) {
+    auto g = d["gpu"].cast<py::dict>();
+    c.gpu.device = g["device"].cast<int32_t>();
+    if (c.gpu.device < 0) Throw(InvalidArgument(c.Describe() + ": gpu.device must be >= 0"));
+    c.gpu.high_priority = g.contains("high_priority") && g["high_priority"].cast<bool>();
   }
   return c;
 }
@@ -581,6 +588,8 @@ PYBIND11_MODULE(_core, m) {
     return std::make_shared<PyCallableBackend>(std::move(fn), std::move(outputs));
   }, "Backend calling fn({input: array}) once per batch.");
 
+  inferline_py::BindDevice(m, &Throw);
+
   py::class_<PollableSink>(m, "Sink")
       .def(py::init<>())
       .def_property_readonly("fd", &PollableSink::fd)
@@ -594,7 +603,15 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("host", &Model_Host)
       .def("now_us", &Model::NowUs)
       .def("stats", &Model_Stats)
-      .def("reset_stats", &Model::ResetStats);
+      .def("reset_stats", &Model::ResetStats)
+      .def("gpu_memory", [](const Model& model) {
+        const GpuMemory g = model.gpu_memory();
+        py::dict d;
+        d["device"] = g.device;
+        d["device_bytes"] = g.device_bytes;
+        d["pinned_bytes"] = g.pinned_bytes;
+        return d;
+      }, "The core's own buffers of a version placed on a GPU: {'device', 'device_bytes', 'pinned_bytes'}.");
 
   py::class_<Engine, EnginePtr>(m, "Engine")
       .def(py::init([] { return EnginePtr(new Engine()); }))

@@ -22,7 +22,7 @@ namespace {
 constexpr uint64_t kMaxSleepUs = 100'000;  // bounds any missed wake-up
 }  // namespace
 
-void Model::Impl::ExecutorLoop() {
+void Model::Impl::ExecutorLoop(GpuLane* lane) {
   Batch batch;
   for (;;) {
     bool more;
@@ -44,7 +44,7 @@ void Model::Impl::ExecutorLoop() {
                      Status(StatusCode::kResourceExhausted,
                             context_ + ": overloaded: shed after waiting longer than " +
                                 std::to_string(config_.queue.interval_us / 1000) + " ms; retry later"));
-    if (!batch.requests.empty()) RunBatch(batch);
+    if (!batch.requests.empty()) RunBatch(batch, lane);
     batch.Clear();
     if (!more) return;
   }

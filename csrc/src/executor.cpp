@@ -1,7 +1,9 @@
 // Batch execution: gather (with fused preprocessing) into one aligned buffer
 // per input, run the backend, scatter zero-copy row slices of its outputs, and
 // deliver each sink's answers in one call. A failing batch is bisected until
-// the failing requests are isolated.
+// the failing requests are isolated. A model placed on a GPU runs the same steps
+// through its executor's GpuLane (gpu_lane.h): pinned gather, copy in, kernels,
+// the device backend, copy out.
 #include <algorithm>
 #include <exception>
 
@@ -80,10 +82,83 @@ std::vector<NamedTensor> Model::Impl::Gather(const Batch& batch) {
   return inputs;
 }
 
-void Model::Impl::RunBatch(Batch& batch) {
+void Model::Impl::RunBatch(Batch& batch, GpuLane* lane) {
   uint64_t start = clock_->NowUs();
+  if (lane != nullptr) {
+    Status st = lane->Stage(batch.requests.data(), batch.requests.size(), batch.rows);
+    if (!st.ok()) {
+      lane->Recover();
+      Respond(batch.requests.data(), batch.requests.size(), {},
+              Status(st.code(), context_ + ": staging the batch on the GPU failed: " + st.message()), start,
+              clock_->NowUs());
+      return;
+    }
+    RunRangeGpu(*lane, batch.requests.data(), batch.requests.size(), 0, batch.rows, true, start);
+    return;
+  }
   std::vector<NamedTensor> inputs = Gather(batch);
   RunRange(inputs, batch.requests.data(), batch.requests.size(), 0, batch.rows, true, start);
+}
+
+void Model::Impl::RunRangeGpu(GpuLane& lane, Request* const* requests, size_t count, uint32_t row_begin,
+                              uint32_t rows, bool top_level, uint64_t start_us) {
+  uint64_t t0 = clock_->NowUs();
+  std::vector<Tensor> outputs;
+  Status st;
+  try {
+    st = lane.Run(*device_backend_, row_begin, rows);
+  } catch (const std::exception& e) {
+    st = Internal(std::string("backend threw: ") + e.what());
+  } catch (...) {
+    st = Internal("backend threw a non-standard exception");
+  }
+  if (st.ok()) st = lane.Fetch(row_begin, rows, &outputs);
+  const bool failed = !st.ok();
+  if (failed) {
+    lane.Recover();
+    st = Status(st.code(), context_ + ": backend failed on the GPU: " + st.message());
+  }
+  uint64_t t1 = clock_->NowUs();
+  RecordRun(top_level, rows, !failed, start_us, t0, t1);
+  if (failed && count > 1) {  // isolate the failing rows
+    size_t half = count / 2;
+    uint32_t half_rows = 0;
+    for (size_t i = 0; i < half; ++i) half_rows += requests[i]->rows;
+    RunRangeGpu(lane, requests, half, row_begin, half_rows, false, start_us);
+    RunRangeGpu(lane, requests + half, count - half, row_begin + half_rows, rows - half_rows, false, start_us);
+    return;
+  }
+  Respond(requests, count, outputs, st, start_us, t1);
+}
+
+void Model::Impl::RecordRun(bool top_level, uint32_t rows, bool ok, uint64_t start_us, uint64_t t0, uint64_t t1) {
+  if (!top_level) return;
+  stats_.RecordBatch(rows, t1 - start_us, t1);
+  if (ok) {
+    estimator_.Observe(rows, t1 - t0);
+    const ComputeModel m = estimator_.Current();
+    estimate_fixed_us_.store(m.fixed_us, std::memory_order_relaxed);
+    estimate_per_row_us_.store(m.per_row_us, std::memory_order_relaxed);
+  }
+}
+
+void Model::Impl::Respond(Request* const* requests, size_t count, const std::vector<Tensor>& outputs,
+                          const Status& st, uint64_t start_us, uint64_t t1) {
+  std::vector<InferResult> results(count);
+  uint32_t offset = 0;
+  for (size_t i = 0; i < count; ++i) {
+    InferResult& res = results[i];
+    res.tag = requests[i]->req.tag;
+    res.queue_us = start_us - requests[i]->enqueue_us;
+    res.compute_us = t1 - start_us;
+    res.status = st;
+    if (st.ok()) {
+      res.outputs.reserve(outputs.size());
+      for (const Tensor& t : outputs) res.outputs.push_back(t.SliceRows(offset, requests[i]->rows));
+    }
+    offset += requests[i]->rows;
+  }
+  Finish(*this, requests, results.data(), count, clock_->NowUs());
 }
 
 // Runs the backend on `inputs` (dim 0 = rows) and matches its outputs to the
@@ -145,15 +220,7 @@ void Model::Impl::RunRange(const std::vector<NamedTensor>& inputs, Request* cons
   bool backend_failed = false;
   Status st = RunBackend(*in, rows, &outputs, &backend_failed);
   uint64_t t1 = clock_->NowUs();
-  if (top_level) {
-    stats_.RecordBatch(rows, t1 - start_us, t1);
-    if (st.ok()) {
-      estimator_.Observe(rows, t1 - t0);
-      const ComputeModel m = estimator_.Current();
-      estimate_fixed_us_.store(m.fixed_us, std::memory_order_relaxed);
-      estimate_per_row_us_.store(m.per_row_us, std::memory_order_relaxed);
-    }
-  }
+  RecordRun(top_level, rows, st.ok(), start_us, t0, t1);
   if (backend_failed && count > 1) {  // isolate the failing rows
     size_t half = count / 2;
     uint32_t half_rows = 0;
@@ -162,21 +229,7 @@ void Model::Impl::RunRange(const std::vector<NamedTensor>& inputs, Request* cons
     RunRange(inputs, requests + half, count - half, row_begin + half_rows, rows - half_rows, false, start_us);
     return;
   }
-  std::vector<InferResult> results(count);
-  uint32_t offset = 0;
-  for (size_t i = 0; i < count; ++i) {
-    InferResult& res = results[i];
-    res.tag = requests[i]->req.tag;
-    res.queue_us = start_us - requests[i]->enqueue_us;
-    res.compute_us = t1 - start_us;
-    res.status = st;
-    if (st.ok()) {
-      res.outputs.reserve(outputs.size());
-      for (const Tensor& t : outputs) res.outputs.push_back(t.SliceRows(offset, requests[i]->rows));
-    }
-    offset += requests[i]->rows;
-  }
-  Finish(*this, requests, results.data(), count, clock_->NowUs());
+  Respond(requests, count, outputs, st, start_us, t1);
 }
 
 }  // namespace inferline

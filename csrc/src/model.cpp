@@ -106,8 +106,10 @@ Expected<std::unique_ptr<Model>> Model::Create(ModelConfig config, std::shared_p
   if (!backend) return InvalidArgument(config.Describe() + ": no backend given");
   auto resolved = ResolveConfig(config);
   if (!resolved.ok()) return resolved.status();
+  INFERLINE_RETURN_IF_ERROR(CheckGpuPlacement(config, backend.get()));
   auto impl = std::make_unique<Impl>(std::move(config), std::move(resolved.value()), std::move(backend),
                                      clock != nullptr ? clock : &SteadyClock::Instance());
+  INFERLINE_RETURN_IF_ERROR(impl->CreateLanes());
   impl->Start();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
@@ -121,6 +123,7 @@ StatsSnapshot Model::Stats() const { return impl_->stats_.Snapshot(); }
 
 void Model::ResetStats() noexcept { impl_->stats_.Reset(); }
 uint64_t Model::NowUs() const noexcept { return impl_->clock_->NowUs(); }
+GpuMemory Model::gpu_memory() const noexcept { return impl_->gpu_memory(); }
 
 namespace {
 
@@ -166,8 +169,34 @@ Model::Impl::Impl(ModelConfig config, std::vector<TensorSpec> backend_inputs, st
 
 Model::Impl::~Impl() { Shutdown(true); }
 
+Status Model::Impl::CreateLanes() {
+  if (!config_.gpu.enabled()) return Status::Ok();
+  device_backend_ = dynamic_cast<DeviceBackend*>(backend_.get());  // CheckGpuPlacement: not null
+  for (uint32_t i = 0; i < config_.instances; ++i) {
+    auto lane = GpuLane::Create(config_, backend_inputs_, context_);
+    if (!lane.ok()) return lane.status();
+    lanes_.push_back(std::move(lane.value()));
+  }
+  return Status::Ok();
+}
+
 void Model::Impl::Start() {
-  for (uint32_t i = 0; i < config_.instances; ++i) executors_.emplace_back([this] { ExecutorLoop(); });
+  for (uint32_t i = 0; i < config_.instances; ++i) {
+    GpuLane* lane = lanes_.empty() ? nullptr : lanes_[i].get();
+    executors_.emplace_back([this, lane] { ExecutorLoop(lane); });
+  }
+}
+
+GpuMemory Model::Impl::gpu_memory() const noexcept {
+  GpuMemory total;
+  if (!config_.gpu.enabled()) return total;
+  total.device = config_.gpu.device;
+  for (const auto& lane : lanes_) {
+    const GpuMemory m = lane->memory();
+    total.device_bytes += m.device_bytes;
+    total.pinned_bytes += m.pinned_bytes;
+  }
+  return total;
 }
 
 Status Model::Impl::CheckRequest(const InferRequest& request, uint32_t* rows) const {

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "gpu_lane.h"
 #include "inferline/model.h"
 #include "inferline/mpmc_queue.h"
 
@@ -100,7 +101,10 @@ class Model::Impl {
   Status Submit(const InferRequest& request);
   void Shutdown(bool drain);
   void Wake();
+  // Makes the GPU lanes (one per executor) of a model placed on a GPU; call before Start.
+  Status CreateLanes();
   void Start();
+  GpuMemory gpu_memory() const noexcept;
 
   ModelConfig config_;
   std::vector<TensorSpec> backend_inputs_;
@@ -145,10 +149,18 @@ class Model::Impl {
   // Sleeps up to wait_us, or until an arrival meets the wake conditions.
   void SleepUpTo(uint64_t wait_us, uint64_t wake_rows = 1, uint64_t wake_deadline_before = UINT64_MAX);
   void SleepForBatch(uint64_t now_us, uint64_t wait_us);
-  void ExecutorLoop();
+  void ExecutorLoop(GpuLane* lane);
 
   // ---- execution (executor.cpp); called by one executor, no lock held ----
-  void RunBatch(Batch& batch);
+  void RunBatch(Batch& batch, GpuLane* lane);
+  // The GPU twin of RunRange (lane staged with the batch whose rows start at row_begin 0).
+  void RunRangeGpu(GpuLane& lane, Request* const* requests, size_t count, uint32_t row_begin, uint32_t rows,
+                   bool top_level, uint64_t start_us);
+  // After a batch (or a range of it) ran: the batch stats and compute estimate (top level only).
+  void RecordRun(bool top_level, uint32_t rows, bool ok, uint64_t start_us, uint64_t t0, uint64_t t1);
+  // Answers requests[0, count) with `st`, or with their row slices of `outputs` when st is OK.
+  void Respond(Request* const* requests, size_t count, const std::vector<Tensor>& outputs, const Status& st,
+               uint64_t start_us, uint64_t t1);
   std::vector<NamedTensor> Gather(const Batch& batch);
   void RunRange(const std::vector<NamedTensor>& inputs, Request* const* requests, size_t count,
                 uint32_t row_begin, uint32_t rows, bool top_level, uint64_t start_us);
@@ -181,6 +193,8 @@ class Model::Impl {
   std::condition_variable wake_cv_;
   bool wake_flag_ = false;  // requires wake_mu_
 
+  std::vector<std::unique_ptr<GpuLane>> lanes_;  // one per executor when config_.gpu is enabled
+  DeviceBackend* device_backend_ = nullptr;      // backend_, when it is a DeviceBackend
   std::vector<std::thread> executors_;
 };
 

@@ -29,6 +29,39 @@ def echo_backend(outputs: List[str]) -> Backend:
 def python_backend(fn: Callable[[Dict[str, np.ndarray]], Any], outputs: List[str]) -> Backend:
     """Backend calling fn({input: array}) once per batch; returns {output: array} or arrays in order."""
 
+class DeviceArray:
+    """A buffer in CUDA device memory handed to a device backend (valid for that call; its address
+    stays the same for the model's lifetime). ``torch.as_tensor(a, device=f"cuda:{a.device}")``
+    views it without a copy through ``__cuda_array_interface__`` (version 3, no stream key)."""
+
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def shape(self) -> Tuple[int, ...]: ...
+    @property
+    def dtype(self) -> str:
+        """NumPy dtype name, e.g. "float32"."""
+    @property
+    def device(self) -> int: ...
+    @property
+    def capacity_rows(self) -> int:
+        """Rows that fit from ptr to the end of the buffer (>= shape[0])."""
+    @property
+    def __cuda_array_interface__(self) -> Dict[str, Any]: ...
+    def with_rows(self, rows: int) -> "DeviceArray":
+        """The same buffer seen with ``rows`` rows (ValueError past capacity_rows)."""
+
+def device_backend(fn: Callable[[List[DeviceArray], List[DeviceArray], int], None], output_names: List[str],
+                   device: int) -> Backend:
+    """Backend for a model placed on CUDA device ``device`` (config key "gpu"): fn(inputs, outputs,
+    stream) per batch enqueues, on the cudaStream_t ``stream``, the work writing every output row."""
+
+def cuda_status() -> Dict[str, Any]:
+    """{"built": compiled with CUDA, "devices": visible CUDA devices, "reason": what is missing ("" if none)}."""
+
+def cuda_mem_info(device: int) -> Tuple[int, int]:
+    """(free bytes, total bytes) of CUDA device ``device``; CoreError (FAILED_PRECONDITION) without it."""
+
 # (tag, status code, message or None, outputs in declared order, queue_us, compute_us,
 #  answered_model, answered_version, fallback_reason: "none" when the primary (or a plain engine
 #  request's model) answered, else "error", "deadline", "overload", "breaker_open", "unavailable",
@@ -58,6 +91,9 @@ class Model:
     def now_us(self) -> int: ...
     def stats(self) -> Dict[str, Any]: ...
     def reset_stats(self) -> None: ...
+    def gpu_memory(self) -> Dict[str, int]:
+        """The core's own buffers of a version placed on a GPU: {"device", "device_bytes", "pinned_bytes"}
+        (device -1 and zeros on the host)."""
 
 class Engine:
     """The loaded versions by (name, version); version 0 means the latest loaded."""

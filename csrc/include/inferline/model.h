@@ -83,6 +83,28 @@ struct QueuePolicy {
   uint64_t TargetUs(const BatchPolicy& batching) const noexcept;
 };
 
+// Where a model's batches run. device < 0: on the host (Backend::Run). device >= 0: on that
+// CUDA device (DeviceBackend): each executor owns a CUDA stream and a fixed set of pinned host
+// and device buffers sized for max_batch_size rows, allocated when the model is created (never
+// per batch), so with instances >= 2 one executor gathers and copies batch N+1 while batch N
+// computes. Needs a build with CUDA (INFERLINE_HAVE_CUDA) and a visible device; declared dims
+// past dim 0 must be fixed, except image preprocessing's input height and width (their buffers
+// grow when a larger image arrives).
+struct GpuPlacement {
+  int32_t device = -1;
+  // Executors' streams at the device's greatest priority: the scheduler runs this model's kernels
+  // ahead of normal-priority work on the same GPU (isolation from a heavy neighbour).
+  bool high_priority = false;
+  bool enabled() const noexcept { return device >= 0; }
+};
+
+// What a model's GPU buffers take (zero on the host).
+struct GpuMemory {
+  int32_t device = -1;
+  uint64_t device_bytes = 0;  // cudaMalloc'd: inputs, preprocessed inputs, outputs, workspaces
+  uint64_t pinned_bytes = 0;  // cudaHostAlloc'd staging for inputs and outputs
+};
+
 struct ModelConfig {
   std::string name;
   int64_t version = 1;
@@ -94,6 +116,7 @@ struct ModelConfig {
   uint32_t queue_capacity = 4096; // requests waiting per priority level; at most kMaxQueueCapacity
   uint32_t priority_levels = 2;   // priorities 0..levels-1; higher is served first
   QueuePolicy queue;              // order under overload
+  GpuPlacement gpu;               // host (default) or a CUDA device
   // Opaque to the core: a host's own per-version object, kept alive with the model
   // and released with it (the Python binding keeps the Python config here, so that
   // the engine's map stays the one record of what is loaded).
@@ -148,6 +171,7 @@ class Model {
   // Zeroes the statistics (see ModelStats::Reset): call while no request is in flight.
   void ResetStats() noexcept;
   uint64_t NowUs() const noexcept;
+  GpuMemory gpu_memory() const noexcept;
   const ModelConfig& config() const noexcept;
   // Inputs as the backend sees them (after preprocessing).
   const std::vector<TensorSpec>& backend_inputs() const noexcept;
