@@ -12,7 +12,8 @@ say in Python (unknown keys, wrong types, dtype spellings). ``breaker``,
 engine's model config: the core never sees them at load (``to_core`` leaves them out), so
 this module checks their ``LIMITS`` itself. The routing policy hands breaker and
 cache to the core's Router; slo and canary stay in Python (rollout/: the load-test
-gate and the canary analysis).
+gate and the canary analysis). ``gpu`` is checked here too: the core gets only what it
+implies for a model whose backend runs on a CUDA device (``to_core(gpu_device=N)``).
 
 Dtypes are NumPy names ("float32"); the KServe wire names ("FP32") belong to
 the server (server/codec.py).
@@ -294,6 +295,24 @@ _PREPROCESS_KINDS = {"tabular": TabularPreprocess, "image": ImagePreprocess}
 
 
 @dataclass(frozen=True)
+class GpuConfig:
+    """How a model whose backend runs on a CUDA device (``backend.device`` "cuda" or "cuda:N")
+    shares that device with other models; ignored for a model on the CPU. The device itself is
+    the backend's: the engine places the model there (``to_core(gpu_device=N)``)."""
+
+    isolation: Literal["shared", "isolated"] = "shared"
+    """"shared": the model's executors launch on normal-priority CUDA streams, like every other
+    model's. "isolated": its own executors use high-priority CUDA streams, so the GPU schedules
+    its kernels ahead of normal-priority work of other models on the same device (isolation
+    from a heavy neighbour; a kernel that is already running is not interrupted)."""
+
+
+# Sections of ModelConfig built from mappings and checked here (types, Literal choices, LIMITS):
+# the policy sections, and gpu (the core gets only what it implies: ModelConfig.to_core).
+_CHECKED_SECTIONS = {**_POLICY_SECTIONS, "gpu": GpuConfig}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     """Model name."""
@@ -307,8 +326,10 @@ class ModelConfig:
     """Micro-batching policy."""
     preprocessing: Mapping[str, Preprocess] = field(default_factory=dict)
     """Input name -> TabularPreprocess or ImagePreprocess, fused into the batch gather."""
-    instances: int = 1
-    """Batches executed in parallel."""
+    instances: Optional[int] = None
+    """Batches executed in parallel (executors). None: 1 on the CPU; 2 for a model on a GPU, where
+    each executor owns a CUDA stream and device buffers, so that one copies batch N+1 to the
+    device while the other's batch N computes."""
     queue_capacity: int = 4096
     """Requests that may wait per priority level before RESOURCE_EXHAUSTED."""
     priority_levels: int = 2
@@ -323,14 +344,16 @@ class ModelConfig:
     """The service level the load-test gate and the canary analysis hold this version to."""
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     """Thresholds of the canary analysis when this version is a canary."""
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    """How the model shares its GPU with other models (used only when its backend runs on one)."""
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(_as_spec(s) for s in self.inputs))
         object.__setattr__(self, "outputs", tuple(_as_spec(s) for s in self.outputs))
-        for key, cls in (("batching", BatchingConfig), ("queue", QueueConfig), *_POLICY_SECTIONS.items()):
+        for key, cls in (("batching", BatchingConfig), ("queue", QueueConfig), *_CHECKED_SECTIONS.items()):
             if isinstance(getattr(self, key), Mapping):
                 object.__setattr__(self, key, _build(cls, getattr(self, key), f"{self.where}: {key}"))
-        for key, cls in _POLICY_SECTIONS.items():  # policy: the core does not check it at load
+        for key, cls in _CHECKED_SECTIONS.items():  # the core does not check these at load
             if not isinstance(getattr(self, key), cls):
                 raise InvalidArgument(f"{self.where}: {key}: expected a {cls.__name__} or a mapping, "
                                       f"got {type(getattr(self, key)).__name__}")
@@ -359,15 +382,30 @@ class ModelConfig:
         """Builds a config from plain data (a parsed JSON/YAML file)."""
         return _build(cls, d, f"model config {d.get('name', '?')!r}")
 
-    def to_core(self) -> dict:
+    def instances_on(self, gpu_device: Optional[int]) -> int:
+        """The executors this config runs with on the CPU (gpu_device None) or on a GPU."""
+        if self.instances is not None:
+            return int(self.instances)
+        return 1 if gpu_device is None else 2
+
+    def placed(self, gpu_device: Optional[int]) -> "ModelConfig":
+        """This config with ``instances`` resolved for where its backend runs."""
+        n = self.instances_on(gpu_device)
+        return self if self.instances == n else dataclasses.replace(self, instances=n)
+
+    def to_core(self, gpu_device: Optional[int] = None) -> dict:
         """The engine's model config (breaker, cache, slo and canary are policy, left out: see
-        routing/policy.py and rollout/)."""
+        routing/policy.py and rollout/). `gpu_device`: the CUDA device the backend runs on (a
+        device backend, backends/gpu.py), None for the host; the core then gets "gpu"."""
         prep = [self.preprocessing[s.name].to_core() if s.name in self.preprocessing else None for s in self.inputs]
-        return {"name": self.name, "version": int(self.version), "inputs": [s.to_core() for s in self.inputs],
+        core = {"name": self.name, "version": int(self.version), "inputs": [s.to_core() for s in self.inputs],
                 "outputs": [s.to_core() for s in self.outputs], "preprocessing": prep,
-                "batching": self.batching.to_core(), "instances": int(self.instances),
+                "batching": self.batching.to_core(), "instances": self.instances_on(gpu_device),
                 "queue_capacity": int(self.queue_capacity), "priority_levels": int(self.priority_levels),
                 "queue": self.queue.to_core()}
+        if gpu_device is not None:
+            core["gpu"] = {"device": int(gpu_device), "high_priority": self.gpu.isolation == "isolated"}
+        return core
 
 
 def _build(cls, data: Mapping, where: str):

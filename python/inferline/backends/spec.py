@@ -26,6 +26,10 @@ def serving_threads(cores: int = 0) -> int:
     return 1 if cores <= 4 else min(8, cores // 4)
 
 
+CUDA_GRAPH_MODES = (None, "off", "buckets", "fixed")
+"""BackendSpec.cuda_graphs values (None: the runtime's default)."""
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     name: str = "onnxruntime"
@@ -40,6 +44,12 @@ class BackendSpec:
     device: str = "cpu"
     """"cpu", "cuda" or "cuda:N". ONNX Runtime uses it only when providers is empty ("cuda:N" then
     means CUDAExecutionProvider on device N, CPU for the rest)."""
+    cuda_graphs: Optional[str] = None
+    """CUDA graphs of a torchscript model on a CUDA device: "off" (every batch launches its kernels
+    from Python), "buckets" (a graph per power-of-two batch size up to max_batch_size) or "fixed"
+    (one graph of max_batch_size rows: every batch runs the same kernels, so a row's result is
+    bitwise the same at every batch size and position). None: "buckets" on a CUDA device. A value
+    other than "off" is refused on the CPU and by runtimes without it (backends/torch_cuda.py)."""
     graph_optimization: str = "all"
     """ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all"."""
     options: dict = field(default_factory=dict)
@@ -53,6 +63,8 @@ class BackendSpec:
             if value is not None and int(value) < 1:
                 raise InvalidArgument(f"backend.{key} must be >= 1, got {value}")
         _check_options(self.options)
+        if self.cuda_graphs not in CUDA_GRAPH_MODES:
+            raise InvalidArgument(f"backend.cuda_graphs must be off|buckets|fixed, got {self.cuda_graphs!r}")
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise InvalidArgument(f"backend.graph_optimization must be disable|basic|extended|all, "
                                   f"got {self.graph_optimization!r}")

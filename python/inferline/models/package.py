@@ -52,6 +52,7 @@ def _package_schema() -> dict:
             "name": {"enum": ["onnxruntime", "torchscript"]}, "threads": {"type": ["integer", "null"], "minimum": 1},
             "inter_op_threads": {"type": ["integer", "null"], "minimum": 1},
             "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
+            "cuda_graphs": {"enum": ["off", "buckets", "fixed", None]},
             "graph_optimization": {"enum": ["disable", "basic", "extended", "all"]},
             "options": {"type": "object", "additionalProperties": {"type": _SCALAR}}}},
         "fallback": {"type": ["string", "null"]},
