@@ -16,6 +16,14 @@ ignored). At load the module runs once on a 1-row and a 2-row zero batch and
 its outputs are checked against the declared outputs (count, dtype, rank, rows,
 fixed dims).
 
+On a CUDA device ("cuda" or "cuda:N") the module is loaded there and checked the same way
+(with ordinary torch CUDA tensors), then served through the core's device backend
+(backends/gpu.py): the core stages each batch in device memory on its executor's CUDA stream
+and ``torch_cuda.DeviceRunner`` runs the module on that stream over the buffers, zero-copy,
+with CUDA graphs per ``cuda_graphs`` ("buckets" unless set; torch_cuda.py). ``cuda_graphs``
+other than "off" is refused on the CPU. A CUDA out-of-memory error while loading is a
+GpuOutOfMemory (RESOURCE_EXHAUSTED) naming the device and its free memory.
+
 ``threads`` sets torch's intra-op threads (unset: ``serving_threads()``, 1 on up to 4
 cores, not torch's every core) and ``inter_op_threads`` its inter-op threads; both are
 process-wide in torch, so the last model loaded sets them (torch allows inter-op
@@ -26,15 +34,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
 from .. import _core
 from ..config import ModelConfig
 from ..errors import FailedPrecondition, InvalidArgument
+from . import gpu
 from .signature import backend_inputs, describe
 from .spec import BackendSpec, serving_threads
+from .torch_cuda import DeviceRunner, OutputMismatch as _OutputMismatch
 
 
 def _import_torch():
@@ -55,12 +65,27 @@ class TorchScriptBackend:
         self.artifact_path = os.fspath(artifact_path)
         self.module = None
         """The module of the latest create() (for inspection), None before."""
+        self.runner: Optional[DeviceRunner] = None
+        """On a CUDA device: the device runner of the latest create() (its CUDA graph counters)."""
+
+    @property
+    def gpu_device(self) -> Optional[int]:
+        """The CUDA device this backend's models run on; None on the CPU (backends/gpu.py)."""
+        try:
+            return gpu.cuda_index(self.spec.device, "torchscript backend")
+        except InvalidArgument:
+            return None  # create() refuses it, naming the model
 
     def create(self, config: ModelConfig) -> _core.Backend:
         torch = _import_torch()
         where = config.where
         device = _device(torch, self.spec.device, where)
         _set_threads(torch, self.spec, where)
+        if device.type == "cuda":
+            return self._create_on_cuda(torch, device, config)
+        if self.spec.cuda_graphs not in (None, "off"):
+            raise InvalidArgument(f"{where}: backend.cuda_graphs = {self.spec.cuda_graphs!r} needs backend.device "
+                                  f"'cuda' or 'cuda:N' (it is {self.spec.device!r})")
         module = _load(torch, self.artifact_path, device, where)
         module.eval()
         run = _Runner(torch, module, device, config)
@@ -68,27 +93,57 @@ class TorchScriptBackend:
         self.module = module
         return _core.python_backend(run, list(config.output_names))
 
+    def _create_on_cuda(self, torch, device, config: ModelConfig) -> _core.Backend:
+        """Loads and checks the module on the device, then hands the core a device backend."""
+        where, index = config.where, device.index
+        gpu.require_core_device(index, where)
+        gpu.check_fixed_dims(config)
+        try:
+            with torch.cuda.device(index):
+                module = _load(torch, self.artifact_path, device, where)
+                module.eval()
+                _check_signature(config, _Runner(torch, module, device, config), os.path.basename(self.artifact_path))
+                torch.cuda.synchronize(index)
+        except Exception as e:
+            if gpu.is_out_of_memory(e):
+                raise gpu.out_of_memory(e, where, index, f"loading {os.path.basename(self.artifact_path)}") from e
+            raise
+        names = list(config.output_names)
+        runner = DeviceRunner(torch, module, index, names, lambda out: _select(torch, out, names),
+                              self.spec.cuda_graphs or "buckets", config.batching.max_batch_size)
+        backend = gpu.device_backend(runner, names, index)
+        self.module, self.runner = module, runner
+        return backend
+
+    def cuda_graph_stats(self) -> dict:
+        """The CUDA graph counters of the latest create() on a CUDA device ({} otherwise):
+        mode, graphs_captured, graph_replays, eager_runs, capture_failures."""
+        return self.runner.stats() if self.runner is not None else {}
+
     def describe(self) -> dict:
-        """runtime_env facts: backend, torch and numpy versions, device."""
+        """runtime_env facts: backend, torch and numpy versions, device (and on a CUDA device its
+        name and the CUDA graph mode)."""
         torch = _import_torch()
-        return {"backend": self.name, "torch": torch.__version__, "device": self.spec.device,
-                "numpy": np.__version__}
+        env = {"backend": self.name, "torch": torch.__version__, "device": self.spec.device,
+               "numpy": np.__version__}
+        if self.runner is not None:
+            env["cuda_graphs"] = self.runner.mode
+            env["gpu"] = torch.cuda.get_device_name(self.runner.index)
+        return env
 
 
 # ---- loading ------------------------------------------------------------------------
 def _device(torch, text: str, where: str):
-    name, _, index = text.partition(":")
-    if name == "cpu" and not index:
+    index = gpu.cuda_index(text, where)
+    if index is None:
         return torch.device("cpu")
-    if name != "cuda" or (index and not index.isdigit()):
-        raise InvalidArgument(f"{where}: backend.device must be 'cpu', 'cuda' or 'cuda:N', got {text!r}")
     if not torch.cuda.is_available():
         raise FailedPrecondition(f"{where}: backend.device is {text!r} but torch {torch.__version__} "
                                  f"sees no CUDA device")
     count = torch.cuda.device_count()
-    if index and int(index) >= count:
+    if index >= count:
         raise FailedPrecondition(f"{where}: backend.device is {text!r} but there are {count} CUDA device(s)")
-    return torch.device(text)
+    return torch.device("cuda", index)
 
 
 def _set_threads(torch, spec: BackendSpec, where: str) -> None:
@@ -111,6 +166,8 @@ def _load(torch, path: str, device, where: str):
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is", category=DeprecationWarning)
             return torch.jit.load(path, map_location=device)
     except Exception as e:
+        if device.type == "cuda" and gpu.is_out_of_memory(e):
+            raise  # the caller says so (GpuOutOfMemory), not "not a TorchScript archive"
         text = str(e).strip()
         first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__  # torch's first sentence
         raise InvalidArgument(f"{where}: {path} is not a TorchScript archive that torch {torch.__version__} can "
@@ -119,10 +176,6 @@ def _load(torch, path: str, device, where: str):
 
 
 # ---- running --------------------------------------------------------------------------
-class _OutputMismatch(ValueError):
-    """The module returned something other than the declared outputs."""
-
-
 class _Runner:
     """fn({input name: array}) -> [array per declared output], what _core.python_backend calls."""
 
@@ -147,7 +200,7 @@ class _Runner:
             return self.module(*args)
 
     def to_numpy(self, out: Any, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
-        tensors = self._select(out)
+        tensors = _select(self.torch, out, self.output_names)
         result = []
         for name, t in zip(self.output_names, tensors):
             if not isinstance(t, self.torch.Tensor):
@@ -158,25 +211,26 @@ class _Runner:
             result.append(a)
         return result
 
-    def _select(self, out: Any) -> list:
-        names = self.output_names
-        if isinstance(out, self.torch.Tensor):
-            found = [out]
-        elif isinstance(out, (tuple, list)):
-            found = list(out)
-        elif isinstance(out, dict):
-            missing = [n for n in names if n not in out]
-            if missing:
-                raise _OutputMismatch(f"the module's dict has no output(s) {', '.join(map(repr, missing))} "
-                                      f"(its keys: {', '.join(map(repr, out))})")
-            return [out[n] for n in names]
-        else:
-            raise _OutputMismatch(f"the module returned a {type(out).__name__}; expected a Tensor, a tuple/list "
-                                  f"in declared output order or a dict by output name")
-        if len(found) != len(names):
-            raise _OutputMismatch(f"the module returned {len(found)} output(s), the config declares "
-                                  f"{len(names)} ({', '.join(map(repr, names))})")
-        return found
+
+def _select(torch, out: Any, names: Sequence[str]) -> list:
+    """The module's result as a list in declared output order (_OutputMismatch if it cannot be)."""
+    if isinstance(out, torch.Tensor):
+        found = [out]
+    elif isinstance(out, (tuple, list)):
+        found = list(out)
+    elif isinstance(out, dict):
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise _OutputMismatch(f"the module's dict has no output(s) {', '.join(map(repr, missing))} "
+                                  f"(its keys: {', '.join(map(repr, out))})")
+        return [out[n] for n in names]
+    else:
+        raise _OutputMismatch(f"the module returned a {type(out).__name__}; expected a Tensor, a tuple/list "
+                              f"in declared output order or a dict by output name")
+    if len(found) != len(names):
+        raise _OutputMismatch(f"the module returned {len(found)} output(s), the config declares "
+                              f"{len(names)} ({', '.join(map(repr, names))})")
+    return found
 
 
 # ---- signature check ---------------------------------------------------------------------
@@ -189,6 +243,8 @@ def _check_signature(config: ModelConfig, run: _Runner, artifact: str) -> None:
         try:
             out = run.forward(arrays)
         except Exception as e:
+            if not run.on_cpu and gpu.is_out_of_memory(e):
+                raise  # _create_on_cuda says so (GpuOutOfMemory)
             raise InvalidArgument(f"{config.where}: {artifact} failed on a {rows}-row zero batch of the declared "
                                   f"inputs ({fed}): {type(e).__name__}: {_brief(e)}") from e
         try:
