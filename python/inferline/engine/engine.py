@@ -37,10 +37,12 @@ from typing import Any, Mapping, Optional
 
 from .. import _core
 from ..backends import as_backend
+from ..backends.gpu import gpu_device
 from ..config import ModelConfig
 from ..errors import InvalidArgument, from_core_error
 from ..errors import Unavailable
 from .dispatch import LoopDispatcher, RoutedResult, ThreadDispatcher
+from .gpu_memory import GpuMemoryBudget
 
 
 _MAX_TIMEOUT_US = 2**63 - 1  # the core saturates the deadline there: far enough = none in practice
@@ -87,9 +89,20 @@ class ModelHandle:
         core = self._engine._core_model(self.name, self.version)
         s = core.stats()
         s["model"], s["version"] = self.name, self.version
+        s["gpu_memory_bytes"] = self._engine._gpu_bytes(core, self.name, self.version)
         last = s["last_batch_end_us"]
         s["last_inference_ms"] = int(time.time() * 1000 - (core.now_us() - last) / 1000) if last else 0
         return s
+
+    def gpu_memory(self) -> dict:
+        """The core's own GPU buffers of this version: {"device", "device_bytes", "pinned_bytes"}
+        (device -1 and zeros for a model on the CPU), plus "charged_bytes": what loading it was
+        measured to take (engine/gpu_memory.py; None when it was not loaded through the loader)."""
+        core = self._engine._core_model(self.name, self.version)
+        info = getattr(core, "gpu_memory", None)
+        out = dict(info()) if info is not None else {"device": -1, "device_bytes": 0, "pinned_bytes": 0}
+        out["charged_bytes"] = self._engine.gpu_memory.charged(self.name, self.version)
+        return out
 
     def reset_stats(self) -> None:
         """Zeroes this version's statistics; exact while no request is in flight. The loader
@@ -117,9 +130,12 @@ class ModelHandle:
 
 
 class Engine:
-    """Loads model versions and serves requests to them in-process."""
+    """Loads model versions and serves requests to them in-process.
 
-    def __init__(self):
+    `gpu_memory_budget`: bytes of GPU memory (per device) that loads through the loader
+    (models/loader.py) may take together; None: no limit (loads are still measured)."""
+
+    def __init__(self, *, gpu_memory_budget: Optional[int] = None):
         # Declared first so that models are shut down before the sinks they answer into.
         self._core = _core.Engine()
         self._lock = threading.Lock()  # guards the dispatchers and _closed
@@ -129,6 +145,8 @@ class Engine:
         self._router: Optional[Any] = None  # _core.Router, made on first use; dropped by close() first
         self._names: dict = {}  # (model, version) -> output names, for routed answers; reset by (re)loads
         self._closed = False
+        self.gpu_memory = GpuMemoryBudget(gpu_memory_budget)
+        """GPU memory charged to loaded versions, and the budget (engine/gpu_memory.py)."""
 
     # ---- model versions -------------------------------------------------------
     def load(self, config: Any, backend: Any) -> ModelHandle:
@@ -136,10 +154,10 @@ class Engine:
 
         Raises AlreadyExists if that version is loaded: a hot reload is ``replace``.
         """
-        config, native = self._prepare(config, backend)
+        config, native, device = self._prepare(config, backend)
         self._names.pop((config.name, config.version), None)
         try:
-            self._core.load(config.to_core(), native, config)
+            self._core.load(config.to_core(device), native, config)
         except _core.CoreError as e:
             raise from_core_error(e) from None
         return ModelHandle(self, config)
@@ -151,9 +169,9 @@ class Engine:
         if it is not loaded. FailedPrecondition if the inputs or outputs differ from the loaded
         version's (a new signature needs a new version); on any error the loaded version serves on.
         """
-        config, native = self._prepare(config, backend)
+        config, native, device = self._prepare(config, backend)
         try:
-            self._core.replace(config.to_core(), native, config, drain)
+            self._core.replace(config.to_core(device), native, config, drain)
         except _core.CoreError as e:
             raise from_core_error(e) from None
         return ModelHandle(self, config)
@@ -164,6 +182,7 @@ class Engine:
             self._core.unload(name, _version(version), drain)
         except _core.CoreError as e:
             raise from_core_error(e) from None
+        self.gpu_memory.forget_unloaded(self._core.list())
 
     def model(self, name: str, version: Optional[int] = None) -> ModelHandle:
         """The loaded version (the latest when None); ModelNotFound names what is loaded."""
@@ -293,9 +312,23 @@ class Engine:
         self.close()
 
     def _prepare(self, config: Any, backend: Any) -> tuple:
+        """(config placed where the backend runs, the native backend, its CUDA device or None).
+        A factory with a ``gpu_device`` (backends/gpu.py) places the model on that device: the
+        core config gets "gpu" and an unset ``instances`` becomes 2."""
         if not isinstance(config, ModelConfig):
             config = ModelConfig.from_dict(config)
-        return config, as_backend(backend).create(config)
+        factory = as_backend(backend)
+        device = gpu_device(factory)
+        config = config.placed(device)
+        return config, factory.create(config), device
+
+    def _gpu_bytes(self, core_model, name: str, version: int) -> int:
+        """What a version takes on its GPU: its measured charge, else the core's own buffers; 0 on the CPU."""
+        charged = self.gpu_memory.charged(name, version)
+        if charged is not None:
+            return charged
+        info = getattr(core_model, "gpu_memory", None)
+        return int(info()["device_bytes"]) if info is not None else 0
 
     def _core_model(self, name: str, version: Optional[int]):
         try:

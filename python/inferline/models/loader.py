@@ -4,6 +4,12 @@ Fetching the artifact and verifying its sha256 is the store's job
 (``Registry.fetch``); this module takes a local package and makes it serve.
 A version that fails any step is unloaded again and the error says which step
 and why; the caller records it.
+
+A version whose backend runs on a CUDA device is held to the engine's GPU memory budget
+(``engine.gpu_memory``, engine/gpu_memory.py): refused before loading when its estimate does not
+fit in what is left, measured across the whole load (backend, warm-up, golden, fingerprint), and
+unloaded and refused when the measurement does not fit either (step "gpu memory"). Its charge is
+``LoadReport.gpu_memory_bytes`` and ``runtime_env["gpu_memory_bytes"]``.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
+from ..backends.gpu import gpu_device
 from ..backends.spec import make_backend
 from ..config import ModelConfig
 from ..engine import Engine, ModelHandle
-from ..errors import FailedPrecondition, InferlineError
+from ..engine.gpu_memory import estimate_load
+from ..errors import FailedPrecondition, InferlineError, ResourceExhausted
 from .package import ModelPackage
 
 
@@ -35,11 +43,14 @@ class CacheNotAllowed(FailedPrecondition):
 
 
 class LoadFailed(FailedPrecondition):
-    """A step of loading failed; ``step`` names it."""
+    """A step of loading failed; ``step`` names it. Out of (GPU) memory keeps its code:
+    RESOURCE_EXHAUSTED (``grpc_code``/``http_status`` of the cause)."""
 
-    def __init__(self, message: str, step: str):
+    def __init__(self, message: str, step: str, cause: Optional[BaseException] = None):
         super().__init__(message)
         self.step = step
+        if isinstance(cause, ResourceExhausted):
+            self.grpc_code, self.http_status = cause.grpc_code, cause.http_status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +58,8 @@ class LoadReport:
     model_load_time_s: float
     fingerprint: dict
     runtime_env: dict
+    gpu_memory_bytes: int = 0
+    """What loading took on the GPU (the budget's charge); 0 for a model on the CPU."""
 
 
 def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, root: Optional[str] = None):
@@ -60,9 +73,28 @@ def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, roo
     t0 = time.perf_counter()
     try:
         factory = make_backend(package.backend, artifact)
+    except InferlineError as e:
+        raise LoadFailed(f"{where}: create backend: {e}", "backend", e) from e
+    device = gpu_device(factory)
+    if device is None:
+        handle, fp = _load_checked(engine, package, config, factory, root)
+        charged = 0
+    else:
+        handle, fp, charged = _load_on_gpu(engine, package, config, factory, root, device, artifact)
+    env = runtime_env(factory)
+    if device is not None:
+        env["gpu_memory_bytes"] = charged
+    return handle, LoadReport(time.perf_counter() - t0, fp, env, charged)
+
+
+def _load_checked(engine: Engine, package: ModelPackage, config: ModelConfig, factory, root: Optional[str],
+                  settle=None) -> tuple:
+    """(handle, fingerprint): loads, warms up, checks; `settle(handle)` last (the GPU budget)."""
+    where = config.where
+    try:
         handle = engine.load(config, factory)
     except InferlineError as e:
-        raise LoadFailed(f"{where}: create backend: {e}", "backend") from e
+        raise LoadFailed(f"{where}: create backend: {e}", "backend", e) from e
     try:
         step = "warm-up"
         warm_up(handle)
@@ -74,12 +106,32 @@ def load_into_engine(engine: Engine, package: ModelPackage, version: int, *, roo
         fp = fingerprint(handle, golden[0] if golden is not None else None)
         step = "cache"
         check_cache(config, fp)
+        if settle is not None:
+            step = "gpu memory"
+            settle(handle)
         handle.reset_stats()  # the statistics count served traffic, not the loader's own
     except InferlineError as e:
         engine.unload(config.name, config.version)
-        raise LoadFailed(f"{where}: {step}: {e}", step) from e
-    env = runtime_env(factory)
-    return handle, LoadReport(time.perf_counter() - t0, fp, env)
+        raise LoadFailed(f"{where}: {step}: {e}", step, e) from e
+    return handle, fp
+
+
+def _load_on_gpu(engine: Engine, package: ModelPackage, config: ModelConfig, factory, root: Optional[str],
+                 device: int, artifact: str) -> tuple:
+    """(handle, fingerprint, bytes charged): the load within the engine's GPU memory budget."""
+    try:
+        size = os.path.getsize(artifact)
+    except OSError:
+        size = 0  # the backend says what is wrong with the artifact
+    estimate = estimate_load(config, size, device)
+    budget = engine.gpu_memory
+    try:
+        with budget.loading(config.name, config.version, device, estimate, loaded=engine.models()) as load:
+            handle, fp = _load_checked(engine, package, config, factory, root,
+                                       settle=lambda h: load.settle(h.gpu_memory()["device_bytes"]))
+    except ResourceExhausted as e:  # the estimate did not fit: nothing was loaded
+        raise LoadFailed(f"{config.where}: gpu memory: {e}", "gpu memory", e) from e
+    return handle, fp, load.charged
 
 
 def synthetic_inputs(config: ModelConfig, rows: int, seed: int = 0) -> dict:
