@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..errors import InvalidArgument
 from ..server.settings import ServerSettings
 
 
@@ -15,7 +16,8 @@ def add_parser(sub) -> None:
                                    "INFERLINE_<FLAG> environment variable shown in its help.")
     for f in dataclasses.fields(ServerSettings):
         flag = ServerSettings.flag(f)
-        p.add_argument("--" + flag, dest=f.name, metavar=f.metadata.get("metavar"), type=_number(str(f.type)),
+        kind = _parsed(f.metadata["parse"]) if f.metadata.get("parse") else _number(str(f.type))
+        p.add_argument("--" + flag, dest=f.name, metavar=f.metadata.get("metavar"), type=kind,
                        help=f"{f.metadata['help']} [env {ServerSettings.env_name(f)}]")
 
 
@@ -39,4 +41,16 @@ def _number(kind: str):
                                              f"got {raw!r}") from None
 
     parse.__name__ = kind
+    return parse
+
+
+def _parsed(convert):
+    """An argparse type for a setting with its own parser (sizes): its InvalidArgument as the error."""
+    def parse(raw: str):
+        try:
+            return convert(raw)
+        except InvalidArgument as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = "size"
     return parse

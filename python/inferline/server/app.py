@@ -94,7 +94,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     from .grpc_frontend import start_grpc
     from .rest import start_rest
 
-    engine = Engine()
+    engine = Engine(gpu_memory_budget=settings.gpu_memory_budget)
     router = Router(engine)  # the manager publishes routing snapshots to it; the data plane routes with it
     manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router)
     await manager.sync()

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..engine.gpu_memory import parse_size
 from ..errors import InvalidArgument
 
 ENV_PREFIX = "INFERLINE_"
@@ -32,8 +33,9 @@ class SettingsError(InvalidArgument):
     """A setting's value does not parse or is out of range."""
 
 
-def _setting(default, help: str, flag: Optional[str] = None, metavar: Optional[str] = None):
-    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
+def _setting(default, help: str, flag: Optional[str] = None, metavar: Optional[str] = None, parse=None):
+    """`parse(text) -> value` for a setting whose text is not a plain int/float/str (InvalidArgument if bad)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "parse": parse})
 
 
 @dataclass
@@ -79,6 +81,12 @@ class ServerSettings:
         50.0, "adaptive admission: the in-flight latency the limit aims at, in ms (default 50)")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
+    gpu_memory_budget: Optional[int] = _setting(
+        None, "GPU memory the models on each CUDA device may take together, per worker: bytes, or with K, M, G "
+              "(powers of 1000) or KiB, MiB, GiB (powers of 1024), e.g. 40GiB. A load whose estimate (artifact + "
+              "the core's buffers) or measured use does not fit is refused, and a new version that does not fit "
+              "beside the one it replaces leaves that one serving (default: no limit)",
+        metavar="SIZE", parse=parse_size)
 
     # ---- one source for flags and variables ---------------------------------
     @staticmethod
@@ -133,6 +141,8 @@ class ServerSettings:
             raise SettingsError(f"--max-message-bytes {self.max_message_bytes}: at least 1024")
         if self.max_json_bytes < 1024:
             raise SettingsError(f"--max-json-bytes {self.max_json_bytes}: at least 1024")
+        if self.gpu_memory_budget is not None and self.gpu_memory_budget < 1:
+            raise SettingsError(f"--gpu-memory-budget {self.gpu_memory_budget}: at least 1 byte")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("--tls-cert and --tls-key go together")
 
@@ -167,6 +177,12 @@ def is_loopback(host: str) -> bool:
 
 
 def _parse(f: dataclasses.Field, raw: str, where: str):
+    parse = f.metadata.get("parse")
+    if parse is not None:
+        try:
+            return parse(raw)
+        except InvalidArgument as e:
+            raise SettingsError(f"{where}={raw!r}: {e}") from None
     kind = str(f.type)
     try:
         if kind == "int":
