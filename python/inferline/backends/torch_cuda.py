@@ -23,10 +23,10 @@ graphs replayed on one executor stream share a memory pool: they replay one afte
 that stream, never at once, which is what sharing a pool requires (graphs of two executors
 sharing one would replay concurrently over the same intermediates). Rows r..b of the input
 buffers hold rows of earlier batches, or zeros (zeroed once, when a graph first reads them, so
-that no uninitialised bytes reach an index op); they are computed and never copied back. A
-batch whose buffers cannot hold b rows (the views the core makes when it bisects a failing
-batch), and every batch past MAX_GRAPHS graphs per model, runs eagerly. A capture that fails is
-logged once and its key runs eagerly from then on: graphs never fail a batch.
+that no uninitialised bytes reach an index op); they are computed and never copied back. The
+views inside the buffers that the core passes when it bisects a failing batch, and every batch
+past MAX_GRAPHS graphs per model, run eagerly. A capture that fails is logged once and its key
+runs eagerly from then on: graphs never fail a batch.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class DeviceRunner:
         self._pools: dict = {}     # stream handle -> graph memory pool of the graphs replayed there
         self._sides: dict = {}     # stream handle -> side stream its captures run on
         self._graphs: dict = {}    # (input ptrs, output ptrs, bucket) -> CUDAGraph, or None: runs eagerly
-        self._filled: dict = {}    # input ptr -> rows from it that hold batch rows or zeros
+        self._filled: dict = {}    # input ptr -> rows from it that hold batch rows or zeros (not garbage)
         self._lock = threading.Lock()  # guards the counters and insertions into the tables above
         self._counts = {"graphs_captured": 0, "graph_replays": 0, "eager_runs": 0, "capture_failures": 0}
         self._warned: set = set()  # kinds of warning logged (once each)
@@ -88,7 +88,7 @@ class DeviceRunner:
             bucket = self._bucket(rows, inputs, outputs)
             if bucket:
                 with torch.cuda.stream(ext):
-                    if self._run_graph(inputs, outputs, rows, bucket, stream, ext):
+                    if self._run_graph(inputs, outputs, bucket, stream, ext):
                         return
             # Entered afresh: a failed capture can leave its side stream current (torch.cuda.graph
             # skips restoring the stream when ending the capture raises).
@@ -113,17 +113,20 @@ class DeviceRunner:
         """The rows of the graph for a batch of `rows` rows; 0: run eagerly."""
         if self.mode == "off":
             return 0
+        if any(int(a.capacity_rows) < self.max_batch for a in (*inputs, *outputs)):
+            return 0  # views inside the buffers: the core is bisecting a failing batch
+        for a in inputs:  # rows [0, rows) hold this batch (see _pad)
+            ptr = int(a.ptr)
+            self._filled[ptr] = max(self._filled.get(ptr, 0), rows)
         bucket = self.max_batch if self.mode == "fixed" else min(self.max_batch, 1 << (rows - 1).bit_length())
-        if bucket < rows or any(int(a.capacity_rows) < bucket for a in (*inputs, *outputs)):
-            return 0
-        return bucket
+        return bucket if bucket >= rows else 0
 
-    def _run_graph(self, inputs, outputs, rows: int, bucket: int, stream: int, ext) -> bool:
+    def _run_graph(self, inputs, outputs, bucket: int, stream: int, ext) -> bool:
         key = (tuple(int(a.ptr) for a in inputs), tuple(int(o.ptr) for o in outputs), bucket)
         graph = self._graphs.get(key, _MISSING)
         if graph is None:
             return False
-        self._pad(inputs, rows, bucket)
+        self._pad(inputs, bucket)
         if graph is _MISSING:
             graph = self._capture(key, inputs, outputs, bucket, stream, ext)
             if graph is None:
@@ -172,16 +175,17 @@ class DeviceRunner:
             self._counts["graphs_captured"] += 1
         return graph
 
-    def _pad(self, inputs, rows: int, bucket: int) -> None:
-        """Zeroes rows of the input buffers that a `bucket`-row graph reads and no batch has written."""
+    def _pad(self, inputs, bucket: int) -> None:
+        """Zeroes rows of the input buffers that a `bucket`-row graph reads and no batch has written.
+        Every call at the start of the buffers notes its rows first (_bucket), and the core bisects
+        a failing batch within its rows: so no zeroed row is one a pending part of a batch reads."""
         for a in inputs:
             ptr = int(a.ptr)
-            filled = max(self._filled.get(ptr, 0), rows)
+            filled = self._filled.get(ptr, 0)
             if filled < bucket:
                 view = self.torch.as_tensor(a.with_rows(bucket), device=self.device)
                 view[filled:].zero_()  # on the executor's stream, before the graph reads it
-                filled = bucket
-            self._filled[ptr] = filled
+                self._filled[ptr] = bucket
 
     def _pool(self, stream: int):
         pool = self._pools.get(stream)
