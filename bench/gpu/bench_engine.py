@@ -33,8 +33,12 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import engine_load as L
+
+# torch 2.9+ marks TorchScript deprecated; it is the format the torchscript backend serves.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
 
 START = float(os.environ.get("BENCH_ENGINE_START") or time.time())  # children count from the parent's start
 ORDER = ("alone", "engine", "graphs", "bitwise", "noisy", "memory")

@@ -299,10 +299,13 @@ def gpu_memory(ctx: Ctx) -> None:
         loaded.append((model, h, L.weight_bytes(sizes)))
     for model, h, weights in loaded:
         mem = L.gpu_memory(e, h)
-        value = "n/a" if mem is None else (f"device {mem.get('device_bytes', 0) / MiB:,.0f} MiB, "
-                                           f"pinned {mem.get('pinned_bytes', 0) / MiB:,.1f} MiB")
+        value = "n/a" if mem is None else (f"device {mem.get('device')}: buffers {mem.get('device_bytes', 0) / MiB:,.1f} "
+                                           f"MiB, pinned {mem.get('pinned_bytes', 0) / MiB:,.1f} MiB")
+        charged = (mem or {}).get("charged_bytes")
+        note = f"weights {weights / MiB:,.0f} MiB (not in gpu_memory(): torch holds them)"
+        note += "" if charged is None else f"; charged {charged / MiB:,.0f} MiB"
         ctx.row("6 GPU memory", f"{model} gpu_memory() ({a.instances} instances)", value,
-                note=f"weights {weights / MiB:,.0f} MiB" + ("" if mem is not None else "; no gpu_memory() here"),
+                note=note if mem is not None else "no gpu_memory() here",
                 data={"gpu_memory": mem, "weight_bytes": weights})
     if ctx.cuda:
         free, total = torch.cuda.mem_get_info(ctx.device)

@@ -59,7 +59,8 @@ STEPS=(env wheels build pip pytest ctest engine kernels mps)
 
 elapsed() { echo $(( $(date +%s) - START )); }
 step() { T_STEP=$(date +%s); echo; echo "== [$(elapsed)s] $*"; }
-# cap WANT RESERVE: WANT seconds, or fewer so that RESERVE seconds stay for the later steps.
+# cap WANT RESERVE: WANT seconds, or fewer so that RESERVE seconds stay for the later steps (0 when
+# none are left: the caller skips its step then, since `timeout 0` would mean no limit at all).
 cap() { local left=$(( LIMIT - $(elapsed) - $2 )); (( left < $1 )) && echo $(( left > 0 ? left : 0 )) || echo "$1"; }
 # record STEP RESULT [NOTE]: the step's result and its seconds since its step line (or since $T0).
 record() { RESULT[$1]=$2; NOTE[$1]=${3:-}; TOOK[$1]=$(( $(date +%s) - ${T0:-$T_STEP} )); }
@@ -169,7 +170,7 @@ s_build_start() {
   if [ -z "${NVCC:-}" ]; then record build SKIP "no nvcc"; return; fi
   rm -f "$BUILD/device-tests"
   BUILD_T0=$(date +%s)
-  ( cmake_build "$(cap 300 200)" > /tmp/cmake_build.txt 2>&1; echo $? > /tmp/cmake_build.rc ) &
+  ( cmake_build "$(cap 200 150)" > /tmp/cmake_build.txt 2>&1; echo $? > /tmp/cmake_build.rc ) &
   CMAKE_PID=$!
 }
 
@@ -190,7 +191,7 @@ s_build_wait() {
 s_pip() {
   step "3. pip install --no-build-isolation --no-deps --target $SITE . (CUDA ON)"
   if [ -z "${NVCC:-}" ]; then record pip SKIP "no nvcc"; return; fi
-  local t; t=$(cap 300 200)
+  local t; t=$(cap 240 150)
   # CMAKE_ARGS (split like a shell line; the ';' stays inside one argument) reaches the wheel's
   # CMake configure; the build dir is kept apart from a developer's editable build and is reused
   # while the machine stays warm.
@@ -224,7 +225,8 @@ s_ctest() {
   if [ "$DRYRUN" = 1 ]; then record ctest SKIP "dry run"; return; fi
   if [ "${RESULT[build]:-}" != PASS ]; then record ctest SKIP "no build"; return; fi
   if ! grep -qs tests=ON "$BUILD/device-tests"; then record ctest SKIP "no GoogleTest (carry .devdeps)"; return; fi
-  local t; t=$(cap 120 200)
+  local t; t=$(cap 120 190)
+  if (( t < 20 )); then record ctest SKIP "no time left"; return; fi
   if INFERLINE_REQUIRE_GPU=1 timeout "$t" ctest --test-dir "$BUILD" -R 'Cuda|Gpu' --no-tests=error -j 4 \
        --output-on-failure --output-junit "$OUT/ctest_gpu.xml" > /tmp/ctest.txt 2>&1; then
     record ctest PASS "$(grep -oE '[0-9]+% tests passed.*' /tmp/ctest.txt | tail -1)"
@@ -238,7 +240,8 @@ s_pytest() {
   step "4. Python GPU tests (tests/python/gpu)"
   if [ "${RESULT[pip]:-}" != PASS ]; then record pytest SKIP "no inferline build"; return; fi
   if [ ! -d tests/python/gpu ]; then record pytest SKIP "no tests/python/gpu"; return; fi
-  local t req=1; t=$(cap 150 190)
+  local t req=1; t=$(cap 150 230)
+  if (( t < 20 )); then record pytest SKIP "no time left"; return; fi
   [ "$DRYRUN" = 1 ] && req=""
   # -o faulthandler_timeout: a hung test prints its stack before the step's timeout ends it.
   INFERLINE_REQUIRE_GPU=$req timeout "$t" "$PY" -m pytest tests/python/gpu -q -p no:cacheprovider -rfEs \
@@ -254,7 +257,7 @@ s_pytest() {
 s_engine() {
   step "6. bench_engine.py"
   if [ "${RESULT[pip]:-}" != PASS ]; then record engine SKIP "no inferline build"; return; fi
-  local t args=(); t=$(cap 290 60)
+  local t args=(); t=$(cap 290 45)
   if (( t < 60 )); then record engine SKIP "no time left"; return; fi
   [ "$DRYRUN" = 1 ] && args=(--device cpu --quick)
   export OUT  # bench_engine.py writes engine_table.md there
@@ -270,7 +273,8 @@ s_kernels() {
   step "7. bench_kernels"
   if [ "$DRYRUN" = 1 ]; then record kernels SKIP "dry run"; return; fi
   if [ ! -x "$BUILD/bench_kernels" ]; then record kernels SKIP "not built"; return; fi
-  local t args=(); t=$(cap 150 25)
+  local t args=(); t=$(cap 150 20)
+  if (( t < 15 )); then record kernels SKIP "no time left"; return; fi
   (( t < 100 )) && args=(--quick)
   if timeout "$t" "$BUILD/bench_kernels" "${args[@]}" > "$OUT/bench_kernels.txt" 2>&1; then
     record kernels PASS "${args[*]:-full}"
