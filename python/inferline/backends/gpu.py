@@ -22,6 +22,7 @@ GPU path or without CUDA, no device, too few devices), never a crash in CUDA cod
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -85,6 +86,23 @@ def device_backend(fn: Callable, output_names: Sequence[str], index: int) -> _co
         return make(fn, list(output_names), int(index))
     except _core.CoreError as e:
         raise from_core_error(e) from None
+
+
+def stream_synchronizer(index: int) -> Optional[Callable[[int], None]]:
+    """sync(stream): waits for a cudaStream_t (an int) of device `index`, for runtimes that run on
+    streams of their own (ONNX Runtime): the core's ``cuda_stream_synchronize`` where it has one,
+    else torch's; None without either."""
+    sync = getattr(_core, "cuda_stream_synchronize", None)
+    if sync is not None:
+        return sync
+    if importlib.util.find_spec("torch") is None:
+        return None
+
+    def torch_sync(stream: int) -> None:
+        import torch
+        torch.cuda.ExternalStream(int(stream), device=torch.device("cuda", index)).synchronize()
+
+    return torch_sync
 
 
 def check_fixed_dims(config: ModelConfig) -> None:

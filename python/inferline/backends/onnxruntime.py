@@ -26,6 +26,9 @@ External data: a graph over 2 GB keeps its tensors' bytes in files beside it (``
 relative to the model's directory). ``external_data_locations`` lists them, so that a package
 stores them with the graph; ONNX Runtime reads them from the directory the model is opened in.
 
+CUDA: ``device`` "cuda[:N]" without ``providers`` binds the core's device buffers (ort_cuda.py,
+untested); explicit providers keep host arrays. ``cuda_graphs`` is torchscript's only.
+
 ``onnxruntime`` (and ``onnx``, for ``signature_from_onnx`` and ``external_data_locations``) are
 imported when needed, so this module imports without them.
 """
@@ -35,13 +38,14 @@ from __future__ import annotations
 import mmap
 import os
 import reprlib
-from typing import Any, Iterator, List, Mapping, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .. import _core
 from ..config import ModelConfig, TensorSpec
 from ..errors import FailedPrecondition, InvalidArgument
+from . import gpu
 from .signature import backend_inputs, describe, preprocess_note, shape_text
 from .spec import BackendSpec, serving_threads
 
@@ -82,15 +86,31 @@ class OnnxRuntimeBackend:
         self.session = None
         """The session of the latest create() (for inspection), None before."""
 
+    @property
+    def gpu_device(self) -> Optional[int]:
+        """The CUDA device of the IO-binding path (ort_cuda.py), None for host arrays."""
+        if self.spec.providers or gpu.stream_synchronizer(0) is None:
+            return None
+        try:
+            return gpu.cuda_index(self.spec.device, "onnxruntime backend")
+        except InvalidArgument:
+            return None  # create() refuses it, naming the model
+
     def create(self, config: ModelConfig) -> _core.Backend:
         ort = _import_ort()
         where = config.where
+        if self.spec.cuda_graphs not in (None, "off"):
+            raise InvalidArgument(f"{where}: backend.cuda_graphs is for the torchscript backend (ONNX Runtime has "
+                                  f"its own: backend.providers options)")
         providers = _providers(ort, self.spec, where)
         options = _session_options(ort, self.spec, where)
         session = _open_session(ort, self.artifact_path, options, providers, where)
         check_signature(config, session.get_inputs(), session.get_outputs(),
                         os.path.basename(self.artifact_path))
         self.session = session
+        if self.gpu_device is not None:
+            from .ort_cuda import device_backend
+            return device_backend(session, config, self.gpu_device)
         names = list(config.output_names)
         run = session.run
 

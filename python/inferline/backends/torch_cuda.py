@@ -45,6 +45,9 @@ WARMUP_RUNS = 3
 """Eager runs before a capture (torch's advice): lazy initialisation (cuBLAS handles, TorchScript's
 profiling executor) happens there, not in the graph."""
 _MISSING = object()
+_CAPTURE_LOCK = threading.Lock()
+"""One capture at a time in the process: torch.cuda.graph synchronises the device and empties
+torch's cache before it captures, which must not happen while another thread is capturing."""
 
 
 class OutputMismatch(ValueError):
@@ -157,8 +160,9 @@ class DeviceRunner:
         finally:
             ext.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self._pool(stream), stream=side, capture_error_mode="thread_local"):
+        try:  # capturing records the work, runs none: the replay that follows computes this batch
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, pool=self._pool(stream), stream=side,
+                                                 capture_error_mode="thread_local"):
                 self.run_into(ins, outs)
         except Exception as e:
             self._sides.pop(stream, None)  # a fresh side stream for the next capture
@@ -168,8 +172,6 @@ class DeviceRunner:
             self._warn("capture", f"CUDA graph capture of a {bucket}-row batch failed, so such batches run eagerly: "
                        f"{type(e).__name__}: {str(e).strip()[:300]}")
             return None
-        finally:
-            ext.wait_stream(side)
         with self._lock:
             self._graphs[key] = graph
             self._counts["graphs_captured"] += 1

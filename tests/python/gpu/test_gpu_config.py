@@ -204,3 +204,21 @@ def test_the_environment_variable_and_precedence():
         ServerSettings.from_env(environ={"INFERLINE_GPU_MEMORY_BUDGET": "8 apples"})
     with pytest.raises(SettingsError, match="--gpu-memory-budget 0: at least 1 byte"):
         ServerSettings(gpu_memory_budget=0).check()
+
+
+# ---- ONNX Runtime with IO binding (ort_cuda.py: untested on a device, no onnxruntime-gpu here) -----
+def test_onnxruntime_on_cuda_is_refused_without_the_cuda_provider(engine):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("the CUDA provider is present")
+    from inferline.demo_models import demo_package_path
+    pkg = load_package(demo_package_path("digits-logreg"))
+    backend = make_backend(BackendSpec(device="cuda:0"), pkg.artifact_path)
+    assert backend.gpu_device == (0 if gpu.stream_synchronizer(0) is not None else None)
+    assert make_backend(BackendSpec(device="cuda:0", providers=("CUDAExecutionProvider",)), "m.onnx").gpu_device is None
+    with pytest.raises(InvalidArgument, match=r"model 'digits-logreg' version 1: backend.providers: "
+                                              r"CUDAExecutionProvider not available in this onnxruntime"):
+        engine.load(pkg.config, backend)
+    with pytest.raises(InvalidArgument, match="backend.cuda_graphs is for the torchscript backend"):
+        engine.load(pkg.config, make_backend(BackendSpec(cuda_graphs="fixed"), pkg.artifact_path))
+    assert engine.models() == []
