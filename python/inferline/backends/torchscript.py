@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import _core
 from ..config import ModelConfig
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InferlineError, InvalidArgument
 from . import gpu
 from .signature import backend_inputs, describe
 from .spec import BackendSpec, serving_threads
@@ -104,10 +104,14 @@ class TorchScriptBackend:
                 module.eval()
                 _check_signature(config, _Runner(torch, module, device, config), os.path.basename(self.artifact_path))
                 torch.cuda.synchronize(index)
-        except Exception as e:
-            if gpu.is_out_of_memory(e):
-                raise gpu.out_of_memory(e, where, index, f"loading {os.path.basename(self.artifact_path)}") from e
+        except InferlineError:
             raise
+        except Exception as e:  # torch's CUDA errors: said as ours, never a bare RuntimeError
+            artifact = os.path.basename(self.artifact_path)
+            if gpu.is_out_of_memory(e):
+                raise gpu.out_of_memory(e, where, index, f"loading {artifact}") from e
+            raise FailedPrecondition(f"{where}: loading {artifact} on cuda:{index} failed: {type(e).__name__}: "
+                                     f"{_brief(e)}") from e
         names = list(config.output_names)
         runner = DeviceRunner(torch, module, index, names, lambda out: _select(torch, out, names),
                               self.spec.cuda_graphs or "buckets", config.batching.max_batch_size)
@@ -128,7 +132,10 @@ class TorchScriptBackend:
                "numpy": np.__version__}
         if self.runner is not None:
             env["cuda_graphs"] = self.runner.mode
-            env["gpu"] = torch.cuda.get_device_name(self.runner.index)
+            try:
+                env["gpu"] = torch.cuda.get_device_name(self.runner.index)
+            except Exception:  # a fact for the record, not worth failing a load over
+                env["gpu"] = "?"
         return env
 
 

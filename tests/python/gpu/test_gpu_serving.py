@@ -217,7 +217,8 @@ def test_a_swap_that_does_not_fit_keeps_the_old_version_serving(rng, mlp, tmp_pa
             svc.engine.gpu_memory.limit_bytes = charged + need - 1  # v2 fits alone, not beside v1
             svc.models.sync_blocking()
             after = svc.infer("mlp", {"x": x})
-            assert after.version == 1 and after["y"].tobytes() == before["y"].tobytes()
+            assert after.version == 1
+            np.testing.assert_allclose(after["y"], before["y"], rtol=1e-5, atol=1e-6)
             ready, reason = svc.models.readiness("mlp", "2")
             assert not ready and "failed to load" in reason and "--gpu-memory-budget" in reason, reason
             assert "it would replace version 1 of 'mlp', which keeps serving" in reason, reason
