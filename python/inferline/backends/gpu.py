@@ -110,7 +110,8 @@ def check_fixed_dims(config: ModelConfig) -> None:
     the core sizes a GPU model's device buffers for max_batch_size rows when it loads."""
     free = [f"input {s.name!r} {describe(s.dtype, s.shape)}" for s in backend_inputs(config)
             if any(d < 0 for d in s.shape[1:])]
-    free += [f"output {s.name!r} {describe(s.dtype, s.shape)}" for s in config.outputs if any(d < 0 for d in s.shape[1:])]
+    free += [f"output {s.name!r} {describe(s.dtype, s.shape)}" for s in config.outputs
+             if any(d < 0 for d in s.shape[1:])]
     if free:
         raise InvalidArgument(f"{config.where}: a model on a GPU needs fixed dims past dim 0 (the core allocates its "
                               f"device buffers for max_batch_size rows at load); free dims in " + ", ".join(free))

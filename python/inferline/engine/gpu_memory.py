@@ -160,7 +160,6 @@ class GpuMemoryBudget:
         with _LOAD_LOCK:
             if loaded is not None:
                 self.forget_unloaded(loaded)
-            self.release(name, version)  # a version loads afresh
             left = self.left(device)
             if left is not None and estimate.total > left:
                 raise GpuBudgetExceeded(self._refusal(name, version, device, left,

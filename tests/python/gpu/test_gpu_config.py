@@ -72,7 +72,8 @@ def test_a_package_takes_gpu_and_cuda_graphs(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     ({"gpu": {"isolation": "alone"}}, "field gpu.isolation: 'alone' is not one of"),
     ({"gpu": {"priority": 1}}, "field gpu: Additional properties are not allowed"),
-    ({"backend": {"name": "torchscript", "cuda_graphs": "always"}}, "field backend.cuda_graphs: 'always' is not one of"),
+    ({"backend": {"name": "torchscript", "cuda_graphs": "always"}},
+     "field backend.cuda_graphs: 'always' is not one of"),
 ])
 def test_the_package_schema_refuses_bad_gpu_settings(tmp_path, extra, message):
     with pytest.raises(InvalidArgument, match=message):
