@@ -44,7 +44,7 @@ START = float(os.environ.get("BENCH_ENGINE_START") or time.time())  # children c
 ORDER = ("alone", "engine", "graphs", "bitwise", "noisy", "memory")
 # Seconds each section may take at most (the H200 needs about half with the default durations);
 # a section gets what --total-s leaves when that is less.
-BUDGET_S = {"alone": 45, "engine": 70, "graphs": 45, "bitwise": 45, "noisy": 60, "memory": 35}
+BUDGET_S = {"alone": 45, "engine": 90, "graphs": 45, "bitwise": 45, "noisy": 110, "memory": 35}
 
 
 def progress(text: str) -> None:

@@ -324,13 +324,42 @@ summary() {
       awk 'seen {print} /^$/ {seen=1}' "$OUT/bench_kernels.txt"   # its own table: after its first blank line
     fi
     if [ -s "$OUT/engine_table.md" ]; then echo; echo "bench_engine:"; cat "$OUT/engine_table.md"; fi
+    if [ -s "$OUT/mps/engine_table.md" ]; then echo; echo "bench_engine under MPS:"; cat "$OUT/mps/engine_table.md"; fi
   } | tee "$OUT/summary.txt"
   for s in "${STEPS[@]}"; do [ "${RESULT[$s]:-SKIP}" = FAIL ] && return 1; done
   return 0
 }
 
+# ---- follow-up (INFERLINE_DEVICE_STEPS=followup): after a full run, on a machine that may be fresh
+# p99 at 80% and 50% of the engine's throughput, and the noisy neighbour in one process and across
+# two processes, first time-sliced, then again under a CUDA MPS daemon ($OUT/mps/).
+s_followup() {
+  step "6b. bench_engine.py --sections engine,noisy"
+  if [ "${RESULT[pip]:-}" != PASS ]; then record engine SKIP "no inferline build"; return; fi
+  export OUT
+  local args=(); [ "$DRYRUN" = 1 ] && args=(--device cpu --quick)
+  if (cd /tmp && timeout 200 "$PY" "$ROOT/bench/gpu/bench_engine.py" "${args[@]}" --sections engine,noisy \
+        --total-s 190 --json "$OUT/engine.json"); then record engine PASS "engine, noisy"
+  else record engine FAIL "engine, noisy: see the table"; fi
+  step "6c. bench_engine.py --sections noisy under CUDA MPS"
+  if [ "$DRYRUN" = 1 ] || ! command -v nvidia-cuda-mps-control >/dev/null; then record mps SKIP "no MPS"; return; fi
+  mkdir -p /tmp/mps-pipe /tmp/mps-log "$OUT/mps"
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  if ! timeout 10 nvidia-cuda-mps-control -d; then record mps FAIL "the daemon did not start"; return; fi
+  local mps_out="$OUT/mps"
+  if (cd /tmp && OUT="$mps_out" timeout 150 "$PY" "$ROOT/bench/gpu/bench_engine.py" --sections noisy \
+        --total-s 140 --json "$OUT/mps/engine.json"); then record mps PASS "noisy under MPS"
+  else record mps FAIL "noisy under MPS: see mps/engine_table.md"; fi
+  echo quit | timeout 10 nvidia-cuda-mps-control || true
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+}
+
 main() {
   : > "$OUT/build.txt"
+  if [ "${INFERLINE_DEVICE_STEPS:-all}" = followup ]; then
+    s_env; s_wheels; s_pip; s_followup; summary
+    return
+  fi
   s_env
   s_wheels
   s_build_start
