@@ -6,6 +6,7 @@
 // the device backend, copy out.
 #include <algorithm>
 #include <exception>
+#include <utility>
 
 #include "model_impl.h"
 
@@ -46,6 +47,14 @@ void Finish(Model::Impl& m, Request* const* requests, InferResult* results, size
   m.unanswered_rows_.fetch_sub(rows, std::memory_order_relaxed);
   DeliverGrouped(requests, results, count);
   for (size_t i = 0; i < count; ++i) delete requests[i];
+}
+
+// The first half of requests[0, count) and its rows: where a failing range is bisected.
+std::pair<size_t, uint32_t> FirstHalf(Request* const* requests, size_t count) {
+  const size_t half = count / 2;
+  uint32_t rows = 0;
+  for (size_t i = 0; i < half; ++i) rows += requests[i]->rows;
+  return {half, rows};
 }
 
 }  // namespace
@@ -121,9 +130,7 @@ void Model::Impl::RunRangeGpu(GpuLane& lane, Request* const* requests, size_t co
   uint64_t t1 = clock_->NowUs();
   RecordRun(top_level, rows, !failed, start_us, t0, t1);
   if (failed && count > 1) {  // isolate the failing rows
-    size_t half = count / 2;
-    uint32_t half_rows = 0;
-    for (size_t i = 0; i < half; ++i) half_rows += requests[i]->rows;
+    const auto [half, half_rows] = FirstHalf(requests, count);
     RunRangeGpu(lane, requests, half, row_begin, half_rows, false, start_us);
     RunRangeGpu(lane, requests + half, count - half, row_begin + half_rows, rows - half_rows, false, start_us);
     return;
@@ -222,9 +229,7 @@ void Model::Impl::RunRange(const std::vector<NamedTensor>& inputs, Request* cons
   uint64_t t1 = clock_->NowUs();
   RecordRun(top_level, rows, st.ok(), start_us, t0, t1);
   if (backend_failed && count > 1) {  // isolate the failing rows
-    size_t half = count / 2;
-    uint32_t half_rows = 0;
-    for (size_t i = 0; i < half; ++i) half_rows += requests[i]->rows;
+    const auto [half, half_rows] = FirstHalf(requests, count);
     RunRange(inputs, requests, half, row_begin, half_rows, false, start_us);
     RunRange(inputs, requests + half, count - half, row_begin + half_rows, rows - half_rows, false, start_us);
     return;
