@@ -73,6 +73,8 @@ def parse(argv=None) -> argparse.Namespace:
     load.add_argument("--client-tasks", type=int, default=4)
     load.add_argument("--client-chunk", type=int, default=64)
     load.add_argument("--sender-threads", type=int, default=2)
+    load.add_argument("--switch-interval-ms", type=float, default=None,
+                      help="sys.setswitchinterval in every section's process (Python's default: 5 ms)")
     load.add_argument("--noisy-rate", type=float, default=500.0)
     load.add_argument("--bitwise-rows", type=int, default=32)
     for flag, full in (("warmup-s", 2.0), ("seconds", 6.0), ("client-seconds", 3.0), ("latency-seconds", 6.0),
@@ -133,6 +135,8 @@ def run_section(a) -> int:
         save()
 
     ctx, rc = None, 0
+    if a.switch_interval_ms is not None:
+        sys.setswitchinterval(a.switch_interval_ms / 1000)
     try:
         import torch
 

@@ -348,16 +348,41 @@ s_followup() {
   if ! timeout 10 nvidia-cuda-mps-control -d; then record mps FAIL "the daemon did not start"; return; fi
   local mps_out="$OUT/mps"
   if (cd /tmp && OUT="$mps_out" timeout 150 "$PY" "$ROOT/bench/gpu/bench_engine.py" --sections noisy \
-        --total-s 140 --json "$OUT/mps/engine.json"); then record mps PASS "noisy under MPS"
+        --total-s 140 --json "$mps_out/engine.json"); then record mps PASS "noisy under MPS"
   else record mps FAIL "noisy under MPS: see mps/engine_table.md"; fi
   echo quit | timeout 10 nvidia-cuda-mps-control || true
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+}
+
+# ---- variants (INFERLINE_DEVICE_STEPS=variants): the engine section once per set of extra flags in
+# INFERLINE_ENGINE_VARIANTS (';'-separated; an empty one is the default), tables in $OUT/vN/.
+s_variants() {
+  if [ "${RESULT[pip]:-}" != PASS ]; then record engine SKIP "no inferline build"; return; fi
+  local i=0 v extra dry=() notes=""
+  [ "$DRYRUN" = 1 ] && dry=(--device cpu --quick)
+  IFS=';' read -r -a variants <<< "${INFERLINE_ENGINE_VARIANTS:-}"
+  for v in "${variants[@]}"; do
+    i=$((i + 1))
+    step "6v. bench_engine.py --sections engine $v"
+    mkdir -p "$OUT/v$i"
+    read -r -a extra <<< "$v"
+    local vout="$OUT/v$i"
+    if (cd /tmp && OUT="$vout" timeout 120 "$PY" "$ROOT/bench/gpu/bench_engine.py" "${dry[@]}" --sections engine \
+          "${extra[@]}" --total-s 110); then notes+="v$i ok; "; else notes+="v$i FAIL; "; fi
+    echo "variant v$i: ${v:-(default)}" >> "$OUT/variants.txt"
+  done
+  record engine PASS "$notes"
 }
 
 main() {
   : > "$OUT/build.txt"
   if [ "${INFERLINE_DEVICE_STEPS:-all}" = followup ]; then
     s_env; s_wheels; s_pip; s_followup; summary
+    return
+  fi
+  if [ "${INFERLINE_DEVICE_STEPS:-all}" = variants ]; then
+    s_env; s_wheels; s_pip; s_variants; summary
+    for f in "$OUT"/v*/engine_table.md; do [ -f "$f" ] && { echo; echo "$f"; grep "2 engine" "$f"; }; done
     return
   fi
   s_env
