@@ -75,6 +75,7 @@ def parse(argv=None) -> argparse.Namespace:
     load.add_argument("--sender-threads", type=int, default=2)
     load.add_argument("--switch-interval-ms", type=float, default=None,
                       help="sys.setswitchinterval in every section's process (Python's default: 5 ms)")
+    load.add_argument("--no-gc", action="store_true", help="gc.disable() in every section's process")
     load.add_argument("--noisy-rate", type=float, default=500.0)
     load.add_argument("--bitwise-rows", type=int, default=32)
     for flag, full in (("warmup-s", 2.0), ("seconds", 6.0), ("client-seconds", 3.0), ("latency-seconds", 6.0),
@@ -137,6 +138,9 @@ def run_section(a) -> int:
     ctx, rc = None, 0
     if a.switch_interval_ms is not None:
         sys.setswitchinterval(a.switch_interval_ms / 1000)
+    if a.no_gc:
+        import gc
+        gc.disable()
     try:
         import torch
 
