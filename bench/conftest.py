@@ -8,10 +8,19 @@ together at the end of the session under "inferline bench".
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inferline import Engine
+
+# pytest's importlib mode (pyproject) puts no test folder on sys.path: make_mlp and bench/server's
+# modules are imported from here.
+for _folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parent / "server"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 _LINES: list = []
 
@@ -59,3 +68,56 @@ def mlp_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "mlp.onnx"
     make_mlp.write_model(path)
     return path
+
+
+# ---- the latency regression suite (test_bench_latency.py, test_bench_server.py) ----------
+
+def _nowait(package):
+    """`package` with max_queue_delay_us 0: a lone request is dispatched as soon as a slot is free."""
+    import dataclasses
+
+    batching = dataclasses.replace(package.config.batching, max_queue_delay_us=0)
+    return dataclasses.replace(package, config=dataclasses.replace(package.config, batching=batching))
+
+
+def _digits_cases(package):
+    inputs, outputs = package.golden_arrays()
+    pixels, logits = inputs["pixels"], outputs["logits"]
+
+    def cases(rows, seed=0):
+        idx = np.random.default_rng(seed).integers(0, len(pixels), rows)
+        return {"pixels": pixels[idx]}, {"logits": logits[idx]}
+    return cases
+
+
+def _mlp_cases(path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def cases(rows, seed=0):
+        x = np.random.default_rng(seed).standard_normal((rows, 512), dtype=np.float32)
+        return {"x": x}, {"y": sess.run(["y"], {"x": x})[0]}
+    return cases
+
+
+@pytest.fixture(scope="session")
+def engine_models(mlp_path):
+    """{(model, window): (handle, cases)}: digits-mlp (the demo package) and mlp (make_mlp's MLP as a
+    bare .onnx), each loaded as-is ("window") and with no batching window ("nowait"), as a push
+    would load them (load_into_engine). cases(rows, seed) -> (inputs, expected outputs)."""
+    pytest.importorskip("onnxruntime")
+    from inferline.demo_models import demo_package_path
+    from inferline.models.loader import load_into_engine
+    from inferline.models.package import load_package
+
+    engine = Engine()
+    digits = load_package(demo_package_path("digits-mlp"))
+    mlp = load_package(str(mlp_path), name="mlp")
+    models = {}
+    for model, package, cases in (("digits-mlp", digits, _digits_cases(digits)), ("mlp", mlp, _mlp_cases(mlp_path))):
+        models[(model, "window")] = (load_into_engine(engine, package, 1)[0], cases)
+        models[(model, "nowait")] = (load_into_engine(engine, _nowait(package), 2)[0], cases)
+    yield models
+    engine.close()
+    mlp.discard_scratch()
