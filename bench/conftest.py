@@ -8,6 +8,7 @@ together at the end of the session under "inferline bench".
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -121,3 +122,22 @@ def engine_models(mlp_path):
     yield models
     engine.close()
     mlp.discard_scratch()
+
+
+@pytest.fixture(scope="session")
+def bench_server(tmp_path_factory):
+    """A real `inferline serve` (tests/python/server_fixtures.py's ServerProcess) on free ports, once
+    per session, serving the demo models and `digits-mlp-nowait` (digits-mlp, max_queue_delay_us 0)."""
+    import shutil
+
+    from inferline.demo_models import demo_package_path
+    from server_fixtures import ServerProcess, make_repository, with_config
+
+    root = tmp_path_factory.mktemp("bench-server")
+    nowait = shutil.copytree(demo_package_path("digits-mlp"), root / "digits-mlp-nowait")
+    with open(nowait / "model.json", encoding="utf-8") as f:
+        batching = dict(json.load(f)["batching"], max_queue_delay_us=0)
+    with_config(str(nowait), name="digits-mlp-nowait", batching=batching)
+    server = ServerProcess(make_repository(root, extra=[str(nowait)]))
+    yield server
+    server.stop()
