@@ -526,6 +526,14 @@ py::dict HistogramToPy(const HistogramSnapshot& h) {
   d["p90"] = h.Percentile(0.90);
   d["p99"] = h.Percentile(0.99);
   d["p999"] = h.Percentile(0.999);
+  d["sum"] = h.sum;
+  // The non-empty buckets as (largest value in the bucket, count), in order: enough to re-bucket
+  // exactly at any of the core's bucket bounds (Prometheus exposition reads it at scrape time).
+  py::list buckets;
+  for (size_t i = 0; i < h.buckets.size(); ++i) {
+    if (h.buckets[i] != 0) buckets.append(py::make_tuple(LatencyHistogram::BucketUpper(i), h.buckets[i]));
+  }
+  d["buckets"] = buckets;
   return d;
 }
 

@@ -4,7 +4,9 @@ One worker = one engine + the registry watcher + the gRPC and REST frontends on
 one asyncio loop, and the control listener (health probes on the metrics port) on
 a thread and loop of its own (control.py). ``--workers N`` starts N such processes sharing the ports
 (SO_REUSEPORT), each with its own engine; only one server's workers may share a
-port (``PortGuard``): a second, independent server fails with "address in use".
+port (``PortGuard``): a second, independent server fails with "address in use". The
+workers also find each other's metrics through Unix sockets in a private directory that the
+parent makes (metrics_workers.py), so one scrape of the metrics port covers them all.
 
 SIGTERM/SIGINT: readiness turns false at once, but the frontends keep accepting
 for ``drain_seconds`` (load balancers need a moment to see readiness turn
@@ -20,8 +22,11 @@ import logging
 import multiprocessing
 import os
 import signal
+import shutil
 import socket
 import sys
+import tempfile
+from typing import Optional
 
 from ..engine import Engine
 from ..errors import Unavailable
@@ -89,7 +94,8 @@ class PortGuard:
         self._held.clear()
 
 
-async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: bool = True) -> int:
+async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: bool = True,
+                     peers_dir: Optional[str] = None) -> int:
     from .control import start_control
     from .grpc_frontend import start_grpc
     from .rest import start_rest
@@ -101,7 +107,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
-    control = await start_control(dataplane, settings)
+    control = await start_control(dataplane, settings, worker, peers_dir)
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal():
@@ -140,9 +146,9 @@ def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) 
           f"models ready: {served}", flush=True)
 
 
-def _worker_main(settings: ServerSettings, worker: int) -> None:
+def _worker_main(settings: ServerSettings, worker: int, peers_dir: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{worker} %(levelname)s %(message)s")
-    sys.exit(asyncio.run(run_worker(settings, worker)))
+    sys.exit(asyncio.run(run_worker(settings, worker, peers_dir=peers_dir)))
 
 
 def _warn_exposure(settings: ServerSettings) -> None:
@@ -177,8 +183,16 @@ def serve(settings: ServerSettings) -> int:
 
 
 def _run_workers(settings: ServerSettings) -> int:
+    peers_dir = tempfile.mkdtemp(prefix="inferline-metrics-")  # the workers' metrics sockets (0700)
+    try:
+        return _start_workers(settings, peers_dir)
+    finally:
+        shutil.rmtree(peers_dir, ignore_errors=True)
+
+
+def _start_workers(settings: ServerSettings, peers_dir: str) -> int:
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(settings, i), name=f"inferline-worker-{i}")
+    procs = [ctx.Process(target=_worker_main, args=(settings, i, peers_dir), name=f"inferline-worker-{i}")
              for i in range(settings.workers)]
     for p in procs:
         p.start()

@@ -5,10 +5,13 @@ The inference frontends share one event loop; under a flood it runs a backlog of
 refusals, and a probe sent to the inference ports waits its turn in that backlog. The probes
 here are answered by another thread (it needs the GIL only for the microseconds of each
 answer; the interpreter hands it over within its switch interval, 5 ms), so liveness and
-readiness stay prompt whatever the data-plane load. The same port will carry ``/metrics``.
+readiness stay prompt whatever the data-plane load. The same port carries ``/metrics``
+(Prometheus text format, built from the core's counters at scrape time: metrics.py; with
+``--workers N`` combined over every worker: metrics_workers.py).
 
     GET /v2/health/live | /v2/health/ready                    as on the REST port
     GET /v2/models/{m}[/versions/{v}]/ready                   as on the REST port
+    GET /metrics                                              Prometheus exposition
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ import concurrent.futures
 import threading
 from typing import Optional
 
+from .metrics_workers import MetricsEndpoint
 from .rest import RestFrontend
 
 
 class ControlListener:
-    """Serves the health routes on ``settings.metrics_port`` (0 = any free port; see ``port``)
-    from a daemon thread running its own event loop."""
+    """Serves the health routes and ``/metrics`` on ``settings.metrics_port`` (0 = any free port;
+    see ``port``) from a daemon thread running its own event loop. ``worker`` of ``workers``, with
+    ``peers_dir``: the directory where the workers of one server find each other's metrics."""
 
-    def __init__(self, dataplane, settings):
+    def __init__(self, dataplane, settings, worker: int = 0, peers_dir: Optional[str] = None):
         self._frontend = RestFrontend(dataplane, settings, health_only=True, port=settings.metrics_port)
+        self.metrics = MetricsEndpoint(dataplane, worker, settings.workers, peers_dir)
+        self._frontend.app.router.add_get("/metrics", self.metrics.handle)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self.port: Optional[int] = None
@@ -44,7 +51,9 @@ class ControlListener:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._frontend.start())
+            loop.run_until_complete(self.metrics.start_peer())
         except BaseException as e:  # the port is taken, TLS files unreadable...
+            loop.run_until_complete(self._frontend.stop(0))
             loop.close()
             bound.set_exception(e)
             return
@@ -53,6 +62,7 @@ class ControlListener:
         try:
             loop.run_forever()
         finally:
+            loop.run_until_complete(self.metrics.stop_peer())
             loop.run_until_complete(self._frontend.stop(0.5))
             loop.close()
 
@@ -70,8 +80,8 @@ class ControlListener:
             thread.join(10)
 
 
-async def start_control(dataplane, settings) -> ControlListener:
+async def start_control(dataplane, settings, worker: int = 0, peers_dir: Optional[str] = None) -> ControlListener:
     """Starts the control listener on settings.host:settings.metrics_port (see ``.port``)."""
-    listener = ControlListener(dataplane, settings)
+    listener = ControlListener(dataplane, settings, worker, peers_dir)
     await asyncio.get_running_loop().run_in_executor(None, listener.start)
     return listener

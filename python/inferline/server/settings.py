@@ -46,8 +46,8 @@ class ServerSettings:
     host: str = _setting("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
     http_port: int = _setting(8000, "REST (KServe v2 HTTP/JSON) port (default 8000; 0 = any free port)")
     grpc_port: int = _setting(8001, "gRPC (inference.GRPCInferenceService) port (default 8001; 0 = any free port)")
-    metrics_port: int = _setting(8002, "health and readiness probes, answered off the inference loop (and, later, "
-                                       "Prometheus /metrics) (default 8002; 0 = any free port)")
+    metrics_port: int = _setting(8002, "health and readiness probes, answered off the inference loop, and "
+                                       "Prometheus /metrics (default 8002; 0 = any free port)")
     workers: int = _setting(1, "server processes sharing the ports, each with its own engine (default 1)")
     poll_interval_s: float = _setting(2.0, "seconds between registry polls for new live/canary versions (default 2)",
                                       flag="poll-interval")
