@@ -21,6 +21,7 @@ LEVELS = {
     "observability": 5, "rollout": 5,
     "service": 6,
     "server": 7,
+    "loadgen": 7.5,  # a client of the server's wire format (server.proto); used by the CLI's `bench`
     "cli": 8, "__main__": 9,
 }
 

@@ -16,9 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="push concurrent requests through the engine; print throughput and latency")
     demo.add_argument("--concurrency", type=int, default=256, help="concurrent asyncio callers (default 256)")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
+    from .bench import add_parser as add_bench
     from .models import add_parser as add_models
     from .rollouts import add_parser as add_rollouts
     from .serve import add_parser as add_serve
+    add_bench(sub)
     add_models(sub)
     add_rollouts(sub)
     add_serve(sub)
@@ -55,6 +57,9 @@ def _run(args) -> int:
     if args.command == "serve":
         from .serve import run as run_serve
         return run_serve(args)
+    if args.command == "bench":
+        from .bench import run as run_bench
+        return run_bench(args)
     if args.command == "models":
         from .models import run
         return run(args)
