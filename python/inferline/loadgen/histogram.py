@@ -63,7 +63,7 @@ class Histogram:
         within precision / 2; None when empty."""
         if not self.count:
             return None
-        rank = max(1, math.ceil(q * self.count - 1e-9))
+        rank = max(1, math.ceil(round(q * self.count, 6)))  # round: 0.999 * 18000 is not 17982.000...04
         seen = 0
         for index in sorted(self.counts):
             seen += self.counts[index]

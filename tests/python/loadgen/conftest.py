@@ -1,0 +1,1 @@
+"""Tests of inferline.loadgen, the engine of `inferline bench` (the command itself: tests/python/cli/test_bench.py)."""
