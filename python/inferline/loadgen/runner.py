@@ -77,7 +77,10 @@ def run_bench(config: BenchConfig) -> dict:
     if config.rate is None and config.concurrency < 1:
         raise InferlineError("--concurrency must be >= 1")
     if config.server_pid is not None:
-        process_cpu_s(config.server_pid)  # fails now, not after the run, for a wrong pid
+        try:
+            process_cpu_s(config.server_pid)  # fails now, not after the run, for a wrong pid
+        except ProcessLookupError:
+            raise InferlineError(f"--server-pid {config.server_pid}: no such process") from None
     payloads = prepare(config.target, config.inputs, config.batch, config.distinct, config.seed)
     ps = plans(config, payloads)
     ctx = mp.get_context("spawn")
