@@ -25,7 +25,7 @@ from typing import List, Optional
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from .metrics import CoreMetrics
 from .metrics_families import Family, PromCollector, combine, from_json, to_json
@@ -33,6 +33,8 @@ from .metrics_families import Family, PromCollector, combine, from_json, to_json
 log = logging.getLogger("inferline.metrics")
 
 PEER_TIMEOUT_S = 3.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format, which every Prometheus reads (our names need no escaping)."""
 
 
 def peer_socket(peers_dir: str, worker: int) -> str:
@@ -77,7 +79,7 @@ class MetricsEndpoint:
         return web.json_response(to_json(self.core.families()))
 
     async def handle(self, request: web.Request) -> web.Response:
-        return web.Response(body=await self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await self.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def exposition(self) -> bytes:
         if self.peers_dir is None:
