@@ -24,6 +24,10 @@ that rate are run (no 50%/80% rows), ``--rounds`` times each; the summary gives 
 --bare-onnx: digits-mlp's model.onnx is pushed alone, as a new user's bare .onnx would be: no
 preprocessing and no backend settings, so the runtime's serving defaults apply.
 
+--scrape-overhead: instead, inferline with a scraper reading its /metrics every second and
+inferline unscraped, alternately, ``--rounds`` times each, measured as for --canary-overhead;
+the summary gives the medians and their ratios (the scrapes' CPU is the server's: it is counted).
+
 --baseline-python PATH: instead, this installation's `inferline serve` and another one's (the
 python of a virtual environment with, e.g., main before a change installed), alternately,
 ``--rounds`` times each, measured as for --canary-overhead (saturation, and server CPU per
@@ -47,6 +51,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from inferline.loadgen.procstat import process_cpu_s  # noqa: F401  (also used by bench/server/*.py)
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -218,12 +224,38 @@ def start_inferline(workers, repo, python=sys.executable):
                              "--metrics-port", str(metrics)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=tempfile.gettempdir() if python != sys.executable else None)
+    proc.metrics_port = metrics
     lines = 0
     for line in proc.stdout:
         lines += "models ready" in line
         if lines >= workers:
             break
     return proc, grpc_port
+
+
+class Scraper:
+    """GETs /metrics on `port` every `interval_s` on a thread of its own, as a Prometheus would."""
+
+    def __init__(self, port, interval_s=1.0):
+        import threading
+        self.count = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(port, interval_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, port, interval_s):
+        import urllib.request
+        while not self._stop.wait(interval_s):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    r.read()
+                self.count += 1
+            except OSError:
+                self.failed += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(15)
 
 
 def main() -> int:
@@ -237,6 +269,8 @@ def main() -> int:
                     help="instead: inferline with a 10%% canary of digits-mlp vs no rollout, same run")
     ap.add_argument("--baseline-python", metavar="PATH",
                     help="instead: this installation vs the inferline installed for PATH (a python), same run")
+    ap.add_argument("--scrape-overhead", action="store_true",
+                    help="instead: inferline scraped (/metrics every second) vs not scraped, same run")
     ap.add_argument("--modes", default="unary,stream", help="comma-separated: unary, stream")
     ap.add_argument("--bare-onnx", action="store_true",
                     help="serve digits-mlp's model.onnx pushed bare (no package settings) instead of its package")
@@ -274,7 +308,10 @@ def main() -> int:
         repos["inferline-baseline"] = repo
         pythons["inferline-baseline"] = args.baseline_python
         configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-baseline", 1)] * args.rounds
-    per_request_cpu = bool(args.canary_overhead or args.baseline_python)
+    if args.scrape_overhead:
+        repos["inferline-scraped"] = repo
+        configs = [("noop-grpc.aio", 1)] + [("inferline", 1), ("inferline-scraped", 1)] * args.rounds
+    per_request_cpu = bool(args.canary_overhead or args.baseline_python or args.scrape_overhead)
     if args.canary_overhead:
         repos["inferline-canary-10"] = canary_repository(demo_package_path("digits-mlp"),
                                                          demo_package_path("digits-logreg"))
@@ -292,6 +329,7 @@ def main() -> int:
             wait_port(port)
         else:
             proc, port = start_inferline(workers, repos[server], pythons.get(server, sys.executable))
+        scraper = Scraper(proc.metrics_port) if server == "inferline-scraped" else None
         try:
             for mode in args.modes.split(","):
                 sat = load(port, mode, args.procs, 64, None, seconds, keys)
@@ -310,6 +348,9 @@ def main() -> int:
                           f"at{int(f * 100)}%: rps={row[f]['rps']:.0f} p50_ms={row[f]['p50_ms']:.2f} "
                           f"p99_ms={row[f]['p99_ms']:.2f}" for f in (0.5, 0.8)), flush=True)
         finally:
+            if scraper is not None:
+                scraper.stop()
+                print(f"scrapes={scraper.count} failed={scraper.failed}", flush=True)
             if isinstance(proc, subprocess.Popen):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
@@ -341,37 +382,21 @@ def main() -> int:
                   f"{cpu['canary-10-no-mirror']:.0f} us (ratio {cpu['canary-10-no-mirror'] / cpu['inferline']:.3f}); "
                   f"saturation ratio {sat['inferline-canary-10'] / sat['inferline']:.3f} "
                   f"(no mirroring {sat['canary-10-no-mirror'] / sat['inferline']:.3f})")
-    if args.baseline_python:
+    if args.baseline_python or args.scrape_overhead:
         print()
+        other = "inferline-scraped" if args.scrape_overhead else "inferline-baseline"
         for mode in args.modes.split(","):
-            names = ("inferline", "inferline-baseline")
+            names = ("inferline", other)
             cpu = {n: np.median([r["cpu_us"] for r in rows if r["server"] == n and r["mode"] == mode]) for n in names}
             sat = {n: np.median([r["sat"]["rps"] for r in rows if r["server"] == n and r["mode"] == mode])
                    for n in names}
-            print(f"{mode}: saturation this {sat['inferline']:.0f} req/s, baseline {sat['inferline-baseline']:.0f} "
-                  f"req/s, ratio {sat['inferline'] / sat['inferline-baseline']:.3f}; at {fixed[mode]:.0f} req/s "
-                  f"offered, server CPU per request this {cpu['inferline']:.0f} us, baseline "
-                  f"{cpu['inferline-baseline']:.0f} us, ratio {cpu['inferline'] / cpu['inferline-baseline']:.3f} "
+            print(f"{mode}: saturation this {sat['inferline']:.0f} req/s, {other} {sat[other]:.0f} "
+                  f"req/s, ratio {sat['inferline'] / sat[other]:.3f}; at {fixed[mode]:.0f} req/s "
+                  f"offered, server CPU per request this {cpu['inferline']:.0f} us, {other} "
+                  f"{cpu[other]:.0f} us, ratio {cpu['inferline'] / cpu[other]:.3f} "
                   f"(rounds: " + ", ".join(f"{r['server'].replace('inferline-', '')} {r['cpu_us']:.0f}" for r in rows
                                            if r["mode"] == mode and r["server"] != "noop-grpc.aio") + ")")
     return 0
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` and its live children (/proc; Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def canary_repository(mlp_package: str, logreg_package: str, mirror_share: float = 100.0) -> str:
