@@ -155,3 +155,17 @@ def test_help_lists_the_command():
     out = subprocess.run([sys.executable, "-m", "inferline", "--help"], capture_output=True, text=True).stdout
     assert "bench" in out
     assert os.path.exists(os.path.join(os.path.dirname(__file__), "test_bench.py"))
+
+
+def test_readme_example_runs_as_written(server):
+    import re
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md"), encoding="utf-8") as f:
+        [block] = [b for b in re.findall(r"```sh\n(.*?)```", f.read(), flags=re.S) if "inferline bench" in b]
+    # only the address changes (the server here takes free ports), and the pid is this server's
+    command = block.strip().replace("inferline bench digits-mlp",
+                                    f"{sys.executable} -m inferline bench digits-mlp --url 127.0.0.1:{server.grpc}")
+    command = command.replace("$(pgrep -of 'inferline serve')", str(server.proc.pid))
+    r = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "errors       none" in r.stdout and "server" in r.stdout
