@@ -64,6 +64,13 @@ class Onnx(Model):
         self.session = make_session(path)
         self.ready = True
 
+    def get_input_types(self):  # the model metadata (inferline bench reads it)
+        return [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+
+    def get_output_types(self):
+        return [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+                {"name": "label", "datatype": "INT64", "shape": [-1, 1]}]
+
     def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
         x = payload.get_input_by_name("pixels").as_numpy().astype(np.float32, copy=False)
         logits, label = self.session.run(None, {"pixels": x})
@@ -209,7 +216,10 @@ def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
         if name == "mlserver-inproc":
             settings["parallel_workers"] = 0
         model = {"name": MODEL, "implementation": "onnx_runtime.OnnxRuntime", "parameters": {"uri": model_path},
-                 "max_batch_size": 32, "max_batch_time": 0.005}
+                 "max_batch_size": 32, "max_batch_time": 0.005,
+                 "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
+                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+                             {"name": "label", "datatype": "INT64", "shape": [-1, 1]}]}
         for file, data in (("settings.json", settings), ("model-settings.json", model)):
             with open(os.path.join(folder, file), "w", encoding="utf-8") as f:
                 json.dump(data, f)
