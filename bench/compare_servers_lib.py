@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import socket
 import subprocess
 import sys
 import venv
@@ -28,7 +29,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "server"))
-from bench_grpc import free_port, noop_server, wait_port  # noqa: E402
+from bench_grpc import noop_server, wait_port  # noqa: E402
 from overload_servers import stop_server, wait_and_check  # noqa: E402
 
 MODEL = "digits-mlp"
@@ -175,6 +176,18 @@ class Server:
             self.proc.join(10)
 
 
+def free_ports(n: int) -> list:
+    """n distinct TCP ports free a moment ago (held open together, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _popen(cmd, log_path, env, cwd):
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -182,7 +195,7 @@ def _popen(cmd, log_path, env, cwd):
 
 def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
     """Starts server `name` (see the module docstring) on free ports; returns at once."""
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, metrics_port = free_ports(3)
     log_path = os.path.join(workdir, f"{name}.log")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if name == "noop":
@@ -197,7 +210,7 @@ def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
         push(registry, model_path, name=MODEL)  # bare .onnx: the serving defaults apply
         registry.close()
         cmd = [sys.executable, "-m", "inferline", "serve", "--repository", repo, "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--metrics-port", str(free_port()), "--drain-seconds", "0"]
+               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--drain-seconds", "0"]
         return Server(name, _popen(cmd, log_path, dict(os.environ), workdir), grpc_port, http_port, log_path)
     if name == "kserve":
         script = os.path.join(workdir, "kserve_model.py")
@@ -212,7 +225,7 @@ def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "onnx_runtime.py"), "w", encoding="utf-8") as f:
             f.write(MLSERVER_RUNTIME)
-        settings = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": free_port(), "debug": False}
+        settings = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "debug": False}
         if name == "mlserver-inproc":
             settings["parallel_workers"] = 0
         model = {"name": MODEL, "implementation": "onnx_runtime.OnnxRuntime", "parameters": {"uri": model_path},
