@@ -88,12 +88,13 @@ def med(rows, key, sub):
 
 def table(results: dict, rates) -> list:
     lines = ["server            sat_rps (rounds)        " + "  ".join(f"@{r}/s p50/p99 ms" for r in rates)
-             + "  " + "  ".join(f"cpu_us@{r}" for r in rates)]
+             + "  " + "  ".join(f"cpu_us@{r}" for r in rates) + "  cpu_us@sat"]
     for name, rows in results.items():
         sats = "/".join(f"{r['sat']['rps']:.0f}" for r in rows)
         lat = "  ".join(f"{med(rows, r, 'p50'):>6.2f}/{med(rows, r, 'p99'):<8.2f}" for r in rates)
         cpu = "  ".join(f"{med(rows, r, 'server_cpu_us'):>9.0f}" for r in rates)
-        lines.append(f"{name:<17} {med(rows, 'sat', 'rps'):>7.0f} ({sats:<13})  {lat}  {cpu}")
+        lines.append(f"{name:<17} {med(rows, 'sat', 'rps'):>7.0f} ({sats:<13})  {lat}  {cpu}  "
+                     f"{med(rows, 'sat', 'server_cpu_us'):>10.0f}")
     return lines
 
 
