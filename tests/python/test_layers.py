@@ -22,6 +22,7 @@ LEVELS = {
     "service": 6,
     "server": 7,
     "loadgen": 7.5,  # a client of the server's wire format (server.proto); used by the CLI's `bench`
+    "report": 7.5,  # a client of the server's outputs (metrics text, Prometheus, log files): `stats`, `report`
     "cli": 8, "__main__": 9,
 }
 

@@ -1,5 +1,5 @@
 """The `inferline` command: every subcommand's parsing lives in this package (models.py, serve.py,
-rollouts.py for `canary` and `shadow`)."""
+rollouts.py for `canary` and `shadow`, stats.py, ...)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import add_parser as add_models
     from .rollouts import add_parser as add_rollouts
     from .serve import add_parser as add_serve
+    from .stats import add_parser as add_stats
     add_bench(sub)
     add_models(sub)
     add_rollouts(sub)
     add_serve(sub)
+    add_stats(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    if hasattr(args, "run"):  # commands that name their runner (stats, report)
+        return args.run(args)
     if args.command == "version":
         from .. import __version__
         print(__version__)
