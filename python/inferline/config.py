@@ -80,6 +80,7 @@ LIMITS = {
     "CanaryConfig.min_pairs": (1, 1_000_000_000),
     "CanaryConfig.min_labels": (1, 1_000_000_000),
     "CanaryConfig.mirror_share": (0.0, 100.0),          # percent
+    "LoggingConfig.sample_rate": (0.0, 1.0),            # a share of requests, used only by the server's log
 }
 # LIMITS keys whose maximum is excluded: the value must be below it.
 EXCLUSIVE_MAXIMUM = frozenset({"BreakerConfig.error_rate"})
@@ -265,8 +266,18 @@ class CanaryConfig:
     keeps the copies within 10% of the model's traffic (``rollout.arms.MIRROR_BUDGET``)."""
 
 
+@dataclass(frozen=True)
+class LoggingConfig:
+    """What the server's inference log keeps of this version's requests (inferline.inferlog)."""
+
+    sample_rate: float = 0.01
+    """Share of requests written to the inference log, in [0, 1] (default 1%); canary and shadow
+    comparison pairs are always written."""
+
+
 # Sections of ModelConfig that are routing or rollout policy: built from mappings and checked here.
-_POLICY_SECTIONS = {"breaker": BreakerConfig, "cache": CacheConfig, "slo": SloConfig, "canary": CanaryConfig}
+_POLICY_SECTIONS = {"breaker": BreakerConfig, "cache": CacheConfig, "slo": SloConfig, "canary": CanaryConfig,
+                    "logging": LoggingConfig}
 
 
 Preprocess = Union[TabularPreprocess, ImagePreprocess]
@@ -346,6 +357,8 @@ class ModelConfig:
     """Thresholds of the canary analysis when this version is a canary."""
     gpu: GpuConfig = field(default_factory=GpuConfig)
     """How the model shares its GPU with other models (used only when its backend runs on one)."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """The share of this version's requests the server's inference log keeps."""
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(_as_spec(s) for s in self.inputs))

@@ -18,7 +18,7 @@ LEVELS = {
     "backends": 2,
     "engine": 3, "registry": 3,
     "models": 4, "routing": 4, "demo": 4,
-    "observability": 5, "rollout": 5,
+    "observability": 5, "rollout": 5, "inferlog": 5,
     "service": 6,
     "server": 7,
     "loadgen": 7.5,  # a client of the server's wire format (server.proto); used by the CLI's `bench`
