@@ -158,7 +158,7 @@ def _schema_at(path: str) -> dict:
     cls, name = path.split(".")
     props = PACKAGE_SCHEMA["properties"]
     section = {"BatchingConfig": "batching", "BreakerConfig": "breaker", "CacheConfig": "cache",
-               "SloConfig": "slo", "CanaryConfig": "canary", "QueueConfig": "queue"}.get(cls)
+               "SloConfig": "slo", "CanaryConfig": "canary", "QueueConfig": "queue", "LoggingConfig": "logging"}.get(cls)
     if section:
         return props[section]["properties"][name]
     if cls == "TensorSpec":
