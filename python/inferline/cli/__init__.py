@@ -1,5 +1,5 @@
 """The `inferline` command: every subcommand's parsing lives in this package (models.py, serve.py,
-rollouts.py for `canary` and `shadow`, stats.py, ...)."""
+rollouts.py for `canary` and `shadow`, stats.py, report.py, ...)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
     from .models import add_parser as add_models
     from .rollouts import add_parser as add_rollouts
+    from .report import add_parser as add_report
     from .serve import add_parser as add_serve
     from .stats import add_parser as add_stats
     add_bench(sub)
     add_models(sub)
     add_rollouts(sub)
+    add_report(sub)
     add_serve(sub)
     add_stats(sub)
     sub.add_parser("version", help="print the version")
