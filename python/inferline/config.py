@@ -134,8 +134,11 @@ class TensorSpec:
 class BatchingConfig:
     max_batch_size: int = 32
     """Most rows in one batch."""
-    max_queue_delay_us: int = 5000
-    """Longest time the oldest request waits for a batch to fill."""
+    max_queue_delay_us: int = 1000
+    """Longest time the oldest request waits for a batch to fill. 1 ms by default: batches still
+    fill while the executors are busy (a batch closes when one is free), and a request that finds
+    an idle model waits at most 1 ms (5 ms before: the p50 of a light model at 500 req/s was
+    5.2 ms against KServe's 1.4 ms, bench/compare_servers.py)."""
     preferred_batch_sizes: Tuple[int, ...] = ()
     """Batch sizes (rows) dispatched as soon as they are reached."""
     mode: Literal["deadline_aware", "fixed_delay"] = "deadline_aware"
