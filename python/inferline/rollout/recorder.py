@@ -99,6 +99,9 @@ class Recorder:
         self._predictions_dropped = 0
         self._in_flight = 0
         self._random = random.Random(seed).random
+        self.on_pair = None
+        """Called with each compared pair, as ``inferlog.InferenceLog.pair``'s keywords (the server's
+        inference log sets it), on the thread that compared it; None: pairs are only counted."""
 
     # ---- policy (the service's sync) ------------------------------------------------
     def publish(self, watches: Dict[str, Watch]) -> None:
@@ -148,7 +151,7 @@ class Recorder:
                 self._keep_prediction(w.watch.name, request_id, result.version, label)
         copy = w.copies.get(primary)
         if copy is not None:
-            self._copy(w.watch.name, copy, inputs, result.outputs, on_loop)
+            self._copy(w.watch.name, copy, inputs, result.outputs, on_loop, (request_id, result.version, latency_ms))
 
     def failed(self, w: "_Watched", error: BaseException, t0: float) -> None:
         """Counts a request whose routed version (``error.primary_version``) and chain failed.
@@ -177,7 +180,7 @@ class Recorder:
                 return
             rows.append((request_id, version, label, time.time()))
 
-    def _copy(self, model: str, copy: tuple, inputs: dict, returned: dict, on_loop: bool) -> None:
+    def _copy(self, model: str, copy: tuple, inputs: dict, returned: dict, on_loop: bool, origin: tuple) -> None:
         """Runs a canary request again on stable, or a stable request on the shadow, and compares."""
         share, target, c, arm = copy
         if share < 100.0 and self._random() * 100.0 >= share:
@@ -196,9 +199,10 @@ class Recorder:
                 self._in_flight -= 1
                 c.dropped += 1
             return
-        fut.add_done_callback(lambda f: self._copied(f, c, arm, returned, t0))
+        pair = (model, inputs, target, origin)  # what the inference log keeps of the pair (on_pair)
+        fut.add_done_callback(lambda f: self._copied(f, c, arm, returned, t0, pair))
 
-    def _copied(self, fut, c: ArmCounts, arm: str, returned: dict, t0: float) -> None:
+    def _copied(self, fut, c: ArmCounts, arm: str, returned: dict, t0: float, pair: tuple) -> None:
         """A copy's answer (the engine's completion thread): compared with the returned one."""
         try:
             other = fut.result()
@@ -222,6 +226,11 @@ class Recorder:
             if arm == "shadow":  # the shadow's own latency (its requests are the copies)
                 c.requests += 1
                 c.latency[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)] += 1
+        if self.on_pair is not None:
+            (model, inputs, target, (request_id, version, returned_ms)) = pair
+            self.on_pair(model=model, arm=arm, request_id=request_id, inputs=inputs, returned=returned,
+                         returned_version=version, returned_latency_ms=returned_ms, other=other,
+                         other_version=target, other_latency_ms=latency_ms, agree=agree)
 
     # ---- publishing (the registry thread) ----------------------------------------------
     def flush(self, registry, worker: str) -> None:

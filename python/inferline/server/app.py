@@ -28,6 +28,7 @@ import sys
 import tempfile
 from typing import Optional
 
+from .. import inferlog
 from ..engine import Engine
 from ..errors import Unavailable
 from ..routing import Router
@@ -105,6 +106,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router)
     await manager.sync()
     dataplane = DataPlane.for_settings(manager, settings, router=router)
+    dataplane.inference_log = inferlog.for_server(settings, worker, manager.recorder)  # None when off
     grpc_frontend = await start_grpc(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
     control = await start_control(dataplane, settings, worker, peers_dir)
@@ -132,6 +134,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     await asyncio.gather(grpc_frontend.stop(settings.shutdown_grace_s), rest_frontend.stop(settings.shutdown_grace_s))
     await poller
     await control.stop()  # probes answered until the end: live, ready false
+    if dataplane.inference_log is not None:
+        dataplane.inference_log.close()  # writes what is buffered
     manager.close()
     engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
     print(f"inferline worker {worker} (pid {os.getpid()}) stopped", flush=True)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
+from random import random as _random
 from typing import Any, Callable, Iterable, Optional
 
 from .. import __version__
@@ -67,6 +69,8 @@ class DataPlane:
         self.accepting = True  # false while shutting down: ready turns false, live stays true
         self._admin = admin_token.encode() if admin_token else None
         self._open_control = open_control
+        self.inference_log = None
+        """The worker's ``inferlog.InferenceLog`` (its server sets it), or None: no inference log."""
 
     @classmethod
     def for_settings(cls, models: ModelManager, settings, router: Optional[Router] = None) -> "DataPlane":
@@ -244,6 +248,7 @@ class DataPlane:
     # ---- inference ------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
         """Wire request -> the Service (which routes and runs it) -> wire response naming who answered."""
+        t0 = time.perf_counter()
         version = int(req.model_version) if req.model_version.isdigit() else req.model_version or None
         cfg = self.service.config(req.model_name, version)
         inputs = self._inputs(req, cfg)
@@ -255,6 +260,8 @@ class DataPlane:
         result = answer.outputs
         outputs = [InferOutput(n, NUMPY_TO_KSERVE[result[n].dtype.name], list(result[n].shape), result[n])
                    for n in names]
+        if self.inference_log is not None and _random() < cfg.logging.sample_rate:  # sampled: kept off the path
+            self.inference_log.sample(req.model_name, req.id, inputs, answer, t0)
         params = {"routed_to": answer.routed_to}
         if answer.fallback_reason:
             params["fallback_reason"] = answer.fallback_reason

@@ -87,6 +87,15 @@ class ServerSettings:
               "the core's buffers) or measured use does not fit is refused, and a new version that does not fit "
               "beside the one it replaces leaves that one serving (default: no limit)",
         metavar="SIZE", parse=parse_size)
+    inference_log: Optional[str] = _setting(
+        None, "where the inference log (sampled requests, rollout pairs, hardware samples; Parquet) goes: a "
+              "directory or an fsspec URL, or 'off' (default ~/.inferline/logs)", metavar="DIR_OR_URL")
+    inference_log_retention_days: int = _setting(14, "days of inference records kept besides today's (default 14)")
+    hardware_log_retention_days: int = _setting(30, "days of hardware samples kept besides today's (default 30)")
+    hardware_log_interval_s: float = _setting(10.0, "seconds between hardware samples in the inference log; "
+                                                    "0 = none (default 10)", flag="hardware-log-interval")
+    inference_log_flush_s: float = _setting(60.0, "seconds between the inference log's writes: one file per "
+                                                  "model and date each time (default 60)", flag="inference-log-flush")
 
     # ---- one source for flags and variables ---------------------------------
     @staticmethod
@@ -143,6 +152,10 @@ class ServerSettings:
             raise SettingsError(f"--max-json-bytes {self.max_json_bytes}: at least 1024")
         if self.gpu_memory_budget is not None and self.gpu_memory_budget < 1:
             raise SettingsError(f"--gpu-memory-budget {self.gpu_memory_budget}: at least 1 byte")
+        if min(self.inference_log_retention_days, self.hardware_log_retention_days) < 1:
+            raise SettingsError("--inference-log-retention-days and --hardware-log-retention-days: at least 1")
+        if self.hardware_log_interval_s < 0 or not self.inference_log_flush_s > 0:
+            raise SettingsError("--hardware-log-interval: 0 or more; --inference-log-flush: above 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("--tls-cert and --tls-key go together")
 
