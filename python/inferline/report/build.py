@@ -162,7 +162,10 @@ def build_report(since_s: float, out: str, logs_root: Optional[str] = None, prom
     edges = logs_mod.bin_edges(start, end)
     per_model = logs_mod.aggregate(table, edges) if table is not None and table.num_rows else {}
     rules = fetch_rules(prometheus, start, end) if prometheus else None
-    plot = functools.partial(line_plot, xlim=(start, end))  # every plot on the same time axis
+    first = _first_data(rules, table)
+    clip = first is not None and first - start > (end - start) / 20 and end - first > (end - start) / 100
+    shown = first - (end - first) / 50 if clip else start  # a short run fills the plots, not their last pixels
+    plot = functools.partial(line_plot, xlim=(shown, end))  # every plot on the same time axis
     sections = _prom_sections(rules, plot) if rules else _log_sections(per_model, plot)
     sections += _canary_sections(per_model, rules, plot)
     tables = ([_prom_table(rules)] if rules else []) + ([_logs_table(per_model)] if per_model else [])
@@ -170,9 +173,24 @@ def build_report(since_s: float, out: str, logs_root: Optional[str] = None, prom
         (f"; inference logs {root}" if table is not None else f"; no inference logs under {root}")
     subtitle = (f"{start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC ({_duration(since_s)}); {source}; "
                 f"{sum(s.records for s in per_model.values())} log records")
+    if shown != start:
+        subtitle += f"; plots start at the first data, {first:%Y-%m-%d %H:%M:%S}"
     with open(out, "w", encoding="utf-8") as f:
         f.write(render("inferline report", subtitle, sections, tables))
     return {"models": sorted(per_model), "sections": {s.title: s.png is not None for s in sections}}
+
+
+def _first_data(rules, table) -> Optional[datetime]:
+    """The earliest time with a value: Prometheus's series (finite points) and the log records."""
+    found = []
+    for series in (rules or {}).values():
+        for s in series:
+            finite = np.flatnonzero(np.isfinite(s.values))
+            if len(finite):
+                found.append(s.times[finite[0]])
+    if table is not None and table.num_rows:
+        found.append(min(table.column("ts").to_pylist()))
+    return min(found) if found else None
 
 
 def _duration(seconds: float) -> str:

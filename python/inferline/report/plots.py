@@ -51,7 +51,8 @@ def line_plot(title: str, ylabel: str, lines: List[Line], percent: bool = False,
         values = np.asarray(ln.values, float) * (100.0 if percent else 1.0)
         sparse = np.isfinite(values).sum() <= 12
         ax.plot(list(ln.times), values, label=ln.label, linestyle="--" if ln.dashed else "-",
-                marker="o" if sparse else None, markersize=4, color=ln.color, linewidth=1.6)
+                marker="o" if sparse else None, markersize=4, color=ln.color, linewidth=1.6,
+                zorder=3)  # above the axes' frame: a line at 0 stays visible
     locator = locator_cls()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(formatter_cls(locator))
