@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA = pa.schema([
@@ -60,7 +61,7 @@ def write_logs(root, end: datetime, days: int = 3, per_day: int = 400, seed: int
                 start = day_start + timedelta(hours=12 * part)
                 t = pa.Table.from_pydict(records(rng, model, start, 12 * 3600, per_day // 2, canary), schema=SCHEMA)
                 for date in sorted({ts.date() for ts in t.column("ts").to_pylist()}):
-                    mine = t.filter(pa.compute.equal(pa.compute.cast(t.column("ts"), pa.date32()), date))
+                    mine = t.filter(pc.equal(pc.cast(t.column("ts"), pa.date32()), date))
                     where = os.path.join(str(root), "inference", f"date={date}", f"model={model}")
                     os.makedirs(where, exist_ok=True)
                     pq.write_table(mine, os.path.join(where, f"part-0-{uuid.uuid4().hex}.parquet"))
