@@ -9,6 +9,7 @@ inference logs).
     prom.py     a Prometheus server's query_range over the recording rules in deploy/prometheus/
     plots.py    matplotlib figures as base64 PNGs
     html.py     the report page
+    build.py    ``inferline report``: the range, the sources, the sections and tables, the file
 
 Only clients of the server's outputs (its metrics text, Prometheus, the log files): nothing here
 imports the server.
