@@ -6,7 +6,7 @@ Three `inferline serve` configurations over digits-mlp (its default logging.samp
 alternately, ``--rounds`` times each: "off" (--inference-log off), "log-1%" (the log on, writing
 every second and sampling the hardware every second: a busier log than the defaults of 60 s and
 10 s), and "log-1%+scrape" (the same, with /metrics read every second). For each: saturation
-(closed loop), then one open-loop rate for all (60% of the first "off" saturation) over which the
+(closed loop), then one open-loop rate for all (``--rate-fraction`` of the first "off" saturation) over which the
 server's CPU time is read from /proc: CPU microseconds per request. One line per run, then the
 medians and their ratios to "off" (bench_grpc.py's client and CPU reading).
 """
@@ -48,6 +48,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--procs", type=int, default=2, help="client processes")
     ap.add_argument("--modes", default="unary", help="comma-separated: unary, stream")
+    ap.add_argument("--rate-fraction", type=float, default=0.4,
+                    help="the open-loop rate, as a fraction of the first 'off' saturation (default 0.4: at 0.6 "
+                         "this 2-core machine, clients included, refuses some requests)")
     args = ap.parse_args()
     from inferline.demo_models import demo_package_path
     from inferline.models.service import open_registry, push
@@ -67,7 +70,7 @@ def main() -> int:
                 try:
                     for mode in args.modes.split(","):
                         sat = load(port, mode, args.procs, 64, None, args.seconds)
-                        fixed.setdefault(mode, 0.6 * sat["rps"])
+                        fixed.setdefault(mode, args.rate_fraction * sat["rps"])
                         cpu0 = process_cpu_s(proc.pid)
                         at = load(port, mode, args.procs, 64, fixed[mode], args.seconds)
                         cpu_us = (process_cpu_s(proc.pid) - cpu0) / max(at["n"], 1) * 1e6

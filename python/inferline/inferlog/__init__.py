@@ -8,8 +8,8 @@ ROOT is a local directory or any fsspec URL (``inferline serve --inference-log``
 requests (its model config; 1% by default) and every canary or shadow comparison pair; the
 request path only appends a reference to a bounded buffer (writer.py). The log's thread writes the
 files, samples the process's CPU, memory and GPUs every ``--hardware-log-interval`` seconds
-(hardware.py) and, on worker 0, removes partitions past retention every hour (retention.py;
-``inferline logs sweep`` does it by hand).
+(hardware.py) and, on worker 0, removes partitions past retention 30 s after start and then
+hourly (retention.py; ``inferline logs sweep`` does it by hand).
 
 ``stats()``: this process's counters (records written, dropped, failed; write failures...), for a
 metrics collector.
@@ -32,6 +32,8 @@ __all__ = ["HARDWARE", "INFERENCE", "HardwareSampler", "InferenceLog", "LogStore
 
 SWEEP_INTERVAL_S = 3600.0
 """How often worker 0 removes partitions past retention."""
+FIRST_SWEEP_S = 30.0
+"""The first sweep, this long after the server starts (a server restarted often still sweeps)."""
 OFF = ("", "off", "none")
 
 _live: "weakref.WeakSet[InferenceLog]" = weakref.WeakSet()
@@ -57,7 +59,7 @@ def for_server(settings, worker: int, recorder=None) -> Optional[InferenceLog]:
         sampler = HardwareSampler()
         jobs.append(Job("hardware sample", settings.hardware_log_interval_s, lambda: ilog.add_hardware(sampler())))
     if worker == 0:
-        jobs.append(Job("retention sweep", SWEEP_INTERVAL_S, lambda: _sweep(ilog, retention)))
+        jobs.append(Job("retention sweep", SWEEP_INTERVAL_S, lambda: _sweep(ilog, retention), first_s=FIRST_SWEEP_S))
     if recorder is not None:
         recorder.on_pair = ilog.pair
     _live.add(ilog)

@@ -33,11 +33,12 @@ _PAIR_ARMS = {"canary": ("canary_pair", "canary", "stable"), "shadow": ("shadow_
 
 
 class Job:
-    """A periodic job of the log's thread: ``fn()`` every ``interval_s`` seconds."""
+    """A periodic job of the log's thread: ``fn()`` every ``interval_s`` seconds, the first time
+    after ``first_s`` (default: one interval)."""
 
-    def __init__(self, name: str, interval_s: float, fn: Callable[[], None]):
+    def __init__(self, name: str, interval_s: float, fn: Callable[[], None], first_s: Optional[float] = None):
         self.name, self.interval_s, self.fn = name, float(interval_s), fn
-        self.due = time.monotonic() + self.interval_s
+        self.due = time.monotonic() + (self.interval_s if first_s is None else float(first_s))
 
 
 class InferenceLog:

@@ -3,6 +3,7 @@
 
 import datetime as dt
 import os
+import time
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -54,8 +55,9 @@ def test_sweep_removes_old_partitions_and_keeps_new_ones(tmp_path):
 def test_todays_partition_is_never_removed(tmp_path):
     store = LogStore(str(tmp_path))
     _fill(store, [0, 1, 2])
-    assert expired(store, Retention(1, 1)) == [p for d, p in store.partitions("inference") if d == TODAY - dt.timedelta(2)] \
-        + [p for d, p in store.partitions("hardware") if d == TODAY - dt.timedelta(2)]
+    two_days = TODAY - dt.timedelta(2)
+    assert expired(store, Retention(1, 1)) == [p for t in ("inference", "hardware")
+                                               for d, p in store.partitions(t) if d == two_days]
     # a clock gone wrong (today earlier than a partition) still leaves it alone
     assert sweep(store, Retention(1, 1), today=TODAY - dt.timedelta(days=10)) == []
     with pytest.raises(Exception, match="at least 1"):
@@ -100,3 +102,24 @@ def test_s3_log_and_retention(bucket, moto_endpoint, monkeypatch):
     left = sorted(o["Key"].split("/")[2] for o in client.list_objects_v2(Bucket=name)["Contents"])
     past = (TODAY - dt.timedelta(days=20)).isoformat()
     assert left == [f"date={past}", f"date={TODAY.isoformat()}"]  # hardware at 20 days, today's inference
+
+
+def test_a_server_worker_0_sweeps_soon_after_start(tmp_path, monkeypatch):
+    from inferline import inferlog
+    from inferline.server.settings import ServerSettings
+
+    store = LogStore(str(tmp_path))
+    _fill(store, [0, 20, 40])
+    monkeypatch.setattr(inferlog, "FIRST_SWEEP_S", 0.1)
+    settings = ServerSettings(inference_log=str(tmp_path), hardware_log_interval_s=0, inference_log_retention_days=14)
+    other = inferlog.for_server(settings, 1)  # only worker 0 sweeps
+    ilog = inferlog.for_server(settings, 0)
+    try:
+        deadline = time.time() + 20
+        while ilog.stats()["partitions_deleted"] < 3 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        ilog.close()
+        other.close()
+    assert ilog.stats()["partitions_deleted"] == 3 and other.stats()["partitions_deleted"] == 0
+    assert _days(store, "inference") == [0] and _days(store, "hardware") == [20, 0]
