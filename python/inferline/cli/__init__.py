@@ -17,12 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=256, help="concurrent asyncio callers (default 256)")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
     from .bench import add_parser as add_bench
+    from .logs import add_parser as add_logs
     from .models import add_parser as add_models
     from .rollouts import add_parser as add_rollouts
     from .report import add_parser as add_report
     from .serve import add_parser as add_serve
     from .stats import add_parser as add_stats
     add_bench(sub)
+    add_logs(sub)
     add_models(sub)
     add_rollouts(sub)
     add_report(sub)
@@ -69,6 +71,9 @@ def _run(args) -> int:
     if args.command == "models":
         from .models import run
         return run(args)
+    if args.command == "logs":
+        from .logs import run as run_logs
+        return run_logs(args)
     if args.command in ("canary", "shadow"):
         from .rollouts import run as run_rollouts
         return run_rollouts(args)
