@@ -549,6 +549,7 @@ py::dict Model_Stats(const Model& m) {
   d["cancelled"] = s.cancelled;
   d["shed"] = s.shed;
   d["last_batch_end_us"] = s.last_batch_end_us;
+  d["queued_rows"] = s.queued_rows;
   d["queue_us"] = HistogramToPy(s.queue_us);
   d["compute_us"] = HistogramToPy(s.compute_us);
   d["end_to_end_us"] = HistogramToPy(s.end_to_end_us);
@@ -654,6 +655,14 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def("cancel", [](CancelFlag& f) { f.set.store(true, std::memory_order_relaxed); })
       .def_property_readonly("cancelled", [](const CancelFlag& f) { return f.set.load(std::memory_order_relaxed); });
+
+  // A latency histogram of a stage timed in Python (the frontends' decode and encode), on the
+  // core's bucket bounds: observe_ns is one relaxed bucket increment (plus count, sum, max);
+  // snapshot() has the shape of a stats() histogram, in microseconds.
+  py::class_<LatencyHistogram>(m, "StageHistogram")
+      .def(py::init<>())
+      .def("observe_ns", [](LatencyHistogram& h, uint64_t ns) { h.Record(ns / 1000); }, py::arg("ns"))
+      .def("snapshot", [](const LatencyHistogram& h) { return HistogramToPy(h.Snapshot()); });
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

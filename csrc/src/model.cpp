@@ -119,7 +119,11 @@ Model::~Model() { impl_->Shutdown(true); }
 Status Model::Submit(const InferRequest& request) { return impl_->Submit(request); }
 void Model::Shutdown(bool drain) { impl_->Shutdown(drain); }
 void Model::Wake() { impl_->Wake(); }
-StatsSnapshot Model::Stats() const { return impl_->stats_.Snapshot(); }
+StatsSnapshot Model::Stats() const {
+  StatsSnapshot s = impl_->stats_.Snapshot();
+  s.queued_rows = impl_->unanswered_rows_.load(std::memory_order_relaxed);
+  return s;
+}
 
 void Model::ResetStats() noexcept { impl_->stats_.Reset(); }
 uint64_t Model::NowUs() const noexcept { return impl_->clock_->NowUs(); }

@@ -141,6 +141,15 @@ class Router:
         the latest loaded); the core refuses a primary and skips a fallback with other inputs.
         `cancel`: setting it before the request's batch runs answers it CANCELLED, never computed."""
 
+class StageHistogram:
+    """Latency of a stage timed in Python, on the core's bucket bounds (lock-free, relaxed)."""
+
+    def __init__(self) -> None: ...
+    def observe_ns(self, ns: int) -> None:
+        """Counts one duration in nanoseconds (recorded in whole microseconds, truncated)."""
+    def snapshot(self) -> Dict[str, Any]:
+        """{"count", "mean", "max", "p50", ..., "sum", "buckets"} in microseconds, as ``Model.stats()``'s histograms."""
+
 class CancelFlag:
     """Withdraws a submitted request whose caller went away (model.h InferRequest::cancelled)."""
 

@@ -1062,6 +1062,29 @@ TEST(ModelTest, StatsCountWhatHappened) {
   EXPECT_EQ(s.queue_us.max, 200u);
 }
 
+TEST(ModelTest, QueuedRowsCountAdmittedRowsUntilAnswered) {
+  Payloads payloads;
+  CollectSink sink;
+  Gate gate(false);
+  ManualClock clock;
+  auto backend = std::make_shared<TestBackend>(&gate);
+  auto model = CreateOrFail(Config(8, 0), backend, &clock);
+  ASSERT_NE(model, nullptr);
+  OpenOnExit opener(gate);
+  std::mt19937 rng(31);
+  EXPECT_EQ(model->Stats().queued_rows, 0u);
+  ASSERT_TRUE(model->Submit(Request(payloads.Add(1, 1.0f, rng), &sink, 1)).ok());
+  ASSERT_TRUE(backend->WaitEntered(1));  // A (1 row) runs, held at the gate
+  EXPECT_EQ(model->Stats().queued_rows, 1u) << "a running request counts until answered";
+  ASSERT_TRUE(model->Submit(Request(payloads.Add(2, 2.0f, rng), &sink, 2)).ok());
+  ASSERT_TRUE(model->Submit(Request(payloads.Add(3, 3.0f, rng), &sink, 3)).ok());
+  EXPECT_EQ(model->Stats().queued_rows, 6u);
+  gate.Open();
+  ASSERT_TRUE(sink.WaitFor(3));
+  EXPECT_EQ(model->Stats().queued_rows, 0u) << "rows leave the count before their answer is delivered";
+  EXPECT_EQ(model->Stats().rows, 6u);
+}
+
 // ---- preprocessing -------------------------------------------------------------------
 
 TEST(ModelTest, PreprocessingIsAppliedInTheGather) {

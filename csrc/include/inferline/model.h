@@ -157,6 +157,7 @@ class Model {
   // Makes the assembler re-evaluate now (after moving a ManualClock).
   void Wake();
 
+  // Counters and histograms, plus queued_rows (one relaxed load: rows admitted and not answered).
   StatsSnapshot Stats() const;
   // Predicted microseconds from now until a request of `rows` rows submitted now
   // would be answered, for deadline decisions (Router): the compute time of the

@@ -119,6 +119,8 @@ struct StatsSnapshot {
   uint64_t shed = 0;             // answered RESOURCE_EXHAUSTED after admission: shed by the queue
                                  // discipline under overload (or a backend out of memory)
   uint64_t last_batch_end_us = 0;  // the model's clock when the latest batch finished; 0 = none yet
+  uint64_t queued_rows = 0;  // rows admitted and not answered yet (queued or running): a gauge that
+                             // Model::Stats fills (ModelStats::Snapshot leaves it 0)
   HistogramSnapshot queue_us, compute_us, end_to_end_us;
   std::vector<uint64_t> batch_size_counts;  // index = rows in the batch (0..max_batch_size)
 
