@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Optional
 from .. import __version__
 from .admission import Admission
 from .codec import NUMPY_TO_KSERVE
+from .frontend_stats import FrontendStats
 from ..errors import InvalidArgument, ModelNotFound, PermissionDenied, Unauthenticated, Unimplemented
 from ..models.service import open_registry
 from ..rollout import lifecycle
@@ -71,6 +72,8 @@ class DataPlane:
         self._open_control = open_control
         self.inference_log = None
         """The worker's ``inferlog.InferenceLog`` (its server sets it), or None: no inference log."""
+        self.frontend_stats = FrontendStats(lambda: (n for n, _v, _live in self.router.served()))
+        """Decode/encode times and errors the frontends count (read by the metrics at scrape time)."""
 
     @classmethod
     def for_settings(cls, models: ModelManager, settings, router: Optional[Router] = None) -> "DataPlane":

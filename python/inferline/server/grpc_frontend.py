@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import Optional
 
 import grpc
@@ -153,27 +154,45 @@ class InferenceService:
 
     # ---- inference ------------------------------------------------------------
     async def model_infer_raw(self, raw: bytes, context):
-        """ModelInfer: admitted (or refused, before anything is decoded), then answered."""
+        """ModelInfer: admitted (or refused, before anything is decoded), then answered. Decode and
+        encode are timed, and errors counted, into the data plane's frontend_stats."""
         admission = self.dp.admission
         try:
             started = admission.admit(context.time_remaining())
         except InferlineError as e:
             if isinstance(e, Overloaded):
                 context.set_trailing_metadata((("retry-after-ms", str(e.retry_after_ms)),))
-            await context.abort(*grpc_status(e))
+            await context.abort(*self._failed(e, "grpc", None))
+        request = None
         try:
-            response = await self.model_infer(pb.ModelInferRequest.FromString(raw), context)
-            return response.SerializeToString()
+            t0 = perf_counter_ns()
+            request = pb.ModelInferRequest.FromString(raw)
+            return await self._infer_timed(request, t0, context, stream=False)
         except grpc.aio.AbortError:
             raise
         except Exception as e:  # CancelledError is a BaseException: a cancelled call stays cancelled
-            await context.abort(*grpc_status(e))
+            await context.abort(*self._failed(e, "grpc", request))
         finally:
             admission.done(started)
 
-    async def model_infer(self, request, context):
-        response = await self.dp.infer(self._decode(request, context))
-        return convert.encode_infer_response(response)
+    async def _infer_timed(self, request, t0: int, context, stream: bool) -> bytes:
+        """The serialized answer to `request` (parsing began at perf_counter_ns `t0`)."""
+        decoded = self._decode(request, context)
+        t1 = perf_counter_ns()
+        response = await self.dp.infer(decoded)
+        t2 = perf_counter_ns()
+        message = convert.encode_infer_response(response)
+        out = (pb.ModelStreamInferResponse(infer_response=message) if stream else message).SerializeToString()
+        decode, encode = self.dp.frontend_stats.stages(response.model_name, response.model_version)
+        decode.observe_ns(t1 - t0)
+        encode.observe_ns(perf_counter_ns() - t2)
+        return out
+
+    def _failed(self, exc: BaseException, protocol: str, request) -> tuple:
+        """grpc_status(exc), counted in the frontend stats under the request's model."""
+        code, message = grpc_status(exc)
+        self.dp.frontend_stats.error(protocol, code.name, request.model_name if request is not None else None)
+        return code, message
 
     def _decode(self, request, context):
         """The InferRequest in `request`; a long `outputs` list is first held to the model's output count."""
@@ -201,13 +220,14 @@ class InferenceService:
         try:
             started = admission.admit(context.time_remaining())
         except InferlineError as e:  # refused before decoding: the client matches it by order only
-            return pb.ModelStreamInferResponse(error_message=grpc_status(e)[1]).SerializeToString()
+            _, message = self._failed(e, "grpc_stream", None)
+            return pb.ModelStreamInferResponse(error_message=message).SerializeToString()
         try:
+            t0 = perf_counter_ns()
             request = pb.ModelInferRequest.FromString(raw)
-            response = await self.dp.infer(self._decode(request, context))
-            out = pb.ModelStreamInferResponse(infer_response=convert.encode_infer_response(response))
+            return await self._infer_timed(request, t0, context, stream=True)
         except Exception as e:
-            _, message = grpc_status(e)
+            _, message = self._failed(e, "grpc_stream", request)
             out = pb.ModelStreamInferResponse(error_message=message)
             if request is not None:  # lets a pipelining client match the error to its request
                 out.infer_response.model_name = request.model_name

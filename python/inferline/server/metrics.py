@@ -9,7 +9,10 @@ Series (labels ``model``, ``version``; names per Prometheus conventions):
 
     inferline_request_duration_seconds   histogram  core: enqueue -> answer, requests answered OK
     inferline_queue_duration_seconds     histogram  core: enqueue -> batch start, requests answered OK
-    inferline_compute_duration_seconds   histogram  core: one batch's backend run (per batch)
+    inferline_compute_duration_seconds   histogram  core: one batch's backend run (per batch), preprocessing
+                                                    included (it runs fused into the batch's gather)
+    inferline_decode_duration_seconds    histogram  frontend: wire message -> tensors, requests answered OK
+    inferline_encode_duration_seconds    histogram  frontend: outputs -> wire message, requests answered OK
     inferline_requests_total             counter    requests the core accepted into the queue
     inferline_inferences_total           counter    rows of those requests
     inferline_errors_total               counter    + code: DEADLINE_EXCEEDED, CANCELLED,
@@ -18,6 +21,13 @@ Series (labels ``model``, ``version``; names per Prometheus conventions):
     inferline_batch_slots_total          counter    batches x max batch size: fill = rows / slots
     inferline_batch_fill_ratio           gauge      rows / slots since the version was loaded
     inferline_requests_in_flight         gauge      accepted and not yet answered (from the counters)
+    inferline_queue_rows                 gauge      core: rows admitted and not answered (queued or running)
+    inferline_request_errors_total       counter    protocol, code, model (no version): every inference
+                                                      request a frontend answered with an error, as the
+                                                      client saw it (frontend_stats.py)
+    inferline_inference_log_*_total      counter    the worker's inference log (absent when it is off):
+                                                      records_written, records_dropped, records_failed, ...
+    inferline_inference_log_buffered_records  gauge records waiting to be written
     inferline_model_load_time_seconds    gauge      load + warm-up, as the registry recorded it
     inferline_model_gpu_memory_bytes     gauge      what a version takes on its GPU (absent on the CPU)
     inferline_routed_requests_total      counter    model only: requests through the core router
@@ -36,8 +46,10 @@ Latency buckets sit on the core's own bucket bounds (four per power of two, 1.02
 and sparser beyond), so the re-bucketing is exact and p99 near the 200 ms SLO is resolved to
 ~20%; all workers and replicas share the bounds, so the histograms add up across them.
 
-Stages the core does not time: the frontends' decode and encode (Python, per request) have no
-histogram; the core's preprocessing runs fused into the batch and is inside compute.
+Stages: decode and encode are timed by the frontends (one pybind call per stage and request into
+a ``_core.StageHistogram`` on the same bounds; frontend_stats.py); queue, compute and end to end
+by the core. Preprocessing has no histogram of its own: the core runs it fused into the batch's
+gather, inside compute.
 """
 
 from __future__ import annotations
@@ -84,7 +96,12 @@ def _families() -> dict:
     add("inferline_queue_duration_seconds", "histogram", "Time requests answered OK waited in the core's queue.",
         bounds=LATENCY_BOUNDS_S)
     add("inferline_compute_duration_seconds", "histogram", "Backend time of each executed batch (preprocessing "
-        "included).", bounds=LATENCY_BOUNDS_S)
+        "included: it runs fused into the batch's gather).", bounds=LATENCY_BOUNDS_S)
+    add("inferline_decode_duration_seconds", "histogram", "Frontend time turning a request's wire message into "
+        "tensors (gRPC: parse included; REST: after the body was read), requests answered OK.",
+        bounds=LATENCY_BOUNDS_S)
+    add("inferline_encode_duration_seconds", "histogram", "Frontend time turning a request's outputs into its "
+        "wire message, requests answered OK.", bounds=LATENCY_BOUNDS_S)
     add("inferline_requests", "counter", "Requests the core accepted into a version's queue.")
     add("inferline_inferences", "counter", "Rows (inferences) of the accepted requests.")
     add("inferline_errors", "counter", "Requests the core answered with an error (or refused: queue full, "
@@ -95,6 +112,12 @@ def _families() -> dict:
     add("inferline_batch_fill_ratio", "gauge", "Rows / (batches x max batch size) since the version was loaded.")
     add("inferline_requests_in_flight", "gauge", "Requests accepted by the core and not answered yet.",
         combine="sum")
+    add("inferline_queue_rows", "gauge", "Rows admitted by the core and not answered yet (queued or running).",
+        combine="sum")
+    add("inferline_request_errors", "counter", "Inference requests the frontends answered with an error, by the "
+        "gRPC code the client saw (REST: the code of the error behind the HTTP status), whatever raised it "
+        "(decoding, routing, admission, the core); model \"\" when no name was read, \"_unknown\" for names "
+        "not loaded.", labels=("protocol", "code", "model"))
     add("inferline_model_load_time_seconds", "gauge", "Seconds the version took to load and warm up "
         "(the registry's record).", combine="max")
     add("inferline_model_gpu_memory_bytes", "gauge", "Bytes the version takes on its GPU.", combine="sum")
@@ -144,11 +167,14 @@ class CoreMetrics:
             self._version(f, (name, version), stats)
         for name in sorted(names):
             self._routing(f, engine, name)
+        self._frontend(f, self._dp.frontend_stats)
         for reason, n in self._dp.admission.stats()["refused"].items():
             code = "DEADLINE_EXCEEDED" if reason == "deadline" else "UNAVAILABLE"
             f["inferline_admission_refused"].add((reason, code), n)
         self._canary(f)
         out = [fam for fam in f.values() if fam.series or fam.kind != "gauge"]
+        if self._dp.inference_log is not None:
+            out += _inference_log(self._dp.inference_log.stats())
         out += from_prometheus(self._process.collect())
         if self._gpu is not None:
             out += self._gpu.families()
@@ -174,11 +200,21 @@ class CoreMetrics:
         f["inferline_batch_fill_ratio"].add(key, s["fill_ratio"])
         answered = s["end_to_end_us"]["count"] + s["errors"] + s["cancelled"] + s["shed"] + s["deadline_missed"]
         f["inferline_requests_in_flight"].add(key, max(0, s["requests"] - answered))
+        f["inferline_queue_rows"].add(key, s["queued_rows"])
         record = self._dp.models.record(*key)
         if record is not None and record.model_load_time_s is not None:
             f["inferline_model_load_time_seconds"].add(key, record.model_load_time_s)
         if s.get("gpu_memory_bytes"):
             f["inferline_model_gpu_memory_bytes"].add(key, s["gpu_memory_bytes"])
+
+    @staticmethod
+    def _frontend(f: dict, fs) -> None:
+        for key, snapshots in fs.stage_snapshots().items():
+            for stage, h in zip(("decode", "encode"), snapshots):
+                f[f"inferline_{stage}_duration_seconds"].add_histogram(
+                    key, rebucket(h["buckets"], LATENCY_BOUNDS_US), h["sum"] / 1e6)
+        for key, n in fs.errors().items():
+            f["inferline_request_errors"].add(key, n)
 
     @staticmethod
     def _routing(f: dict, engine, name: str) -> None:
@@ -219,6 +255,21 @@ class CoreMetrics:
                 if arm != "stable":
                     f["inferline_canary_pairs"].add(key, c.pairs)
                     f["inferline_canary_agreements"].add(key, c.agree)
+
+
+def _inference_log(stats: dict) -> List[Family]:
+    """``inferline_inference_log_<counter>_total`` for each of the log's counters, and the buffer's fill."""
+    out = []
+    for key, value in stats.items():
+        if key == "buffered":
+            fam = Family("inferline_inference_log_buffered_records", "gauge", "Inference log records waiting "
+                         "to be written.", combine="sum")
+        else:
+            fam = Family(f"inferline_inference_log_{key}", "counter", f"Inference log: {key.replace('_', ' ')} "
+                         "(inferlog.InferenceLog.stats).")
+        fam.add((), value)
+        out.append(fam)
+    return out
 
 
 class _AccuracyDelta:

@@ -38,12 +38,14 @@ import asyncio
 import json
 import logging
 import ssl
+from time import perf_counter_ns
 from typing import Optional
 
 from aiohttp import web
 
 from ..errors import InferlineError, InvalidArgument, Unauthenticated
 from .admission import Overloaded
+from .frontend_stats import error_code
 from .rest_body import BodyTooLarge, ServerLog, read_body
 from .rest_convert import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, json_object
 
@@ -85,6 +87,15 @@ async def _errors(request: web.Request, handler):
     except Exception as e:  # a bug: log it, answer, keep serving
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, f"internal error: {type(e).__name__}")
+
+
+def _error_code(e: BaseException) -> str:
+    """The gRPC code name an infer error is counted under (the client gets its HTTP status)."""
+    if isinstance(e, web.HTTPException):  # e.g. 413 from aiohttp's own limit
+        return "INVALID_ARGUMENT" if e.status < 500 else "INTERNAL"
+    if isinstance(e, web.RequestPayloadError):
+        return "INVALID_ARGUMENT"
+    return error_code(e)
 
 
 def _http_exception(request: web.Request, e: web.HTTPException) -> web.Response:
@@ -205,6 +216,16 @@ class RestFrontend:
         return _json({"model_stats": self.dataplane.model_statistics(name, request.match_info.get("version", ""))})
 
     async def _infer(self, request: web.Request) -> web.Response:
+        """An inference request; errors are counted in the data plane's frontend_stats, then
+        answered by the middleware."""
+        try:
+            return await self._infer_timed(request)
+        except Exception as e:
+            self.dataplane.frontend_stats.error("rest", _error_code(e), request.match_info["name"])
+            raise
+
+    async def _infer_timed(self, request: web.Request) -> web.Response:
+        """Admitted before the body is read; decode (from the read body) and encode timed."""
         name, version = _model(request)
         header = request.headers.get(HEADER_LENGTH)
         limit, what = self._body_limit(header)
@@ -214,15 +235,23 @@ class RestFrontend:
         try:
             started = admission.admit(None)  # before the body is read
         except Overloaded as e:
+            self.dataplane.frontend_stats.error("rest", error_code(e), name)
             return error_response(503, e.message, {"Retry-After": str(max(1, -(-e.retry_after_ms // 1000)))})
         try:
             body = await read_body(request, limit, what)
             if header is not None and header.isdigit() and int(header) > self.settings.max_json_bytes:
                 raise BodyTooLarge(f"the request's JSON part ({HEADER_LENGTH} {header}) exceeds the limit of "
                                    f"{self.settings.max_json_bytes} bytes (--max-json-bytes)")
+            t0 = perf_counter_ns()
             req, default, chosen = await decode_infer_request(body, header, name, version,
                                                               max_bytes=self.settings.max_message_bytes)
-            out, content_type, headers = encode_infer_response(await self.dataplane.infer(req), default, chosen)
+            t1 = perf_counter_ns()
+            response = await self.dataplane.infer(req)
+            t2 = perf_counter_ns()
+            out, content_type, headers = encode_infer_response(response, default, chosen)
+            decode, encode = self.dataplane.frontend_stats.stages(response.model_name, response.model_version)
+            decode.observe_ns(t1 - t0)
+            encode.observe_ns(perf_counter_ns() - t2)
         finally:
             admission.done(started)
         return web.Response(body=out, content_type=content_type, headers=headers)
