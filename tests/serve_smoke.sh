@@ -21,8 +21,11 @@ pid=$!
 cleanup() { kill -9 "$pid" 2>/dev/null || true; rm -rf "$home"; }
 trap cleanup EXIT
 
+# Ready = the health route answers and this server's banner names digits-mlp (the banner is
+# printed just after the routes open, so both are awaited).
 for _ in $(seq 1 120); do
-  if curl -sf "http://127.0.0.1:$http_port/v2/health/ready" >/dev/null; then break; fi
+  if curl -sf "http://127.0.0.1:$http_port/v2/health/ready" >/dev/null \
+     && grep -q "models ready: .*digits-mlp" "$log"; then break; fi
   if ! kill -0 "$pid" 2>/dev/null; then echo "inferline serve exited early:"; cat "$log"; exit 1; fi
   sleep 0.5
 done
