@@ -136,6 +136,14 @@ def rest(server, method: str, path: str, doc: dict) -> dict:
         return json.loads(r.read())
 
 
+def unknown_model(server) -> None:
+    """One REST inference request naming a model that is not loaded (404)."""
+    with pytest.raises(urllib.error.HTTPError) as e:
+        rest(server, "POST", "/v2/models/no-such-model/infer", {"inputs": []})
+    e.value.close()
+    assert e.value.code == 404
+
+
 def canary_traffic(server, prom, n: int) -> None:
     """A canary of `steady` at 50% (version 2 over 1), then n keyed REST requests once Prometheus
     has seen its series at zero (a series first seen high would show no increase)."""
@@ -173,11 +181,16 @@ def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
         prom = Prometheus(tmp_path, server.control)
         # the first scrape before the load: a counter first seen high would show no increase
         prom.wait(lambda: prom.query('up{job="inferline"} == 1'), 30, "the first scrape")
+        unknown_model(server)  # one error series, seen early: the error rules have a (zero) rate
         sent = 300
         latencies = load(server, sent, clients=4 * workers)
         canary_traffic(server, prom, 60)
         requests = 'sum(inferline_requests_total{model="digits-mlp"})'
         prom.wait(lambda: prom.query(requests) == [({}, float(sent))], 30, f"{requests} == {sent}")
+        decoded = 'sum(inferline_decode_duration_seconds_count{model="digits-mlp"})'
+        assert prom.query(decoded) == [({}, float(sent))]  # timed once per request, summed over workers
+        errors = prom.query('sum by (protocol, code, model) (inferline_request_errors_total)')
+        assert errors == [({"protocol": "rest", "code": "NOT_FOUND", "model": "_unknown"}, 1.0)], errors
         if workers > 1:
             assert prom.query('inferline_metrics_workers{state="answered"}')[0][1] == workers
             assert prom.query('inferline_metrics_workers{state="missing"}')[0][1] == 0
