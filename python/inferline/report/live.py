@@ -21,6 +21,7 @@ from ..errors import InferlineError
 
 COLUMNS = (("model", "left"), ("ver", "right"), ("req/s", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
            ("errors", "right"), ("fallback", "right"), ("batch fill", "right"), ("in flight", "right"),
+           ("rows queued", "right"),
            ("canary", "left"))
 DASH = "–"
 
@@ -39,7 +40,7 @@ def cells(row: Row) -> List[str]:
             _num(None if row.p50 is None else 1e3 * row.p50, ".2f"),
             _num(None if row.p99 is None else 1e3 * row.p99, ".2f"),
             _pct(row.error_ratio), _pct(row.fallback_ratio), _pct(row.batch_fill),
-            _num(row.in_flight, ".0f"), row.canary]
+            _num(row.in_flight, ".0f"), _num(row.queued_rows, ".0f"), row.canary]
 
 
 def table(url: str, table_rows: List[Row], interval_s: Optional[float], note: str = "") -> Table:

@@ -35,6 +35,8 @@ class Row:
     """Rows executed per batch slot in the interval."""
     in_flight: Optional[float]
     """Accepted and not yet answered (queued or running), now."""
+    queued_rows: Optional[float]
+    """Rows admitted by the core and not answered yet (queued or running), now: the queue depth."""
     canary: str
     """"" or the version's part in a rollout: "canary 25% agree 98.0% Δacc +0.010", "stable", "shadow ..."."""
 
@@ -117,6 +119,7 @@ def rows(prev: Optional[Scrape], cur: Scrape) -> List[Row]:
                                  inc("inferline_routed_requests_total", model=model)),
             batch_fill=ratio(inc("inferline_batch_size_sum", **mv), inc("inferline_batch_slots_total", **mv)),
             in_flight=cur.value("inferline_requests_in_flight", **mv),
+            queued_rows=cur.value("inferline_queue_rows", **mv),
             canary=canary_state(cur, model, version)))
     return out
 

@@ -27,6 +27,7 @@ class FakeServer:
         self.routed = Counter("inferline_routed_requests", "", ("model",), registry=self.registry)
         self.fallbacks = Counter("inferline_fallbacks", "", ("model", "reason"), registry=self.registry)
         self.in_flight = Gauge("inferline_requests_in_flight", "", mv, registry=self.registry)
+        self.queue_rows = Gauge("inferline_queue_rows", "", mv, registry=self.registry)
 
     def serve(self, model, version, latencies, errors=0, batches=(), max_batch=8, fallbacks=0):
         v = str(version)
@@ -87,6 +88,7 @@ def test_error_fallback_and_fill_ratios_over_the_interval():
     first = server.scrape(0.0)
     server.serve("m", 1, [0.001] * 98, errors=2, batches=[2, 2, 4, 8], fallbacks=1)
     server.in_flight.labels("m", "1").set(7)
+    server.queue_rows.labels("m", "1").set(12)
     second = server.scrape(4.0)
     by_version = {r.version: r for r in rows(first, second)}
     one, two = by_version["1"], by_version["2"]
@@ -95,6 +97,7 @@ def test_error_fallback_and_fill_ratios_over_the_interval():
     assert one.fallback_ratio == pytest.approx(1 / 100)
     assert one.batch_fill == pytest.approx(16 / 32)
     assert one.in_flight == 7
+    assert one.queued_rows == 12
     assert two.rate == 0.0 and two.error_ratio is None and two.p50 is None and two.batch_fill is None
 
 
