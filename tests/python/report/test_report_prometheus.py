@@ -10,21 +10,14 @@ import subprocess
 import sys
 import time
 
-from inferline.models.service import open_registry, push
 from report.test_report_logs import not_blank
-from server.test_metrics_prometheus import Prometheus, binary, canary_traffic, load
-from server_fixtures import ServerProcess, free_port, make_repository, steady_package
+from server.test_metrics_prometheus import Prometheus, binary, canary_traffic, load, two_version_repository
+from server_fixtures import ServerProcess, free_port
 
 
 def test_report_from_a_real_prometheus_draws_every_rule(tmp_path):
     binary("prometheus")
-    repo = make_repository(tmp_path)
-    registry = open_registry(repo)
-    try:
-        push(registry, steady_package(tmp_path / "v1", name="steady"), live=True)
-        push(registry, steady_package(tmp_path / "v2", name="steady", max_batch=4), live=False)
-    finally:
-        registry.close()
+    repo = two_version_repository(tmp_path)
     server = ServerProcess(repo, ports=(free_port(), free_port()))
     prom = None
     try:

@@ -166,8 +166,8 @@ def plausible(name: str, value: float) -> bool:
     return value >= 0.0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
+def two_version_repository(tmp_path) -> str:
+    """A repository with `steady` v1 live and v2 staged (a canary candidate)."""
     repo = make_repository(tmp_path)
     registry = open_registry(repo)
     try:
@@ -175,6 +175,12 @@ def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
         push(registry, steady_package(tmp_path / "v2", name="steady", max_batch=4), live=False)
     finally:
         registry.close()
+    return repo
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
+    repo = two_version_repository(tmp_path)
     server = ServerProcess(repo, workers=workers, ports=(free_port(), free_port()))
     prom = None
     try:
