@@ -1,6 +1,10 @@
 """Helpers shared by the test folders (importable: tests/python is on pytest's pythonpath)."""
 
+import os
+import shutil
+
 import numpy as np
+import pytest
 
 import inferline as il
 
@@ -16,3 +20,14 @@ def rowwise(inputs):
     """A row-independent backend: y = tanh(x) * 3 + row sum, computed per row."""
     x = inputs["x"]
     return {"y": np.tanh(x) * np.float32(3) + x.sum(axis=1, keepdims=True)}
+
+
+def external_tool(name: str, install: str) -> str:
+    """Path of an external program; skip without it, except under CI (env CI set): there, fail."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found ({install}; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message + " -- required in CI")
+        pytest.skip(message)
+    return path

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                        description="Scrapes a server's Prometheus /metrics every --interval and shows, per model "
                                    "and version, over the last interval: requests/s, p50/p99 of the core's latency "
                                    "(from histogram bucket deltas), error ratio, fallback ratio (per model), batch "
-                                   "fill; now: requests in flight (queued or running) and the canary state.")
+                                   "fill; now: requests in flight and rows queued (queued or running) and the canary state.")
     p.add_argument("--url", default="http://127.0.0.1:8002",
                    help="the server's metrics port (default http://127.0.0.1:8002; /metrics is added)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (default 1)")

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import time
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 
+from helpers import external_tool
 from server_fixtures import ServerProcess, make_repository
 
 
 def tool(name: str, install: str) -> str:
-    """Path of an external program; skip without it, except under CI (env CI set): there, fail."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found ({install}; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " -- required in CI")
-        pytest.skip(message)
-    return path
+    """Path of an external program (helpers.external_tool): skip without it, fail in CI."""
+    return external_tool(name, install)
 
 
 class Load:

@@ -11,7 +11,6 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import inferline as il
 from inferline import _core, errors
@@ -22,6 +21,7 @@ from inferline.server.proto import inference_pb2 as pb
 from inferline.server.rest import start_rest
 from inferline.server.settings import ServerSettings
 from helpers import make_config
+from server.test_metrics import scrape
 from server_fixtures import ServerThread, make_repository, slow_model_package
 
 tc = pytest.importorskip("tritonclient.grpc")
@@ -36,15 +36,6 @@ def server(tmp_path_factory):
         yield srv
 
 
-def scrape(port: int) -> dict:
-    """{sample name: {frozenset(labels): value}} of one GET /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        text = r.read().decode()
-    out: dict = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
-    return out
 
 
 def grpc_infer(port: int, x: np.ndarray, model: str = "digits-mlp"):

@@ -13,7 +13,6 @@ Without the binary the tests skip, except under CI (env CI set), where that is a
 import json
 import math
 import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -26,6 +25,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from inferline.models.service import open_registry, push
+from helpers import external_tool
 from server_fixtures import ServerProcess, free_port, make_repository, steady_package
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "..")
@@ -38,13 +38,7 @@ RATIOS = ("ratio", "availability", "fill")
 
 
 def binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (Debian: apt-get install prometheus; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " -- required in CI")
-        pytest.skip(message)
-    return path
+    return external_tool(name, "Debian: apt-get install prometheus")
 
 
 def test_promtool_accepts_the_shipped_config_and_rules():
@@ -217,8 +211,8 @@ def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
             if name in NO_SERIES_EXPECTED:
                 assert series == [], (name, series)
                 continue
-            finite = [v for _, v in series if math.isfinite(v)]
-            assert finite and all(plausible(name, v) for v in finite), (name, series)
+            values = [v for _, v in series if math.isfinite(v)]
+            assert values and all(plausible(name, v) for v in values), (name, series)
         assert prom.query('model_version:inferline_requests:rate5m{model="digits-mlp"}')[0][1] > 0
         assert prom.query('model_version:inferline_error_ratio:rate5m{model="digits-mlp"}')[0][1] == 0
         for expr in dashboard_queries():
