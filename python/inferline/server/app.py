@@ -125,8 +125,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
 
     dataplane.accepting = False  # ready -> false first, so balancers move traffic away
     if settings.drain_seconds > 0:
-        print(f"inferline worker {worker}: readiness false; still accepting for {settings.drain_seconds:g} s "
-              f"(signal again to stop now)", flush=True)
+        _say(f"inferline worker {worker}: readiness false; still accepting for {settings.drain_seconds:g} s "
+             f"(signal again to stop now)")
         try:
             await asyncio.wait_for(hurry.wait(), settings.drain_seconds)
         except asyncio.TimeoutError:
@@ -138,16 +138,23 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
         dataplane.inference_log.close()  # writes what is buffered
     manager.close()
     engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
-    print(f"inferline worker {worker} (pid {os.getpid()}) stopped", flush=True)
+    _say(f"inferline worker {worker} (pid {os.getpid()}) stopped")
     return 0
 
 
 def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) -> None:
     scheme = "https" if settings.tls else "http"
     served = ", ".join(f"{n}:{v}{' (live)' if routed else ''}" for n, v, routed in manager.served()) or "none"
-    print(f"inferline worker {worker} (pid {os.getpid()}): REST {scheme}://{settings.host}:{http_port}/v2  "
-          f"gRPC {settings.host}:{grpc_port}  health {scheme}://{settings.host}:{control_port}/v2/health  "
-          f"models ready: {served}", flush=True)
+    _say(f"inferline worker {worker} (pid {os.getpid()}): REST {scheme}://{settings.host}:{http_port}/v2  "
+         f"gRPC {settings.host}:{grpc_port}  health {scheme}://{settings.host}:{control_port}/v2/health  "
+         f"models ready: {served}")
+
+
+def _say(line: str) -> None:
+    """One line to stdout in one write: workers share the pipe, and print() writes the text and its newline
+    separately when stdout is unbuffered, so two workers' banners could run together on one line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _worker_main(settings: ServerSettings, worker: int, peers_dir: Optional[str] = None) -> None:
