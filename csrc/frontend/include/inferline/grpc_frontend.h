@@ -1,0 +1,174 @@
+// inferline/grpc_frontend.h — the native KServe v2 gRPC frontend: inference RPCs from C++ straight
+// into the core's Router, everything else handed to a control plane (Python in `inferline serve`).
+//
+//   Engine engine;  Router router(&engine);           // models loaded, policies published
+//   GrpcFrontendOptions opt;
+//   opt.address = "127.0.0.1:8001";
+//   Expected<std::unique_ptr<GrpcFrontend>> fe = GrpcFrontend::Start(&router, &engine, opt, nullptr);
+//   (*fe)->port();                                    // the bound port (address port 0 = a free one)
+//   (*fe)->SetServing(false);                         // ServerReady/health: NOT_SERVING (draining)
+//   (*fe)->Shutdown(/*grace_s=*/5);                   // in-flight calls get 5 s, then are cancelled
+//
+// Service `inference.GRPCInferenceService` (the wire name; the package of inference.proto built
+// here is `inference`), with `grpc.health.v1.Health` and server reflection on the same port.
+//
+// Answered natively, with no Python and no lock beyond the core's:
+//  - ModelInfer and ModelStreamInfer. Per request: admission (below) before the message is
+//    parsed; parse; parameters `priority` (KServe: 0 default, 1 highest), `timeout` (µs, 0 = none,
+//    capped by the gRPC deadline), `routing_key` (string), `sequence_id` (non-zero refused); inputs
+//    from raw_input_contents (the TensorView points into the parsed message's bytes, no copy, when
+//    the bytes are aligned for the dtype; else one copy) or typed contents; the inputs are ordered
+//    for the version RouteRequest::inputs_for names (ResolveInputsFor, router.h); Router::Submit;
+//    the answer is encoded from the core's output tensors into raw_output_contents, with
+//    `outputs` filtered as requested, model_name/model_version of the version that answered, the
+//    request id echoed, and response parameters `routed_to` ("NAME:VERSION") and, when a fallback
+//    answered, `fallback_reason` (FallbackReasonName). Status codes are the core's, except
+//    RESOURCE_EXHAUSTED (a full queue) answered as UNAVAILABLE; messages are cut to 1 KiB (start
+//    and end kept). A cancelled call withdraws its request from the core's queue
+//    (InferRequest::cancelled). ModelStreamInfer answers each request as it completes (not in
+//    order); a failed request gets `error_message` (with model_name/model_version/id of its
+//    request when they were read) and the stream goes on; at most `max_streams` streams are open.
+//  - ServerLive (always true), ServerReady and health Check of "" or the inference service
+//    (SetServing), health Watch (SERVING/NOT_SERVING as SetServing changes; ends at Shutdown).
+// Handed to `control` (nullptr: UNIMPLEMENTED): every other RPC of the inference service and
+// health Check of any other service name (a model name), as serialized request bytes; see
+// ControlHandler. These are rare calls (metadata, config, statistics, repository, model health).
+//
+// Admission (AdmissionOptions): a bound on inference requests in flight in this frontend,
+// adaptive by default (AIMD against a latency target) or static; over it a request is refused
+// UNAVAILABLE with trailing metadata `retry-after-ms`, before its message is parsed. A request
+// whose gRPC deadline is shorter than the predicted latency is refused DEADLINE_EXCEEDED.
+//
+// Observation: Stats() gives admission state, errors answered by (protocol, code, model) and
+// decode/encode histograms per answering (model, version). A RequestTap, when set, receives a
+// copy of a share (SetTapShare, per model; 0 by default) of answered inference requests, after
+// their answer is sent: for sampled inference logs and rollout comparison in the control plane.
+//
+// Thread-safety: every method may be called from any thread. Handlers run on gRPC's callback
+// threads and answers are encoded on the core's executor threads. Shutdown (and the destructor,
+// which calls Shutdown(0)) must not be called from a ControlHandler or RequestTap callback; the
+// Router and Engine must outlive the frontend.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "inferline/engine.h"
+#include "inferline/router.h"
+#include "inferline/stats.h"
+#include "inferline/status.h"
+
+namespace inferline {
+
+struct AdmissionOptions {
+  uint32_t static_limit = 0;  // > 0: a fixed cap on requests in flight; 0: adaptive
+  uint32_t initial_limit = 1024;
+  uint32_t min_limit = 4;
+  uint32_t max_limit = 4096;
+  double target_ms = 50.0;    // adaptive: latency EWMA above this cuts the limit by a fifth per 100 ms window
+};
+
+struct GrpcFrontendOptions {
+  std::string address = "127.0.0.1:8001";  // host:port ([v6]:port); port 0 = a free one
+  int threads = 0;                          // callback threads; 0 = one per core
+  uint64_t max_message_bytes = 64ull << 20; // larger requests: RESOURCE_EXHAUSTED from gRPC itself
+  uint32_t max_concurrent_streams = 1024;   // per HTTP/2 connection; more wait in the client
+  bool reuse_port = false;                  // SO_REUSEPORT: a server's workers share its port
+  std::string tls_cert_pem;                 // both set: TLS
+  std::string tls_key_pem;
+  uint32_t max_streams = 64;                // open ModelStreamInfer streams; more are refused UNAVAILABLE
+  double stream_idle_timeout_s = 0;         // > 0: a stream idle this long is ended (OK)
+  AdmissionOptions admission;
+};
+
+// One call handed to the control plane.
+struct ControlCall {
+  std::string method;   // full path, e.g. "/inference.GRPCInferenceService/ModelMetadata",
+                        // "/grpc.health.v1.Health/Check"
+  std::string request;  // the serialized request message
+  std::vector<std::pair<std::string, std::string>> metadata;  // the client's metadata (e.g. authorization)
+  double deadline_left_s = -1;  // seconds before the call's deadline; < 0: none
+};
+
+struct ControlReply {
+  StatusCode code = StatusCode::kOk;
+  std::string message;   // non-OK: the status message
+  std::string response;  // OK: the serialized response message
+  std::vector<std::pair<std::string, std::string>> trailers;
+};
+
+class ControlHandler {
+ public:
+  virtual ~ControlHandler() = default;
+  // Called on a gRPC thread; must not block for long. `done` must be called exactly once, from
+  // any thread, maybe after Handle returns; calling it after the call was cancelled (client gone,
+  // Shutdown's grace over) is harmless.
+  virtual void Handle(ControlCall call, std::function<void(ControlReply)> done) = 0;
+};
+
+// A copy of one answered inference request (SetTapShare).
+struct TapRecord {
+  std::string model;          // as requested
+  std::string request_id;
+  std::vector<std::string> input_names;  // config order of the version converted for
+  std::vector<Tensor> inputs;            // copies
+  InferResult result;         // status, outputs (all, config order), answered_model/version, fallback_reason
+  std::vector<std::string> output_names; // of the version that answered (empty on error)
+  uint64_t latency_us = 0;    // admission to answer
+};
+
+class RequestTap {
+ public:
+  virtual ~RequestTap() = default;
+  // Called on a core executor thread after the answer went out; must not block.
+  virtual void Observe(TapRecord record) noexcept = 0;
+};
+
+struct GrpcFrontendStats {
+  struct Admission {
+    uint32_t limit = 0;
+    bool adaptive = true;
+    uint32_t in_flight = 0;
+    double latency_ms = 0;
+    uint64_t admitted = 0;
+    uint64_t refused_overload = 0;
+    uint64_t refused_deadline = 0;
+  } admission;
+  // (protocol "grpc" | "grpc_stream", gRPC code name, model label) -> count. The model label is
+  // the name as sent when the engine has a version of it loaded, "_unknown" for any other name,
+  // "" when no name was read (refused before parsing, unparsable message).
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> errors;
+  // (model, version as decimal) -> decode, encode histograms (µs), requests answered OK only.
+  std::map<std::pair<std::string, std::string>, std::pair<HistogramSnapshot, HistogramSnapshot>> stages;
+  uint32_t open_streams = 0;
+};
+
+class GrpcFrontend {
+ public:
+  // Binds and starts serving. UNAVAILABLE naming the address if it cannot bind; INVALID_ARGUMENT
+  // for bad options (e.g. only one of the TLS files). `control` and `tap` may be null and must
+  // outlive the frontend.
+  static Expected<std::unique_ptr<GrpcFrontend>> Start(Router* router, Engine* engine,
+                                                       const GrpcFrontendOptions& options,
+                                                       ControlHandler* control, RequestTap* tap = nullptr);
+  virtual ~GrpcFrontend() = default;
+
+  virtual int port() const noexcept = 0;
+  // ServerReady, health Check of ""/the inference service, and Watch follow this (initially true).
+  virtual void SetServing(bool serving) noexcept = 0;
+  // The share (0..1) of `model`'s answered requests copied to the tap; 0 removes it.
+  virtual void SetTapShare(std::string_view model, double share) = 0;
+  virtual GrpcFrontendStats Stats() const = 0;
+  // Health turns NOT_SERVING, new calls are refused, calls in flight get `grace_s` to finish and
+  // are then cancelled. Returns when every call has ended. Idempotent.
+  virtual void Shutdown(double grace_s) = 0;
+};
+
+}  // namespace inferline
