@@ -16,7 +16,9 @@
 #include "inferline/model.h"
 #include "inferline/router.h"
 #include "device_backend.h"
+#include "native_frontend.h"
 #include "policy_from_py.h"
+#include "py_router.h"
 
 namespace py = pybind11;
 using namespace inferline;
@@ -381,22 +383,8 @@ void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py
 }
 
 // ---- Router adapters ----------------------------------------------------------
-// A core Router with the engine it routes over (kept alive by py::keep_alive).
-// Destroyed with the GIL released: ~Router waits for every accepted request's
-// answer, which a Python backend may need the GIL to compute. The Python Engine
-// facade shuts its router down (drops it) before it shuts the engine down.
-struct PyRouter {
-  explicit PyRouter(Engine* e) : engine(e), router(e) {}
-  Engine* engine;
-  Router router;
-};
-struct PyRouterDeleter {
-  void operator()(PyRouter* r) const {
-    py::gil_scoped_release nogil;
-    delete r;
-  }
-};
-using PyRouterPtr = std::unique_ptr<PyRouter, PyRouterDeleter>;
+using inferline_py::PyRouter;
+using inferline_py::PyRouterPtr;
 
 void Router_Publish(PyRouter& r, const std::string& model, const py::dict& policy) {
   Status st;
@@ -663,6 +651,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def("observe_ns", [](LatencyHistogram& h, uint64_t ns) { h.Record(ns / 1000); }, py::arg("ns"))
       .def("snapshot", [](const LatencyHistogram& h) { return HistogramToPy(h.Snapshot()); });
+
+  inferline_py::BindNativeFrontend(m, &Throw);
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;
