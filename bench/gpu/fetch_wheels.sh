@@ -10,7 +10,8 @@
 # health-checking/reflection wheels need grpcio >= their own version and protobuf >= 6.33.5 (their
 # generated code checks both at import); run_device.sh installs each carried wheel only where the
 # machine's own copy is missing or older. pytest-asyncio: pyproject's asyncio_mode option is an
-# unknown key without it, which filterwarnings = error turns into a failure.
+# unknown key without it, which filterwarnings = error turns into a failure. nvidia-ml-py: the NVML series
+# (tests/python/gpu/test_nvml.py).
 # Total about 8 MiB (grpcio is 6 of it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +19,7 @@ WHEELS=(
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0
   grpcio-health-checking==1.81.1 grpcio-reflection==1.81.1 protobuf==6.33.6 grpcio==1.85.3
   pytest-asyncio==1.5.0
+  nvidia-ml-py==13.615.71
 )
 mkdir -p .whl
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo /.whl/ >> .git/info/exclude; }
