@@ -18,6 +18,7 @@
 #include "device_backend.h"
 #include "native_frontend.h"
 #include "policy_from_py.h"
+#include "py_histogram.h"
 #include "py_router.h"
 
 namespace py = pybind11;
@@ -383,6 +384,7 @@ void Engine_Submit(Engine& e, const std::string& name, int64_t version, const py
 }
 
 // ---- Router adapters ----------------------------------------------------------
+using inferline_py::HistogramToPy;
 using inferline_py::PyRouter;
 using inferline_py::PyRouterPtr;
 
@@ -399,24 +401,11 @@ void Router_Remove(PyRouter& r, const std::string& model) {
   if (!st.ok()) Throw(st);
 }
 
-// The version whose signature a routed request is converted for: the explicit
-// one, else the policy's default arm (router.h DefaultVersion), else (that
-// version not loaded, or no policy) the latest loaded version of the model,
-// else (none loaded: the request will fall back, reason "unavailable") the first
-// loaded link of the default chain. The core checks every attempt against it
-// (RouteRequest::inputs_for).
+// The version a routed request is converted for (router.h ResolveInputsFor).
 std::shared_ptr<Model> ConvertFor(const PyRouter& r, const std::string& model, int64_t version) {
-  if (version != 0) return Engine_Get(*r.engine, model, version);
-  int64_t by_policy = r.router.DefaultVersion(model);
-  if (by_policy != 0) {
-    if (std::shared_ptr<Model> m = r.engine->Find(model, by_policy)) return m;
-  }
-  if (std::shared_ptr<Model> m = r.engine->Find(model, Engine::kLatest)) return m;
-  for (const FallbackLink& link : r.router.DefaultChain(model)) {
-    int64_t v = link.version != 0 ? link.version : r.router.DefaultVersion(link.model);
-    if (std::shared_ptr<Model> m = r.engine->Find(link.model, v != 0 ? v : Engine::kLatest)) return m;
-  }
-  return Engine_Get(*r.engine, model, Engine::kLatest);  // NOT_FOUND naming what is loaded
+  Expected<std::shared_ptr<Model>> m = ResolveInputsFor(r.router, *r.engine, model, version);
+  if (!m.ok()) Throw(m.status());
+  return std::move(m).value();
 }
 
 // A flag Python sets to withdraw a queued request (InferRequest::cancelled); kept
@@ -503,26 +492,6 @@ py::object Model_Host(const Model& m) {
   const auto& host = m.config().host_data;
   if (host == nullptr) return py::none();
   return *static_cast<const py::object*>(host.get());
-}
-
-py::dict HistogramToPy(const HistogramSnapshot& h) {
-  py::dict d;
-  d["count"] = h.count;
-  d["mean"] = h.Mean();
-  d["max"] = h.max;
-  d["p50"] = h.Percentile(0.50);
-  d["p90"] = h.Percentile(0.90);
-  d["p99"] = h.Percentile(0.99);
-  d["p999"] = h.Percentile(0.999);
-  d["sum"] = h.sum;
-  // The non-empty buckets as (largest value in the bucket, count), in order: enough to re-bucket
-  // exactly at any of the core's bucket bounds (Prometheus exposition reads it at scrape time).
-  py::list buckets;
-  for (size_t i = 0; i < h.buckets.size(); ++i) {
-    if (h.buckets[i] != 0) buckets.append(py::make_tuple(LatencyHistogram::BucketUpper(i), h.buckets[i]));
-  }
-  d["buckets"] = buckets;
-  return d;
 }
 
 py::dict Model_Stats(const Model& m) {

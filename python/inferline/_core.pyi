@@ -157,3 +157,78 @@ class CancelFlag:
     def cancel(self) -> None: ...
     @property
     def cancelled(self) -> bool: ...
+
+NATIVE_FRONTEND: str
+""""" when this build has the native gRPC frontend (``NativeFrontend``, ``ControlReply``); else why not
+(those two classes are then absent)."""
+
+class ControlReply:
+    """Finishes one control call of a ``NativeFrontend`` (the ``reply`` argument of ``control``)."""
+
+    def __call__(self, code: int, message: str = "", response: bytes = b"",
+                 trailers: Sequence[Tuple[str, Union[str, bytes]]] = ...) -> None:
+        """Answers the call: ``code`` a gRPC status number (0..16, else ValueError), ``message`` its
+        message when non-OK, ``response`` the serialized response message when OK, ``trailers`` the
+        trailing metadata. Callable from any thread (releases the GIL while finishing the call); only
+        the first call counts, later ones are ignored, as is a reply after the call was cancelled or
+        the frontend shut down. A reply object dropped without being called answers INTERNAL."""
+
+# (model as requested, request id, inputs {name: array} in the config order of the version converted
+#  for, outputs {name: array} of the answering version or None when the request failed, status code,
+#  message ("" when OK), answered_model, answered_version, fallback_reason ("none", "error", ...),
+#  primary_version, latency_us from admission to answer). Arrays are copies owning their memory.
+TapRecord = Tuple[str, str, Dict[str, np.ndarray], Optional[Dict[str, np.ndarray]], int, str, str, int, str, int, int]
+
+class NativeFrontend:
+    """The native KServe v2 gRPC frontend (csrc/frontend/include/inferline/grpc_frontend.h): ModelInfer
+    and ModelStreamInfer answered in C++ through ``router``; every other RPC handed to ``control``.
+
+    Only where ``NATIVE_FRONTEND == ""``. Keeps ``router`` alive. ``shutdown`` (and dropping the object,
+    which shuts down with grace 0) waits for every call to end, and a control call may need the event
+    loop to answer: call them off the event loop thread (e.g. in an executor), never from ``control``,
+    and keep a reference while serving (the last reference must not go inside ``control``)."""
+
+    def __init__(self, router: Router, options: Mapping[str, Any],
+                 control: Optional[Callable[[str, bytes, List[Tuple[str, Union[str, bytes]]], Optional[float],
+                                             ControlReply], None]] = None,
+                 tap: bool = False) -> None:
+        """Binds and starts serving (GIL released). ``options`` (all optional; None = the default):
+        "address" ("127.0.0.1:8001"; port 0 = a free one), "threads", "max_message_bytes",
+        "max_concurrent_streams", "reuse_port", "tls_cert_pem", "tls_key_pem", "max_streams",
+        "stream_idle_timeout_s", "admission_limit" (> 0: static; 0: adaptive), "admission_initial",
+        "admission_min", "admission_max", "admission_target_ms"; an unknown key raises ValueError
+        naming it. CoreError when the frontend cannot start (UNAVAILABLE naming the address it cannot
+        bind; INVALID_ARGUMENT for bad options).
+
+        ``control(method, request, metadata, deadline_left_s, reply)``: called on a gRPC thread with
+        the GIL for every RPC not answered natively (method the full path, e.g.
+        "/inference.GRPCInferenceService/ModelMetadata"; request the serialized message; metadata the
+        client's (key, value) pairs, values of "-bin" keys as bytes; deadline_left_s None without a
+        deadline). It must return quickly and answer through ``reply`` later, from any thread. An
+        exception it raises answers INTERNAL ("internal error (TypeName); see the server log") and is
+        logged on logger "inferline.server.native". None: those RPCs answer UNIMPLEMENTED.
+
+        ``tap``: copies of answered inference requests (a share per model, ``set_tap_share``) queue
+        for ``drain_tap`` (at most 4096; more are dropped and counted in ``tap_dropped``)."""
+    @property
+    def port(self) -> int:
+        """The bound port."""
+    def set_serving(self, serving: bool) -> None:
+        """ServerReady and health (Check/Watch of "" and the inference service) follow this."""
+    def set_tap_share(self, model: str, share: float) -> None:
+        """The share (0..1, else ValueError) of ``model``'s answered requests copied to the tap; 0 removes it."""
+    def stats(self) -> Dict[str, Any]:
+        """{"admission": {"limit", "adaptive", "in_flight", "latency_ms", "admitted", "refused":
+        {"overload", "deadline"}}, "errors": {(protocol "grpc" | "grpc_stream", code name, model
+        label): count}, "stages": {(model, version as str): (decode, encode)} with histograms shaped
+        as ``StageHistogram.snapshot()``, "open_streams": int}."""
+    def shutdown(self, grace_s: float) -> None:
+        """Health NOT_SERVING, new calls refused, calls in flight get ``grace_s`` then are cancelled;
+        returns when every call has ended (GIL released). Idempotent. Not on the event loop thread."""
+    def tap_fd(self) -> int:
+        """An eventfd readable while tap records wait (-1 without ``tap``); read it with ``drain_tap``."""
+    def drain_tap(self) -> List[TapRecord]:
+        """The tap records waiting, oldest first ([] without ``tap``); clears the fd."""
+    @property
+    def tap_dropped(self) -> int:
+        """Tap records dropped because 4096 were waiting."""

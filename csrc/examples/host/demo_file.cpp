@@ -92,3 +92,23 @@ Expected<DemoData> ReadDemoFile(const std::string& path) {
   if (f == 0 || h == 0 || c == 0 || n == 0) return InvalidArgument(path + ": empty model or test set");
   return d;
 }
+
+inferline::ModelConfig DemoConfig(const DemoData& d, uint32_t instances) {
+  using inferline::DataType;
+  using inferline::Shape;
+  using inferline::TensorSpec;
+  inferline::ModelConfig c;
+  c.name = d.model_name;
+  c.version = d.version;
+  c.inputs = {TensorSpec{"pixels", DataType::kFloat32, Shape{-1, d.features}}};
+  c.outputs = {TensorSpec{"logits", DataType::kFloat32, Shape{-1, d.classes}},
+               TensorSpec{"label", DataType::kInt64, Shape{-1, 1}}};
+  inferline::PreprocessSpec prep;
+  prep.kind = inferline::PreprocessSpec::Kind::kTabular;
+  prep.tabular = d.preprocessing;
+  c.preprocessing = {prep};
+  c.batching.max_batch_size = d.max_batch_size;
+  c.batching.max_queue_delay_us = d.max_queue_delay_us;
+  c.instances = instances;
+  return c;
+}

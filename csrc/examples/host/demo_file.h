@@ -1,12 +1,13 @@
 // demo_file.h — reads the file written by export_demo.py (format "ILDIGIT1",
 // documented there): the demo MLP's weights and config, test inputs, and the
-// Python engine's outputs for them.
+// Python engine's outputs for them; DemoConfig makes the model's config from it.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "inferline/model.h"
 #include "inferline/preprocess.h"
 #include "inferline/status.h"
 
@@ -25,3 +26,7 @@ struct DemoData {
 };
 
 inferline::Expected<DemoData> ReadDemoFile(const std::string& path);
+
+// The demo's config (python/inferline/demo.py), from the exported file: input "pixels" FP32
+// [-1, F] with its tabular preprocessing, outputs "logits" FP32 [-1, C] and "label" INT64 [-1, 1].
+inferline::ModelConfig DemoConfig(const DemoData& d, uint32_t instances);

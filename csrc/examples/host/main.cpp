@@ -12,6 +12,9 @@
 // percentiles (its own timing and the model's stats) and checks every answer
 // against the Python engine's bit for bit. Exit status: 0 when every row
 // matched, 1 on any mismatch or failed request, 2 on bad usage or input.
+//
+// With --serve it runs no load test: it serves the model over gRPC (KServe v2, the native frontend
+// inferline/grpc_frontend.h) until SIGINT or SIGTERM; see serve_grpc.h.
 #include <inferline/engine.h>
 #include <inferline/version.h>
 
@@ -31,6 +34,7 @@
 
 #include "demo_file.h"
 #include "dense_mlp.h"
+#include "serve_grpc.h"
 
 using namespace inferline;
 
@@ -43,6 +47,7 @@ struct Options {
   uint32_t callback_threads = 4;  // `window` callback requests in flight each
   uint32_t window = 32;
   uint32_t instances = 1;         // executors (the demo's config uses 1)
+  std::string serve;              // --serve PORT | HOST:PORT: serve gRPC instead of the load test
 };
 
 bool ParseOptions(int argc, char** argv, Options* o) {
@@ -54,7 +59,9 @@ bool ParseOptions(int argc, char** argv, Options* o) {
                        : a == "--window"           ? &o->window
                        : a == "--instances"        ? &o->instances
                                                    : nullptr;
-    if (target != nullptr && i + 1 < argc) {
+    if (a == "--serve" && i + 1 < argc) {
+      o->serve = argv[++i];
+    } else if (target != nullptr && i + 1 < argc) {
       *target = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     } else if (target == nullptr && a.rfind("--", 0) != 0 && o->path.empty()) {
       o->path = a;
@@ -62,31 +69,13 @@ bool ParseOptions(int argc, char** argv, Options* o) {
       return false;
     }
   }
-  return !o->path.empty() && o->passes > 0 && o->window > 0 && o->future_threads + o->callback_threads > 0;
+  return !o->path.empty() && o->instances > 0 && o->passes > 0 && o->window > 0 && o->future_threads + o->callback_threads > 0;
 }
 
 uint64_t NowNs() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
           .count());
-}
-
-// The demo's config (python/inferline/demo.py), from the exported file.
-ModelConfig MakeConfig(const DemoData& d, uint32_t instances) {
-  ModelConfig c;
-  c.name = d.model_name;
-  c.version = d.version;
-  c.inputs = {TensorSpec{"pixels", DataType::kFloat32, Shape{-1, d.features}}};
-  c.outputs = {TensorSpec{"logits", DataType::kFloat32, Shape{-1, d.classes}},
-               TensorSpec{"label", DataType::kInt64, Shape{-1, 1}}};
-  PreprocessSpec prep;
-  prep.kind = PreprocessSpec::Kind::kTabular;
-  prep.tabular = d.preprocessing;
-  c.preprocessing = {prep};
-  c.batching.max_batch_size = d.max_batch_size;
-  c.batching.max_queue_delay_us = d.max_queue_delay_us;
-  c.instances = instances;
-  return c;
 }
 
 // Compares each answer with the Python engine's, bit for bit. Thread-safe.
@@ -272,7 +261,7 @@ int Serve(const Options& opt, const DemoData& data) {
   std::printf("  test inputs  %u rows: %s\n", data.rows, data.source.c_str());
   Engine engine;
   auto backend = std::make_shared<DenseMlpBackend>(data.w1, data.w2, data.features, data.hidden, data.classes);
-  if (Status st = engine.Load(MakeConfig(data, opt.instances), backend); !st.ok()) {
+  if (Status st = engine.Load(DemoConfig(data, opt.instances), backend); !st.ok()) {
     std::fprintf(stderr, "load failed: %s\n", st.ToString().c_str());
     return 2;
   }
@@ -300,8 +289,9 @@ int main(int argc, char** argv) {
   if (!ParseOptions(argc, argv, &opt)) {
     std::fprintf(stderr,
                  "usage: %s DEMO_FILE [--passes N] [--future-threads N] [--callback-threads N] [--window N] "
-                 "[--instances N]\n  (make DEMO_FILE with csrc/examples/host/export_demo.py)\n",
-                 argv[0]);
+                 "[--instances N]\n       %s DEMO_FILE --serve PORT|HOST:PORT [--instances N]\n"
+                 "  (make DEMO_FILE with csrc/examples/host/export_demo.py)\n",
+                 argv[0], argv[0]);
     return 2;
   }
   auto data = ReadDemoFile(opt.path);
@@ -309,5 +299,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", data.status().ToString().c_str());
     return 2;
   }
+  if (!opt.serve.empty()) return ServeGrpc(data.value(), opt.serve, opt.instances);
   return Serve(opt, data.value());
 }
