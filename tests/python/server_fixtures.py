@@ -8,6 +8,11 @@
 The server (Engine, Router, ModelManager polling every 0.2 s, DataPlane, frontends) lives on
 its own event loop in a thread, so tests can use blocking clients (tritonclient.grpc,
 tritonclient.http) as well as asyncio ones.
+
+The gRPC port has two frontends, the Python one and the native (C++) one; conformance tests run
+against both: ``grpc_starter("native")`` is the native one's start function (a test skips where
+this build lacks it, and fails under CI), and ``ServerProcess(..., frontend="native")`` passes
+``--frontend native``. tests/python/server/conftest.py has the ``grpc_frontend`` fixture.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from inferline import _core
 from inferline.demo_models import demo_package_path
 from inferline.engine import Engine
 from inferline.models.service import open_registry, push
@@ -36,6 +43,27 @@ from inferline.service.sync import ModelManager
 from inferline.server.settings import ServerSettings
 
 DEMO = ("digits-logreg", "digits-mlp")  # the fallback first: the MLP refers to it
+GRPC_FRONTENDS = ("python", "native")
+
+
+def require_native_frontend() -> None:
+    """Skips the test where this build has no native gRPC frontend; under CI (env CI set), fails it."""
+    reason = getattr(_core, "NATIVE_FRONTEND", "no _core.NATIVE_FRONTEND in this build")
+    if reason:
+        message = f"the native gRPC frontend is not built ({reason})"
+        if os.environ.get("CI"):
+            pytest.fail(message + " -- required in CI")
+        pytest.skip(message)
+
+
+def grpc_starter(frontend: str) -> Callable:
+    """The start function (``start(dataplane, settings)``) of the gRPC frontend "python" or "native"."""
+    if frontend == "native":
+        require_native_frontend()
+        from inferline.server.native import start_native_grpc
+        return start_native_grpc
+    from inferline.server.grpc_frontend import start_grpc
+    return start_grpc
 
 
 def make_repository(root, extra: Sequence = ()) -> str:
@@ -216,6 +244,14 @@ class ServerThread:
                 self._thread.join(30)
         self.loop.close()
 
+    def grpc_admission(self) -> dict:
+        """Admission state (``Admission.stats()``) of the gRPC frontend: the native frontend's own, else the
+        data plane's (which the Python gRPC frontend shares with REST)."""
+        for frontend in self.frontends:
+            if hasattr(frontend, "admission"):
+                return frontend.admission()
+        return self.dataplane.admission.stats()
+
     def call(self, coro, timeout: float = 60):
         """Runs a coroutine on the server's loop and returns its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -228,7 +264,7 @@ class ServerThread:
         await self.manager.sync()
         self.dataplane = DataPlane.for_settings(self.manager, self.settings, router=self.router)
         self._polling_stop = asyncio.Event()
-        self._polling = asyncio.ensure_future(self.manager.run(self._polling_stop))
+        self._polling = asyncio.ensure_future(self.dataplane.poll(self._polling_stop))
         for start in self._starters:
             frontend = await start(self.dataplane, self.settings)
             self.frontends.append(frontend)
@@ -256,7 +292,11 @@ def serve_once(repo, *args, env=None, timeout=60):
 class ServerProcess:
     """`inferline serve` on free ports; no drain window unless `extra` sets --drain-seconds."""
 
-    def __init__(self, repo, *extra, workers=1, ports=None, env=None):
+    def __init__(self, repo, *extra, workers=1, ports=None, env=None, frontend=None):
+        """`frontend`: "python" or "native" (--frontend), None: the server's default."""
+        if frontend == "native":
+            require_native_frontend()
+        extra = extra + (("--frontend", frontend) if frontend else ())
         self.http, self.grpc = ports or (free_port(), free_port())
         self.control = free_port()  # --metrics-port: the health probes' own listener
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

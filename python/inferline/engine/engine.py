@@ -250,6 +250,12 @@ class Engine:
         return await self._submit_routed(dispatcher, model, inputs, version, routing_key, priority, timeout_us,
                                          cancellable)
 
+    def core_router(self):
+        """The core's ``_core.Router`` that routed requests go through, for native code that submits
+        to it directly (the native gRPC frontend). Unavailable once the engine is closed; a holder
+        must drop it before ``close`` (which waits for the router's requests when it is dropped)."""
+        return self._core_router()
+
     def _core_router(self):
         r = self._router
         if r is None:

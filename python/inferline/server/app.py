@@ -1,7 +1,8 @@
 """`inferline serve`: the server process(es).
 
 One worker = one engine + the registry watcher + the gRPC and REST frontends on
-one asyncio loop, and the control listener (health probes on the metrics port) on
+one asyncio loop (the gRPC port served by the native C++ frontend where this build has it,
+``--frontend``; native.py), and the control listener (health probes on the metrics port) on
 a thread and loop of its own (control.py). ``--workers N`` starts N such processes sharing the ports
 (SO_REUSEPORT), each with its own engine; only one server's workers may share a
 port (``PortGuard``): a second, independent server fails with "address in use". The
@@ -99,6 +100,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
                      peers_dir: Optional[str] = None) -> int:
     from .control import start_control
     from .grpc_frontend import start_grpc
+    from .native import start_native_grpc
     from .rest import start_rest
 
     engine = Engine(gpu_memory_budget=settings.gpu_memory_budget)
@@ -107,7 +109,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     await manager.sync()
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     dataplane.inference_log = inferlog.for_server(settings, worker, manager.recorder)  # None when off
-    grpc_frontend = await start_grpc(dataplane, settings)
+    start = start_native_grpc if settings.frontend == "native" else start_grpc
+    grpc_frontend = await start(dataplane, settings)
     rest_frontend = await start_rest(dataplane, settings)
     control = await start_control(dataplane, settings, worker, peers_dir)
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -120,7 +123,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
         loop.add_signal_handler(sig, on_signal)
     if ready_message:
         _print_ready(settings, grpc_frontend.port, rest_frontend.port, control.port, manager, worker)
-    poller = asyncio.create_task(manager.run(stop))
+    poller = asyncio.create_task(dataplane.poll(stop))
     await stop.wait()
 
     dataplane.accepting = False  # ready -> false first, so balancers move traffic away
@@ -146,8 +149,8 @@ def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) 
     scheme = "https" if settings.tls else "http"
     served = ", ".join(f"{n}:{v}{' (live)' if routed else ''}" for n, v, routed in manager.served()) or "none"
     _say(f"inferline worker {worker} (pid {os.getpid()}): REST {scheme}://{settings.host}:{http_port}/v2  "
-         f"gRPC {settings.host}:{grpc_port}  health {scheme}://{settings.host}:{control_port}/v2/health  "
-         f"models ready: {served}")
+         f"gRPC {settings.host}:{grpc_port} ({settings.frontend or 'python'} frontend)  "
+         f"health {scheme}://{settings.host}:{control_port}/v2/health  models ready: {served}")
 
 
 def _say(line: str) -> None:
@@ -177,7 +180,11 @@ def _warn_exposure(settings: ServerSettings) -> None:
 def serve(settings: ServerSettings) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
     from ..models.service import open_registry
+    from .native import choose_frontend
 
+    settings.frontend, why_not_native = choose_frontend(settings.frontend)  # the workers all serve this one
+    if why_not_native:
+        print(f"note: gRPC is served by the Python frontend: {why_not_native}", file=sys.stderr, flush=True)
     guard = PortGuard(settings.host, {"HTTP": settings.http_port, "gRPC": settings.grpc_port,
                                       "metrics": settings.metrics_port})
     try:

@@ -67,7 +67,9 @@ class DataPlane:
         self.name = name
         self.admission = admission if admission is not None else Admission()
         """This worker's bound on inference requests in flight; frontends admit before decoding."""
-        self.accepting = True  # false while shutting down: ready turns false, live stays true
+        self._accepting = True
+        self._on_accepting: list = []
+        self._on_sync: list = []
         self._admin = admin_token.encode() if admin_token else None
         self._open_control = open_control
         self.inference_log = None
@@ -80,6 +82,47 @@ class DataPlane:
         """The data plane a server with `settings` (a ServerSettings) answers from."""
         return cls(models, admin_token=settings.admin_token, open_control=settings.loopback_only, router=router,
                    admission=Admission(settings.admission_limit, target_ms=settings.admission_target_ms))
+
+    # ---- serving state and syncs -------------------------------------------------
+    @property
+    def accepting(self) -> bool:
+        """False while shutting down: ready turns false, live stays true (set from any thread;
+        ``on_accepting`` listeners hear it, e.g. the native gRPC frontend's own readiness)."""
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self._accepting = bool(value)
+        for listener in list(self._on_accepting):
+            listener(self._accepting)
+
+    def on_accepting(self, listener: Callable[[bool], None]) -> None:
+        self._on_accepting.append(listener)
+
+    def on_sync(self, listener: Callable[[], None]) -> None:
+        """`listener()` runs on the event loop after every model-manager sync this server makes
+        (polls, repository load/unload, rollout changes): what serves may have changed."""
+        self._on_sync.append(listener)
+
+    def _synced(self) -> None:
+        for listener in list(self._on_sync):
+            try:
+                listener()
+            except Exception:
+                log.exception("a listener of model syncs failed")
+
+    async def poll(self, stop: asyncio.Event) -> None:
+        """Polls the registry (ModelManager.sync) every poll interval until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.models.sync()
+            except Exception:  # a registry hiccup must not stop serving
+                log.exception("registry poll failed")
+            self._synced()
+            try:
+                await asyncio.wait_for(stop.wait(), self.models.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
 
     # ---- health and metadata ------------------------------------------------
     def live(self) -> bool:
@@ -149,12 +192,18 @@ class DataPlane:
         if any(k == "config" or k.startswith("file:") for k in parameters):
             raise Unimplemented(f"load {name!r}: loading a config or files sent over the wire is not supported; "
                                 f"push the package with `inferline models push` and load it by name")
-        await self.models.load_model(name)
+        try:
+            await self.models.load_model(name)
+        finally:
+            self._synced()
 
     async def repository_unload(self, name: str, *, authorization: Optional[str] = None) -> None:
         self.authorize(authorization, f"unload {name!r}")
         _require_name(name, "unload")
-        await self.models.unload_model(name)
+        try:
+            await self.models.unload_model(name)
+        finally:
+            self._synced()
 
     # ---- rollouts (admin) and label feedback --------------------------------------
     async def canary_start(self, name: str, version: Any, *, steps: Any = lifecycle.DEFAULT_STEPS,
@@ -236,6 +285,7 @@ class DataPlane:
             await self.models.sync()
         except Exception:
             log.exception("sync after a rollout change failed; the next poll retries")
+        self._synced()
 
     def authorize(self, authorization: Optional[str], call: str) -> None:
         """The one check for control calls: a matching bearer token, or an open loopback-only server."""

@@ -16,6 +16,10 @@ Two things happen in Python per inference request that the core cannot see:
 
 Both structures are mutated on the event loop of one worker and read by a scrape, maybe on
 another thread: the reader copies the dict whole (one C call under the GIL) before iterating.
+
+The native gRPC frontend counts the same things in C++; it is added as a source (``add_source``:
+its ``errors()``, ``stage_snapshots()`` and ``admission()`` are read at scrape time), and the
+readers here return the sum, so /metrics shows one set of series whichever frontend answered.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ class FrontendStats:
         self._served = served_names
         self._errors: Dict[Tuple[str, str, str], int] = {}
         self._stages: Dict[Tuple[str, str], tuple] = {}
+        self._sources: list = []
+
+    def add_source(self, source) -> None:
+        """Counts kept elsewhere (the native gRPC frontend): ``source.errors()``,
+        ``source.stage_snapshots()`` (as these methods return) and ``source.admission()`` (as
+        ``Admission.stats()``), read at scrape time and added to this worker's own."""
+        self._sources.append(source)
 
     def error(self, protocol: str, code: str, model: Optional[str]) -> None:
         """One inference request answered with `code` (a gRPC code name)."""
@@ -77,9 +88,41 @@ class FrontendStats:
         return h
 
     def errors(self) -> Dict[Tuple[str, str, str], int]:
-        """{(protocol, code, model): count}: a copy."""
-        return dict(self._errors)
+        """{(protocol, code, model): count}: a copy (with the sources' counts added)."""
+        out = dict(self._errors)
+        for source in self._sources:
+            for key, n in source.errors().items():
+                out[key] = out.get(key, 0) + n
+        return out
 
     def stage_snapshots(self) -> Dict[Tuple[str, str], tuple]:
-        """{(model, version): (decode snapshot, encode snapshot)}, in µs as ``Model.stats()``'s histograms."""
-        return {key: (d.snapshot(), e.snapshot()) for key, (d, e) in dict(self._stages).items()}
+        """{(model, version): (decode snapshot, encode snapshot)}, in µs as ``Model.stats()``'s histograms
+        (each with at least ``buckets``, ``sum`` and ``count``; a source's merged in)."""
+        out = {key: (d.snapshot(), e.snapshot()) for key, (d, e) in dict(self._stages).items()}
+        for source in self._sources:
+            for key, pair in source.stage_snapshots().items():
+                mine = out.get(key)
+                out[key] = pair if mine is None else tuple(merge_snapshots(a, b) for a, b in zip(mine, pair))
+        return out
+
+    def admission_refused(self, own: dict) -> Dict[str, int]:
+        """Refusals by reason: `own` (``Admission.stats()["refused"]``) plus the sources'."""
+        out = dict(own)
+        for source in self._sources:
+            for reason, n in source.admission()["refused"].items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+
+    def tap_dropped(self) -> Optional[int]:
+        """Records the native frontend's request tap dropped (its queue full); None without one."""
+        counts = [s.tap_dropped() for s in self._sources if hasattr(s, "tap_dropped")]
+        return sum(counts) if counts else None
+
+
+def merge_snapshots(a: dict, b: dict) -> dict:
+    """One histogram snapshot from two on the same (the core's) bucket bounds: buckets, sum and count."""
+    buckets: Dict[int, int] = dict(a["buckets"])
+    for upper, n in b["buckets"]:
+        buckets[upper] = buckets.get(upper, 0) + n
+    return {"buckets": sorted(buckets.items()), "sum": a["sum"] + b["sum"], "count": a["count"] + b["count"]}

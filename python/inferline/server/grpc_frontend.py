@@ -84,20 +84,41 @@ def clip_message(message: str, limit: int = MAX_STATUS_BYTES) -> str:
     return f"{head} ...[{len(message)} characters in all]... {tail}"
 
 
-def _unary(method, request_type):
-    """A unary handler over raw bytes: parse, call `method`, serialize, map errors."""
-    parse = request_type.FromString
+async def answer_unary(method, request_type, raw: bytes, context) -> bytes:
+    """The serialized answer of a unary RPC: parse `raw`, call `method`, serialize; any error is
+    mapped (``grpc_status``) and ends the call through ``context.abort``. Both gRPC frontends answer
+    their unary RPCs through this (the native one's control calls with native.ControlContext)."""
+    try:
+        response = await method(request_type.FromString(raw), context)
+        return response.SerializeToString()
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:  # CancelledError is a BaseException: a cancelled call stays cancelled
+        await context.abort(*grpc_status(e))
 
+
+def _unary(method, request_type):
+    """A grpc.aio unary handler over raw bytes (answer_unary)."""
     async def handler(raw: bytes, context):
-        try:
-            response = await method(parse(raw), context)
-            return response.SerializeToString()
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:  # CancelledError is a BaseException: a cancelled call stays cancelled
-            await context.abort(*grpc_status(e))
+        return await answer_unary(method, request_type, raw, context)
 
     return grpc.unary_unary_rpc_method_handler(handler)
+
+
+CONTROL_RPCS = {
+    "ServerLive": ("server_live", pb.ServerLiveRequest),
+    "ServerReady": ("server_ready", pb.ServerReadyRequest),
+    "ModelReady": ("model_ready", pb.ModelReadyRequest),
+    "ServerMetadata": ("server_metadata", pb.ServerMetadataRequest),
+    "ModelMetadata": ("model_metadata", pb.ModelMetadataRequest),
+    "ModelConfig": ("model_config", pb.ModelConfigRequest),
+    "ModelStatistics": ("model_statistics", pb.ModelStatisticsRequest),
+    "RepositoryIndex": ("repository_index", pb.RepositoryIndexRequest),
+    "RepositoryModelLoad": ("repository_model_load", pb.RepositoryModelLoadRequest),
+    "RepositoryModelUnload": ("repository_model_unload", pb.RepositoryModelUnloadRequest),
+}
+"""The unary RPCs other than ModelInfer, by name: (InferenceService method, request type). Besides
+UNIMPLEMENTED_RPCS; the native frontend hands these to Python (native.py) and answers them alike."""
 
 
 class InferenceService:
@@ -111,24 +132,18 @@ class InferenceService:
         self.open_streams = 0
 
     def generic_handler(self):
-        u = _unary
-        handlers = {
-            "ServerLive": u(self.server_live, pb.ServerLiveRequest),
-            "ServerReady": u(self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": u(self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": u(self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": u(self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer_raw),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
-            "ModelConfig": u(self.model_config, pb.ModelConfigRequest),
-            "ModelStatistics": u(self.model_statistics, pb.ModelStatisticsRequest),
-            "RepositoryIndex": u(self.repository_index, pb.RepositoryIndexRequest),
-            "RepositoryModelLoad": u(self.repository_model_load, pb.RepositoryModelLoadRequest),
-            "RepositoryModelUnload": u(self.repository_model_unload, pb.RepositoryModelUnloadRequest),
-        }
-        for name, request_type in UNIMPLEMENTED_RPCS.items():
-            handlers[name] = u(_unimplemented(name), request_type)
+        handlers = {name: _unary(method, request_type) for name, (method, request_type) in self.unary_rpcs().items()}
+        handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(self.model_infer_raw)
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.model_stream_infer)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def unary_rpcs(self) -> dict:
+        """{RPC name: (bound method, request type)} of every unary RPC but ModelInfer (CONTROL_RPCS and
+        UNIMPLEMENTED_RPCS): what answer_unary serves, on either frontend."""
+        out = {name: (getattr(self, method), request_type) for name, (method, request_type) in CONTROL_RPCS.items()}
+        for name, request_type in UNIMPLEMENTED_RPCS.items():
+            out[name] = (_unimplemented(name), request_type)
+        return out
 
     # ---- health and metadata ------------------------------------------------
     async def server_live(self, request, context):
@@ -280,17 +295,22 @@ class HealthService(health.aio.HealthServicer):
         self.dp = dataplane
 
     async def Check(self, request, context):
-        service = request.service
-        if service in ("", SERVICE):
-            ok = self.dp.ready() and not self._gracefully_shutting_down
-        elif self.dp.model_ready(service):
-            ok = True
-        elif any(m["name"] == service for m in self.dp.repository_index()):
-            ok = False
-        else:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        return health_pb2.HealthCheckResponse(status=status)
+        return await health_check(self.dp, request, context, self._gracefully_shutting_down)
+
+
+async def health_check(dataplane: DataPlane, request, context, shutting_down: bool = False):
+    """grpc.health.v1.Health/Check's answer (HealthService's; the native frontend's for model names)."""
+    service = request.service
+    if service in ("", SERVICE):
+        ok = dataplane.ready() and not shutting_down
+    elif dataplane.model_ready(service):
+        ok = True
+    elif any(m["name"] == service for m in dataplane.repository_index()):
+        ok = False
+    else:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    return health_pb2.HealthCheckResponse(status=status)
 
 
 def reflection_pool() -> descriptor_pool.DescriptorPool:

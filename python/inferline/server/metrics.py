@@ -28,6 +28,9 @@ Series (labels ``model``, ``version``; names per Prometheus conventions):
     inferline_inference_log_*_total      counter    the worker's inference log (absent when it is off):
                                                       records_written, records_dropped, records_failed, ...
     inferline_inference_log_buffered_records  gauge records waiting to be written
+    inferline_native_tap_dropped_total   counter    the native gRPC frontend's copies of answered requests
+                                                      (inference log samples, rollout recording) dropped
+                                                      before Python read them (absent with the Python one)
     inferline_model_load_time_seconds    gauge      load + warm-up, as the registry recorded it
     inferline_model_gpu_memory_bytes     gauge      what a version takes on its GPU (absent on the CPU)
     inferline_routed_requests_total      counter    model only: requests through the core router
@@ -168,7 +171,7 @@ class CoreMetrics:
         for name in sorted(names):
             self._routing(f, engine, name)
         self._frontend(f, self._dp.frontend_stats)
-        for reason, n in self._dp.admission.stats()["refused"].items():
+        for reason, n in self._dp.frontend_stats.admission_refused(self._dp.admission.stats()["refused"]).items():
             code = "DEADLINE_EXCEEDED" if reason == "deadline" else "UNAVAILABLE"
             f["inferline_admission_refused"].add((reason, code), n)
         self._canary(f)
@@ -215,6 +218,12 @@ class CoreMetrics:
                     key, rebucket(h["buckets"], LATENCY_BOUNDS_US), h["sum"] / 1e6)
         for key, n in fs.errors().items():
             f["inferline_request_errors"].add(key, n)
+        dropped = fs.tap_dropped()
+        if dropped is not None:  # a native gRPC frontend: its family exists only then
+            fam = f["inferline_native_tap_dropped"] = Family(
+                "inferline_native_tap_dropped", "counter", "Copies of answered requests (inference log samples, "
+                "rollout recording) the native gRPC frontend dropped because Python had not read the ones before.")
+            fam.add((), dropped)
 
     @staticmethod
     def _routing(f: dict, engine, name: str) -> None:

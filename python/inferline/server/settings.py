@@ -22,6 +22,8 @@ from ..engine.gpu_memory import parse_size
 from ..errors import InvalidArgument
 
 ENV_PREFIX = "INFERLINE_"
+FRONTENDS = ("native", "python")
+"""What may serve the gRPC port (--frontend)."""
 
 # INFERLINE_* variables read elsewhere (registry, build, tests): not server settings, not typos.
 OTHER_ENV = frozenset({
@@ -48,6 +50,10 @@ class ServerSettings:
     grpc_port: int = _setting(8001, "gRPC (inference.GRPCInferenceService) port (default 8001; 0 = any free port)")
     metrics_port: int = _setting(8002, "health and readiness probes, answered off the inference loop, and "
                                        "Prometheus /metrics (default 8002; 0 = any free port)")
+    frontend: Optional[str] = _setting(
+        None, "what serves the gRPC port: 'native' (C++: inference requests go from the wire to the core "
+              "without Python) or 'python' (grpc.aio); default native where this build has it, else python. "
+              "REST and the metrics port are Python either way", metavar="{native,python}")
     workers: int = _setting(1, "server processes sharing the ports, each with its own engine (default 1)")
     poll_interval_s: float = _setting(2.0, "seconds between registry polls for new live/canary versions (default 2)",
                                       flag="poll-interval")
@@ -133,6 +139,8 @@ class ServerSettings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"--{name.replace('_', '-')} {port}: a port is 0..65535")
+        if self.frontend is not None and self.frontend not in FRONTENDS:
+            raise SettingsError(f"--frontend {self.frontend}: one of {', '.join(FRONTENDS)}")
         if self.workers < 1:
             raise SettingsError(f"--workers {self.workers}: at least 1")
         for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s", "stream_idle_timeout_s"):

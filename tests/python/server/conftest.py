@@ -6,6 +6,8 @@ import pytest
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 
+from server_fixtures import GRPC_FRONTENDS, require_native_frontend
+
 
 @pytest.fixture
 def repo(tmp_path):
@@ -15,3 +17,12 @@ def repo(tmp_path):
     push(registry, demo_package_path("digits-mlp"))
     registry.close()
     return path
+
+
+@pytest.fixture(scope="module", params=GRPC_FRONTENDS)
+def grpc_frontend(request) -> str:
+    """Which gRPC frontend serves: each test that takes this runs against "python" and "native"
+    (server_fixtures.grpc_starter; the native case skips where it is not built, fails under CI)."""
+    if request.param == "native":
+        require_native_frontend()
+    return request.param

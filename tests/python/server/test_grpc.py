@@ -1,8 +1,9 @@
-"""The gRPC frontend against the real tritonclient (and raw grpc channels for what tritonclient cannot send).
+"""The gRPC frontends against the real tritonclient (and raw grpc channels for what tritonclient cannot send).
 
-One server per module, in a background thread (server_fixtures.ServerThread), on a free
-port, serving a fresh repository: the two demo models, "int-sum" (INT64 input) and "slow"
-(about 50 ms per row, queue capacity 1).
+One server per module and gRPC frontend (the ``grpc_frontend`` fixture: the Python one, then the
+native one), in a background thread (server_fixtures.ServerThread), on a free port, serving a
+fresh repository: the two demo models, "int-sum" (INT64 input) and "slow" (about 50 ms per row,
+queue capacity 1). Both frontends must pass the same assertions: a client cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from tritonclient.utils import InferenceServerException
 from inferline import errors
 from inferline.demo_models import demo_package_path
 from inferline.server.codec import CONTENTS_FIELD
-from inferline.server.grpc_frontend import SERVICE, grpc_status, start_grpc
+from inferline.server.grpc_frontend import SERVICE, grpc_status
 from inferline.server.proto import convert
 from inferline.server.proto import inference_pb2 as pb
 from inferline.server.settings import ServerSettings
 
-from server_fixtures import ServerThread, free_port, int64_model_path, make_repository, slow_model_package
+from server_fixtures import ServerThread, free_port, grpc_starter, int64_model_path, make_repository, slow_model_package
 
 with warnings.catch_warnings():  # imported by hypothesis's pytest plugin to report a failure; its
     warnings.simplefilter("ignore")  # dependencies warn (DeprecationWarning), which filterwarnings=error
@@ -54,9 +55,9 @@ def repository(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(repository):
+def server(repository, grpc_frontend):
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, max_message_bytes=MAX_MESSAGE)
-    with ServerThread(repository, [start_grpc], settings) as srv:
+    with ServerThread(repository, [grpc_starter(grpc_frontend)], settings) as srv:
         yield srv
 
 
@@ -488,9 +489,9 @@ def test_ready_filter_of_repository_index(channel):
     assert {m.state for m in call(pb.RepositoryIndexRequest(ready=True)).models} == {"READY"}
 
 
-def test_admin_token(repository):
+def test_admin_token(repository, grpc_frontend):
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, admin_token="s3cret")
-    with ServerThread(repository, [start_grpc], settings) as srv:
+    with ServerThread(repository, [grpc_starter(grpc_frontend)], settings) as srv:
         c = tc.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
         for headers in (None, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
             assert status_of(c.unload_model, "digits-logreg", headers=headers)[0] == "StatusCode.UNAUTHENTICATED"
@@ -690,11 +691,11 @@ def test_stream_survives_malformed_requests(url):
     assert {a.infer_response.id for a in answers if not a.error_message} == {"good"}
 
 
-def test_tls(repository, tmp_path):
+def test_tls(repository, tmp_path, grpc_frontend):
     pytest.importorskip("cryptography")
     cert, key = self_signed_cert(tmp_path)
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, tls_cert=cert, tls_key=key)
-    with ServerThread(repository, [start_grpc], settings) as srv:
+    with ServerThread(repository, [grpc_starter(grpc_frontend)], settings) as srv:
         url = f"127.0.0.1:{srv.ports[0]}"
         secure = tc.InferenceServerClient(url, ssl=True, root_certificates=cert)
         assert secure.infer("digits-mlp", [infer_input(PIXELS[:1])]).as_numpy("label").item() == LABELS[0].item()
@@ -730,12 +731,13 @@ def self_signed_cert(tmp_path) -> tuple:
     return str(cert_path), str(key_path)
 
 
-def test_port_shared_by_two_frontends(repository):
-    """grpc.so_reuseport with --workers > 1: a second frontend (another worker, in real life) binds the same port."""
+def test_port_shared_by_two_frontends(repository, grpc_frontend):
+    """SO_REUSEPORT with --workers > 1: a second frontend (another worker, in real life) binds the same port."""
     port = free_port()
     settings = ServerSettings(host="127.0.0.1", grpc_port=port, workers=2)
-    with ServerThread(repository, [start_grpc], settings) as server:
-        second = server.call(start_grpc(server.dataplane, settings))
+    start = grpc_starter(grpc_frontend)
+    with ServerThread(repository, [start], settings) as server:
+        second = server.call(start(server.dataplane, settings))
         try:
             assert second.port == server.ports[0] == port
             for _ in range(4):  # whichever of the two answers, it answers right
@@ -746,15 +748,15 @@ def test_port_shared_by_two_frontends(repository):
             server.call(second.stop(0))
 
 
-def test_single_worker_port_is_not_shared(server):
+def test_single_worker_port_is_not_shared(server, grpc_frontend):
     """With one worker nothing else may bind the port: a second server fails instead of splitting traffic."""
     settings = ServerSettings(host="127.0.0.1", grpc_port=server.ports[0])
     with pytest.raises(OSError, match="cannot bind"):
-        server.call(start_grpc(server.dataplane, settings))
+        server.call(grpc_starter(grpc_frontend)(server.dataplane, settings))
 
 
-def test_stop_refuses_new_calls(repository):
-    srv = ServerThread(repository, [start_grpc]).__enter__()
+def test_stop_refuses_new_calls(repository, grpc_frontend):
+    srv = ServerThread(repository, [grpc_starter(grpc_frontend)]).__enter__()
     c = tc.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
     assert c.is_server_live()
     srv.__exit__(None, None, None)
