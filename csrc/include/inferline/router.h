@@ -178,4 +178,18 @@ class Router {
   std::shared_ptr<const Snapshot> snapshot_;  // requires snapshot_mu_
 };
 
+// The loaded version whose input signature a request for (`model`, `version`)
+// is converted for (RouteRequest::inputs_for): `version` itself when > 0
+// (NOT_FOUND naming the loaded versions if it is not loaded); else the policy's
+// default version (DefaultVersion) if loaded; else the latest loaded version of
+// `model`; else (no version of `model` loaded: the request will fall back,
+// reason kUnavailable) the first loaded link of DefaultChain, a link of version
+// 0 meaning that model's default version or, without a policy, its latest;
+// else NOT_FOUND naming `model`. Every entry point (the Python binding, the
+// native gRPC frontend, C++ hosts) converts by this one rule, so a request
+// reaches the same version with the same signature whichever way it came in.
+// Thread-safe (reads the router's snapshot and the engine's map).
+Expected<std::shared_ptr<Model>> ResolveInputsFor(const Router& router, const Engine& engine,
+                                                  std::string_view model, int64_t version);
+
 }  // namespace inferline
