@@ -251,7 +251,11 @@ def main(argv=None) -> int:
             print(f"server=native not available: {ctx['native_missing']}", flush=True)
             continue
         print(f"server={name} (load average {os.getloadavg()[0]:.2f})", flush=True)
-        results[name] = run_turn(name, args, ctx)
+        try:
+            results[name] = run_turn(name, args, ctx)
+        except RuntimeError as e:  # a server that fails its checks or dies: the others still run
+            results[name] = {"available": False, "reason": f"failed: {str(e)[:300]}"}
+            print(f"server={name} FAILED: {e}", flush=True)
     lines = ["", f"h2load, {os.cpu_count()} CPUs shared by server and client; --seconds {args.seconds}"]
     lines += table(results) + ["", "issue 16 targets (native frontend):"] + target_lines(targets(results))
     if (results.get("python") or {}).get("available"):
