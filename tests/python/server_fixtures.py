@@ -216,8 +216,10 @@ class ServerThread:
     """Engine + ModelManager + DataPlane + frontends on an event loop in a background thread."""
 
     def __init__(self, repository: str, frontends: Sequence[Callable], settings: Optional[ServerSettings] = None,
-                 poll_interval_s: float = 0.2):
+                 poll_interval_s: float = 0.2, inference_log: bool = False):
+        """`inference_log`: start the settings' inference log before the frontends, as `inferline serve` does."""
         self.repository = repository
+        self._inference_log = inference_log
         self.settings = settings or ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0)
         self._starters = list(frontends)
         self._poll_interval_s = poll_interval_s
@@ -263,6 +265,9 @@ class ServerThread:
                                     router=self.router)
         await self.manager.sync()
         self.dataplane = DataPlane.for_settings(self.manager, self.settings, router=self.router)
+        if self._inference_log:
+            from inferline import inferlog
+            self.dataplane.inference_log = inferlog.for_server(self.settings, 0, self.manager.recorder)
         self._polling_stop = asyncio.Event()
         self._polling = asyncio.ensure_future(self.dataplane.poll(self._polling_stop))
         for start in self._starters:
@@ -276,6 +281,8 @@ class ServerThread:
         if hasattr(self, "_polling"):
             self._polling_stop.set()
             await self._polling
+        if self._inference_log and getattr(self, "dataplane", None) and self.dataplane.inference_log is not None:
+            self.dataplane.inference_log.close()
         if hasattr(self, "manager"):
             self.manager.close()
         if hasattr(self, "engine"):

@@ -3,7 +3,10 @@ refusals counted by reason; through the gRPC and REST frontends; and a bounded f
 during which health keeps answering and every refusal has a retryable code."""
 
 import asyncio
+import json
+import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -92,18 +95,18 @@ def test_the_adaptive_limit_falls_when_latency_exceeds_the_target_and_grows_when
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from inferline.server.grpc_frontend import start_grpc  # noqa: E402
 from inferline.server.rest import start_rest  # noqa: E402
 from inferline.server.settings import ServerSettings  # noqa: E402
-from server_fixtures import ServerProcess, ServerThread, make_repository, slow_model_package  # noqa: E402
+from server_fixtures import ServerProcess, ServerThread, grpc_starter, make_repository, slow_model_package  # noqa: E402
 
 
 @pytest.fixture
-def capped(tmp_path):
-    """A server whose worker admits one inference request at a time, with a slow model."""
+def capped(tmp_path, grpc_frontend):
+    """A server whose worker admits one inference request at a time (per frontend: the native gRPC
+    frontend admits on its own, the Python one shares the data plane's admission with REST), with a slow model."""
     repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=150_000, queue_capacity=8)])
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1)
-    with ServerThread(repo, frontends=[start_grpc, start_rest], settings=settings) as srv:
+    with ServerThread(repo, frontends=[grpc_starter(grpc_frontend), start_rest], settings=settings) as srv:
         yield srv
 
 
@@ -113,7 +116,22 @@ def _slow_input(client_module):
     return inp
 
 
-def test_over_the_limit_grpc_says_unavailable_with_a_retry_hint_and_rest_says_503(capped):
+def _rest_slow(port: int) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/slow/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_over_the_limit_grpc_says_unavailable_with_a_retry_hint_and_rest_says_503(capped, grpc_frontend):
     import grpc
 
     grpc_port, http_port = capped.ports
@@ -121,7 +139,7 @@ def test_over_the_limit_grpc_says_unavailable_with_a_retry_hint_and_rest_says_50
     first = []
     g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: first.append((result, error)))
     deadline = time.time() + 10
-    while capped.dataplane.admission.in_flight == 0 and time.time() < deadline:
+    while capped.grpc_admission()["in_flight"] == 0 and time.time() < deadline:
         time.sleep(0.001)
     raw = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     call = raw.unary_unary("/inference.GRPCInferenceService/ModelInfer")
@@ -130,17 +148,26 @@ def test_over_the_limit_grpc_says_unavailable_with_a_retry_hint_and_rest_says_50
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "limit 1" in e.value.details()
     assert dict(e.value.trailing_metadata())["retry-after-ms"].isdigit()
     h = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    rest_first = None
+    if grpc_frontend == "native":  # REST admits on its own (the data plane's admission): fill it too
+        rest_first = threading.Thread(target=_rest_slow, args=(http_port,))
+        rest_first.start()
+        while capped.dataplane.admission.in_flight == 0 and time.time() < deadline:
+            time.sleep(0.001)
     with pytest.raises(Exception, match="overloaded"):
         h.infer("slow", [_slow_input(httpclient)])
     while not first and time.time() < deadline:
         time.sleep(0.01)
     assert first and first[0][1] is None  # the admitted request was answered
-    stats = capped.dataplane.admission.stats()
-    assert stats["refused"]["overload"] >= 2 and stats["in_flight"] == 0
+    if rest_first is not None:
+        rest_first.join(30)
+    grpc_stats, rest_stats = capped.grpc_admission(), capped.dataplane.admission.stats()
+    assert grpc_stats["refused"]["overload"] >= 1 and rest_stats["refused"]["overload"] >= 1
+    wait_until(lambda: capped.grpc_admission()["in_flight"] == capped.dataplane.admission.in_flight == 0)
     raw.close()
 
 
-def test_a_flood_on_loopback_keeps_health_answering_and_refuses_with_retryable_codes(tmp_path):
+def test_a_flood_on_loopback_keeps_health_answering_and_refuses_with_retryable_codes(tmp_path, grpc_frontend):
     """Bounded (4 s): 600 outstanding single-row calls with a 200 ms deadline against one worker,
     while a prober asks ServerLive every 100 ms on its own connection."""
     import collections
@@ -182,7 +209,7 @@ def test_a_flood_on_loopback_keeps_health_answering_and_refuses_with_retryable_c
             time.sleep(0.1)
         ch.close()
 
-    server = ServerProcess(make_repository(tmp_path))
+    server = ServerProcess(make_repository(tmp_path), frontend=grpc_frontend)
     try:
         threads = [threading.Thread(target=lambda: asyncio.run(flood(server.grpc))) for _ in range(2)]
         threads.append(threading.Thread(target=probe, args=(server.grpc,)))

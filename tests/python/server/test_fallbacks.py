@@ -1,5 +1,5 @@
-"""Fallback chains end to end: a real server over a registry, NVIDIA's gRPC client, answers that
-say who produced them and why (`model_version`, `routed_to`, `fallback_reason`).
+"""Fallback chains end to end: a real server over a registry (each gRPC frontend), NVIDIA's gRPC client,
+answers that say who produced them and why (`model_version`, `routed_to`, `fallback_reason`).
 
 Models (server_fixtures): `flaky` fails exactly the rows whose x[0] is FLAG (ONNX Runtime refuses
 an out-of-range Gather; the core isolates those rows); `steady` answers y = x + 1000; `slow`
@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 from inferline.models.service import open_registry
-from inferline.server.grpc_frontend import start_grpc
 from inferline.server.settings import ServerSettings
-from server_fixtures import FLAG, ServerThread, flaky_package, make_repository, slow_model_package, steady_package
+from server_fixtures import (FLAG, ServerThread, flaky_package, grpc_starter, make_repository, slow_model_package,
+                             steady_package)
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 aioclient = pytest.importorskip("tritonclient.grpc.aio")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fallbacks")
+def server(tmp_path_factory, grpc_frontend):
+    root = tmp_path_factory.mktemp(f"fallbacks-{grpc_frontend}")
     extra = [steady_package(root), steady_package(root, name="steady1", features=1),
              # breaker off: this model's failures are per input, not a broken version
              flaky_package(root, fallback="steady", breaker={"consecutive_failures": 0, "error_rate": 0}),
@@ -48,7 +48,7 @@ def server(tmp_path_factory):
     with open(path, "r+b") as f:
         f.write(b"garbage")
     settings = ServerSettings(host="127.0.0.1", grpc_port=0)
-    with ServerThread(repo, [start_grpc], settings) as srv:
+    with ServerThread(repo, [grpc_starter(grpc_frontend)], settings) as srv:
         srv.url = f"127.0.0.1:{srv.ports[0]}"
         yield srv
 

@@ -16,26 +16,24 @@ import inferline as il
 from inferline import _core, errors
 from inferline.server.control import start_control
 from inferline.server.frontend_stats import UNKNOWN_MODEL, FrontendStats, error_code
-from inferline.server.grpc_frontend import SERVICE, start_grpc
+from inferline.server.grpc_frontend import SERVICE
 from inferline.server.proto import inference_pb2 as pb
 from inferline.server.rest import start_rest
 from inferline.server.settings import ServerSettings
 from helpers import make_config
 from server.test_metrics import scrape
-from server_fixtures import ServerThread, make_repository, slow_model_package
+from server_fixtures import ServerThread, grpc_starter, make_repository, slow_model_package
 
 tc = pytest.importorskip("tritonclient.grpc")
 MV = frozenset({("model", "digits-mlp"), ("version", "1")})
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frontend-metrics")
+def server(tmp_path_factory, grpc_frontend):
+    root = tmp_path_factory.mktemp(f"frontend-metrics-{grpc_frontend}")
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0)
-    with ServerThread(make_repository(root), [start_grpc, start_rest, start_control], settings) as srv:
+    with ServerThread(make_repository(root), [grpc_starter(grpc_frontend), start_rest, start_control], settings) as srv:
         yield srv
-
-
 
 
 def grpc_infer(port: int, x: np.ndarray, model: str = "digits-mlp"):
@@ -125,10 +123,10 @@ def test_errors_are_counted_by_protocol_code_and_bounded_model(server):
     assert not any(dict(k)["model"].startswith("nope") for k in after)
 
 
-def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_path):
+def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_path, grpc_frontend):
     repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=150_000, queue_capacity=8)])
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, admission_limit=1)
-    with ServerThread(repo, [start_grpc, start_rest, start_control], settings) as srv:
+    with ServerThread(repo, [grpc_starter(grpc_frontend), start_rest, start_control], settings) as srv:
         grpc_port, http_port, metrics_port = srv.ports
         c = tc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         inp = tc.InferInput("x", [1, 1], "FP32")
@@ -136,7 +134,7 @@ def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_
         first = []
         c.async_infer("slow", [inp], lambda result, error: first.append(error))
         deadline = time.time() + 10
-        while srv.dataplane.admission.in_flight == 0 and time.time() < deadline:
+        while srv.grpc_admission()["in_flight"] == 0 and time.time() < deadline:
             time.sleep(0.001)
         raw = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         with pytest.raises(grpc.RpcError) as e:
@@ -144,13 +142,22 @@ def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_
         raw.close()
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}).encode()
+        rest_first = []
+        if grpc_frontend == "native":  # REST admits on its own (the data plane's admission): fill it too
+            threading.Thread(target=lambda: rest_first.append(rest_post(http_port, "/v2/models/slow/infer", body)),
+                             daemon=True).start()
+            while srv.dataplane.admission.in_flight == 0 and time.time() < deadline:
+                time.sleep(0.001)
         assert rest_post(http_port, "/v2/models/slow/infer", body) == 503
-        while not first and time.time() < deadline:
+        while (not first or (grpc_frontend == "native" and not rest_first)) and time.time() < deadline:
             time.sleep(0.01)
         c.close()
-        assert first == [None]
-        got = errors_by_key(scrape(metrics_port))
+        assert first == [None] and rest_first in ([], [200])
+        m = scrape(metrics_port)
+        got = errors_by_key(m)
         assert got[err("grpc", "UNAVAILABLE", "")] == 1 and got[err("rest", "UNAVAILABLE", "slow")] == 1
+        refused = {tuple(sorted(k)): v for k, v in m["inferline_admission_refused_total"].items()}
+        assert refused[(("code", "UNAVAILABLE"), ("reason", "overload"))] == 2  # gRPC's and REST's, whichever counted
 
 
 def test_the_core_counts_rows_queued_or_running_until_answered():

@@ -1,4 +1,7 @@
-"""`inferline serve` as a real process: startup, hot loading, SIGTERM with requests in flight, --workers 2."""
+"""`inferline serve` as a real process: startup, hot loading, SIGTERM with requests in flight, --workers 2.
+
+The tests that speak gRPC run with each gRPC frontend (``--frontend python`` and ``native``; the
+``grpc_frontend`` fixture)."""
 
 import json
 import os
@@ -15,6 +18,7 @@ import pytest
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
+from inferline import _core
 from server_fixtures import ServerProcess as Server, free_port, serve_once
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -29,11 +33,12 @@ def grpc_infer(client, rows, model="digits-mlp", version=""):
     return client.infer(model, [inp], model_version=version)
 
 
-def test_serve_prints_where_it_listens_and_answers(repo):
-    server = Server(repo)
+def test_serve_prints_where_it_listens_and_answers(repo, grpc_frontend):
+    server = Server(repo, frontend=grpc_frontend)
     try:
         banner = next(line for line in server.lines if "models ready" in line)
         assert f":{server.http}" in banner and f":{server.grpc}" in banner and "digits-mlp:1 (live)" in banner
+        assert f"gRPC 127.0.0.1:{server.grpc} ({grpc_frontend} frontend)" in banner
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
         result = grpc_infer(client, GOLDEN["inputs/pixels"])
         np.testing.assert_allclose(result.as_numpy("logits"), GOLDEN["outputs/logits"], rtol=1e-4, atol=1e-4)
@@ -43,8 +48,8 @@ def test_serve_prints_where_it_listens_and_answers(repo):
         assert server.stop() == 0
 
 
-def test_hot_load_after_push_without_failing_requests(repo, tmp_path):
-    server = Server(repo)
+def test_hot_load_after_push_without_failing_requests(repo, tmp_path, grpc_frontend):
+    server = Server(repo, frontend=grpc_frontend)
     errors, answered, stop = [], [], threading.Event()
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
 
@@ -103,13 +108,13 @@ def test_failed_version_never_replaces_working_one(repo, tmp_path):
         assert server.stop() == 0
 
 
-def test_sigterm_with_requests_in_flight_loses_none(repo, tmp_path):
+def test_sigterm_with_requests_in_flight_loses_none(repo, tmp_path, grpc_frontend):
     from server_fixtures import slow_model_package
 
     registry = open_registry(str(repo))
     push(registry, slow_model_package(tmp_path, iterations=20_000, queue_capacity=64))  # ~20 ms a row
     registry.close()
-    server = Server(repo)
+    server = Server(repo, frontend=grpc_frontend)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
     results, errors = [], []
 
@@ -133,8 +138,8 @@ def test_sigterm_with_requests_in_flight_loses_none(repo, tmp_path):
     assert any("stopped" in line for line in server.lines)
 
 
-def test_two_workers_share_the_ports(repo):
-    server = Server(repo, workers=2)
+def test_two_workers_share_the_ports(repo, grpc_frontend):
+    server = Server(repo, workers=2, frontend=grpc_frontend)
     try:
         pids = {line.split("pid ")[1].split(")")[0] for line in server.lines if "models ready" in line}
         assert len(pids) == 2
@@ -151,12 +156,12 @@ def test_two_workers_share_the_ports(repo):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_second_server_on_the_same_ports_fails_with_address_in_use(repo, workers):
-    first = Server(repo, workers=workers)
+def test_second_server_on_the_same_ports_fails_with_address_in_use(repo, workers, grpc_frontend):
+    first = Server(repo, workers=workers, frontend=grpc_frontend)
     try:
         for ports in ((first.http, free_port()), (free_port(), first.grpc)):
             out = serve_once(repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-                             "--workers", str(workers))
+                             "--workers", str(workers), "--frontend", grpc_frontend)
             assert out.returncode == 1, out.stdout + out.stderr
             assert "address in use" in out.stderr and "Traceback" not in out.stderr
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{first.grpc}")  # the first one still serves
@@ -188,8 +193,8 @@ def test_env_variables_are_named_after_the_flags(repo):
     assert flag.returncode == 2 and "--poll-interval: expected a number, got 'soon'" in flag.stderr
 
 
-def test_beyond_loopback_without_token_warns_and_refuses_control(repo):
-    server = Server(repo, "--host", "0.0.0.0")
+def test_beyond_loopback_without_token_warns_and_refuses_control(repo, grpc_frontend):
+    server = Server(repo, "--host", "0.0.0.0", frontend=grpc_frontend)
     try:
         assert any("beyond loopback) without --admin-token" in line for line in server.lines)
         http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
@@ -206,8 +211,8 @@ def test_beyond_loopback_without_token_warns_and_refuses_control(repo):
         assert server.stop() == 0
 
 
-def test_sigterm_keeps_accepting_through_the_drain_window(repo):
-    server = Server(repo, "--drain-seconds", "3")
+def test_sigterm_keeps_accepting_through_the_drain_window(repo, grpc_frontend):
+    server = Server(repo, "--drain-seconds", "3", frontend=grpc_frontend)
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
     server.proc.send_signal(signal.SIGTERM)
@@ -232,3 +237,27 @@ def test_second_signal_skips_the_drain_window(repo):
     server.proc.send_signal(signal.SIGINT)
     server.proc.wait(20)  # long before the 60 s window would end
     assert server.stop() == 0
+
+
+def test_the_default_frontend_is_native_where_built_and_the_banner_says_which(repo):
+    reason = _core.NATIVE_FRONTEND
+    server = Server(repo)
+    try:
+        banner = next(line for line in server.lines if "models ready" in line)
+        notes = [line for line in server.lines if line.startswith("note: gRPC is served by the Python frontend")]
+    finally:
+        assert server.stop() == 0
+    if reason:  # this build has no native frontend: Python serves, and the server says why
+        assert "(python frontend)" in banner and len(notes) == 1 and reason in notes[0]
+        out = serve_once(repo, "--frontend", "native", "--grpc-port", str(free_port()))
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert out.stderr.strip() == f"error: --frontend native: {reason}"
+    else:
+        assert "(native frontend)" in banner and not notes
+    python = Server(repo, env={"INFERLINE_FRONTEND": "python"})
+    try:
+        assert any("(python frontend)" in line for line in python.lines if "models ready" in line)
+    finally:
+        assert python.stop() == 0
+    bad = serve_once(repo, "--frontend", "rust")
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --frontend rust: one of native, python"
