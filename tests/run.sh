@@ -12,6 +12,9 @@ if ! dpkg -s libgtest-dev >/dev/null 2>&1 || ! command -v g++ >/dev/null; then
 fi
 command -v cmake >/dev/null && command -v ninja >/dev/null || python3 -m pip install -q cmake ninja
 
+# The native gRPC frontend's packages (as the README's first command installs them): built into
+# the package below, and its tests run (under CI a build without it fails the server tests).
+bash tools/install.sh --system-only
 python3 -m pip install -q ".[test]"
 # TorchScript tests need torch; this exact CPU build is the one kept offline here.
 python3 -m pip install -q "torch==2.13.0" || echo "torch unavailable: the TorchScript tests will be skipped"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command, checked end to end in the active Python environment (CI gives it a
-# fresh virtual environment): `pip install .`, then `inferline serve` with a fresh HOME (so the
-# default repository is seeded from the shipped demo models), one inference on `digits-mlp` over
-# REST (curl, the README's JSON body) and over gRPC, then SIGTERM and a clean exit 0.
+# fresh virtual environment): its install part as written (`bash tools/install.sh`: the native gRPC
+# frontend's apt packages, then `pip install .`), then `inferline serve` with a fresh HOME (so the
+# default repository is seeded from the shipped demo models); the banner must say that the native
+# frontend serves gRPC; one inference on `digits-mlp` over REST (curl, the README's JSON body) and
+# over gRPC, then SIGTERM and a clean exit 0.
 # Ports are the README's defaults unless INFERLINE_HTTP_PORT / INFERLINE_GRPC_PORT say otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +12,20 @@ cd "$(dirname "$0")/.."
 http_port="${INFERLINE_HTTP_PORT:-8000}"
 grpc_port="${INFERLINE_GRPC_PORT:-8001}"
 
-echo "== pip install ."
-pip install -q .
+# The first sh block under "On a fresh machine": "<install> && inferline serve".
+first="$(python3 - <<'PY'
+import re
+text = open("README.md", encoding="utf-8").read()
+section = text.split("## On a fresh machine", 1)[1]
+print(re.search(r"```sh\n(.*?)\n```", section, re.S).group(1).strip())
+PY
+)"
+install="${first% && inferline serve}"
+if [ "$install" = "$first" ] || [ -z "$install" ]; then
+  echo "the README's first command is not '<install> && inferline serve': $first"; exit 1
+fi
+echo "== $install"
+bash -c "$install"
 
 home="$(mktemp -d /tmp/inferline-home.XXXXXX)"
 log="$home/serve.log"
@@ -30,6 +44,9 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 grep -q "models ready: .*digits-mlp" "$log" || { echo "no ready banner naming digits-mlp:"; cat "$log"; exit 1; }
+grep -q "gRPC 127.0.0.1:$grpc_port (native frontend)" "$log" \
+  || { echo "the native gRPC frontend does not serve (the README's first command must give it):"; cat "$log"; exit 1; }
+echo "gRPC frontend: native"
 
 echo "== REST infer"
 body='{"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ['"$(python -c 'print(", ".join(["0"] * 64))')"']}]}'

@@ -550,6 +550,63 @@ def test_reflection_lists_and_describes_the_service(channel):
     assert service.methods_by_name["ModelStreamInfer"].client_streaming
 
 
+# ---- the KServe SDK's gRPC client ----------------------------------------------------------
+
+KSERVE_GRPC_CLIENT = """
+import asyncio, json, sys
+import grpc
+import numpy as np
+import kserve
+
+url, binary = sys.argv[1], sys.argv[2] == "1"
+pixels = np.load(sys.argv[3])["inputs/pixels"]
+
+async def run():
+    client = kserve.InferenceGRPCClient(url, channel_args=[("grpc.enable_retries", 0)], timeout=30)
+    try:
+        inp = kserve.InferInput("pixels", list(pixels.shape), "FP32")
+        inp.set_data_from_numpy(pixels, binary_data=binary)
+        health = [await client.is_server_live(), await client.is_server_ready(),
+                  await client.is_model_ready("digits-mlp"), await client.is_model_ready("no-such")]
+        result = await client.infer(kserve.InferRequest("digits-mlp", [inp], request_id="sdk-grpc-1"))
+        try:
+            await client.infer(kserve.InferRequest("no-such", [inp]))
+            error = None
+        except grpc.RpcError as e:
+            error = [e.code().name, e.details()]
+    finally:
+        await client.close()
+    got = {o.name: o.as_numpy().tolist() for o in result.outputs}
+    print(json.dumps({"health": health, "model_name": result.model_name, "id": result.id, "outputs": got,
+                      "error": error}))
+
+asyncio.run(run())
+"""
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_kserve_sdk_grpc_client(url, binary):
+    """Run in its own interpreter: kserve's protos and tritonclient's both define `inference.*`
+    messages, and one process cannot hold both."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if subprocess.run([sys.executable, "-c", "import kserve"], capture_output=True).returncode != 0:
+        pytest.skip("the KServe SDK (pip install kserve) is not installed")
+    golden = os.path.join(demo_package_path("digits-mlp"), "golden.npz")
+    out = subprocess.run([sys.executable, "-c", KSERVE_GRPC_CLIENT, url, "1" if binary else "0", golden],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["health"] == [True, True, True, False]
+    assert doc["model_name"] == "digits-mlp" and doc["id"] == "sdk-grpc-1"
+    np.testing.assert_allclose(np.array(doc["outputs"]["logits"], np.float32), LOGITS, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(np.array(doc["outputs"]["label"]), LABELS)
+    assert doc["error"][0] == "NOT_FOUND" and "no-such" in doc["error"][1]
+
+
 # ---- fuzzing: no input crashes the decoder or the server ----------------------------------
 
 CLEAN = {C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.DEADLINE_EXCEEDED}
