@@ -5,7 +5,8 @@ rule files), starts Prometheus on loopback with a temporary data dir, sends a kn
 gRPC requests (and a canary's REST traffic), then asks Prometheus's HTTP API: the request counter
 equals what was sent, p99 lies within what the client measured, and every recording rule and
 every dashboard query of deploy/grafana/inferline.json returns series with plausible values. Also
-with --workers 2, where one scrape must cover both workers. promtool checks the shipped files.
+with --workers 2, where one scrape must cover both workers; each with both gRPC frontends (the
+native one's decode histograms and errors come from C++). promtool checks the shipped files.
 
 Without the binary the tests skip, except under CI (env CI set), where that is a failure.
 """
@@ -173,9 +174,9 @@ def two_version_repository(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers):
+def test_real_prometheus_scrapes_a_loaded_server(tmp_path, workers, grpc_frontend):
     repo = two_version_repository(tmp_path)
-    server = ServerProcess(repo, workers=workers, ports=(free_port(), free_port()))
+    server = ServerProcess(repo, workers=workers, ports=(free_port(), free_port()), frontend=grpc_frontend)
     prom = None
     try:
         prom = Prometheus(tmp_path, server.control)

@@ -5,6 +5,7 @@ The tests that speak gRPC run with each gRPC frontend (``--frontend python`` and
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -261,3 +262,11 @@ def test_the_default_frontend_is_native_where_built_and_the_banner_says_which(re
         assert python.stop() == 0
     bad = serve_once(repo, "--frontend", "rust")
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --frontend rust: one of native, python"
+
+
+def test_the_readme_says_how_to_see_which_frontend_is_built():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md")
+    with open(readme, encoding="utf-8") as f:
+        block, = [b for b in re.findall(r"```sh\n(.*?)```", f.read(), flags=re.S) if "NATIVE_FRONTEND" in b]
+    out = subprocess.run(["bash", "-c", block], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == (_core.NATIVE_FRONTEND or "native gRPC frontend built")
