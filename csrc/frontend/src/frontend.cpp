@@ -1,14 +1,166 @@
-// GrpcFrontend::Start (grpc_frontend.h). Placeholder while the implementation lands: refuses.
-#include "inferline/grpc_frontend.h"
+// GrpcFrontend (grpc_frontend.h): options, the server builder, the idle-stream watchdog and
+// Shutdown. The calls themselves are in the files services.h names.
+//
+// Threads (gRPC 1.51): the inference, health and control RPCs use the callback API, whose
+// reactions run on gRPC's own callback pool — on the distribution builds (epoll poller) the
+// process-wide "callback alternative" completion queue of clamp(cores / 2, 2, 16) threads,
+// which no API sizes. Answers are encoded on the core's executor threads. The reflection
+// service is synchronous: GrpcFrontendOptions::threads > 0 becomes the server's ResourceQuota
+// SetMaxThreads, which in 1.51 bounds that synchronous pool (at most 2 pollers here).
+#include <grpc/grpc.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 
-#include "inference.grpc.pb.h"
-#include "health.grpc.pb.h"
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <thread>
+
+#include "services.h"
 
 namespace inferline {
 
-Expected<std::unique_ptr<GrpcFrontend>> GrpcFrontend::Start(Router*, Engine*, const GrpcFrontendOptions&,
-                                                            ControlHandler*, RequestTap*) {
-  return Status(StatusCode::kUnimplemented, "the native gRPC frontend is not implemented yet");
+namespace {
+
+using grpcfe::Shared;
+
+class FrontendImpl final : public GrpcFrontend {
+ public:
+  explicit FrontendImpl(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+  ~FrontendImpl() override { Shutdown(0); }
+
+  Status Build() {
+    const GrpcFrontendOptions& o = shared_->options;
+    inference_ = grpcfe::MakeInferenceService(shared_);
+    health_ = grpcfe::MakeHealthService(shared_);
+    control_ = grpcfe::MakeControlService(shared_);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // once per process
+    grpc::ServerBuilder builder;
+    const int max_message = static_cast<int>(std::min<uint64_t>(o.max_message_bytes, INT_MAX));
+    builder.SetMaxReceiveMessageSize(max_message);
+    builder.SetMaxSendMessageSize(max_message);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               static_cast<int>(std::min<uint32_t>(o.max_concurrent_streams, INT_MAX)));
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, o.reuse_port ? 1 : 0);  // else a busy port fails
+    builder.SetSyncServerOption(grpc::ServerBuilder::NUM_CQS, 1);
+    builder.SetSyncServerOption(grpc::ServerBuilder::MIN_POLLERS, 1);
+    builder.SetSyncServerOption(grpc::ServerBuilder::MAX_POLLERS, 2);
+    if (o.threads > 0) {
+      grpc::ResourceQuota quota("inferline-grpc-frontend");
+      quota.SetMaxThreads(std::max(o.threads, 2));
+      builder.SetResourceQuota(quota);
+    }
+    builder.AddListeningPort(o.address, Credentials(o), &port_);
+    builder.RegisterService(inference_.get());
+    builder.RegisterService(health_.get());
+    builder.RegisterCallbackGenericService(control_.get());
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      server_.reset();
+      return Unavailable("gRPC: cannot bind " + o.address);
+    }
+    if (o.stream_idle_timeout_s > 0) watchdog_ = std::thread([this] { Watchdog(); });
+    return Status::Ok();
+  }
+
+  int port() const noexcept override { return port_; }
+
+  void SetServing(bool serving) noexcept override {
+    shared_->serving.store(serving);
+    grpcfe::NotifyWatchers(*shared_);
+  }
+
+  void SetTapShare(std::string_view model, double share) override { shared_->tap.SetShare(model, share); }
+
+  GrpcFrontendStats Stats() const override {
+    GrpcFrontendStats s;
+    s.admission = shared_->admission.Snapshot();
+    shared_->counters.Fill(&s);
+    s.open_streams = shared_->open_streams.load();
+    return s;
+  }
+
+  void Shutdown(double grace_s) override {
+    std::lock_guard<std::mutex> lock(shutdown_mu_);  // a concurrent caller waits for the first
+    if (shut_down_) return;
+    shut_down_ = true;
+    shared_->shutting_down.store(true);
+    grpcfe::EndWatchers(*shared_);  // NOT_SERVING, then they end
+    if (server_ != nullptr) {
+      const auto grace = std::chrono::duration<double>(std::max(grace_s, 0.0));
+      // Stops accepting, cancels what is left at the deadline, returns once every call is done
+      // (our reactors finish at once when cancelled).
+      server_->Shutdown(std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(grace));
+    }
+    {
+      std::lock_guard<std::mutex> wl(watchdog_mu_);
+      stop_watchdog_ = true;
+    }
+    watchdog_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    shared_->tap.Close();  // answers the core delivers later are not tapped
+  }
+
+ private:
+  static std::shared_ptr<grpc::ServerCredentials> Credentials(const GrpcFrontendOptions& o) {
+    if (o.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({o.tls_key_pem, o.tls_cert_pem});
+    return grpc::SslServerCredentials(ssl);
+  }
+
+  // Ends idle streams (options.stream_idle_timeout_s), checking ten times per idle period.
+  void Watchdog() {
+    const double period_s = std::max(shared_->options.stream_idle_timeout_s / 10, 0.002);
+    const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(period_s));
+    std::unique_lock<std::mutex> lock(watchdog_mu_);
+    while (!watchdog_cv_.wait_for(lock, period, [this] { return stop_watchdog_; })) {
+      lock.unlock();
+      grpcfe::CheckIdleStreams(*shared_);
+      lock.lock();
+    }
+  }
+
+  const std::shared_ptr<Shared> shared_;
+  std::unique_ptr<grpc::Service> inference_, health_;       // outlive server_
+  std::unique_ptr<grpc::CallbackGenericService> control_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;  // requires shutdown_mu_
+  std::mutex watchdog_mu_;
+  std::condition_variable watchdog_cv_;
+  bool stop_watchdog_ = false;  // requires watchdog_mu_
+  std::thread watchdog_;
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<GrpcFrontend>> GrpcFrontend::Start(Router* router, Engine* engine,
+                                                            const GrpcFrontendOptions& options,
+                                                            ControlHandler* control, RequestTap* tap) {
+  if (router == nullptr || engine == nullptr) return InvalidArgument("GrpcFrontend: router and engine are required");
+  if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
+    return InvalidArgument("GrpcFrontend: TLS needs both tls_cert_pem and tls_key_pem (or neither)");
+  }
+  if (options.address.empty()) return InvalidArgument("GrpcFrontend: address is empty");
+  if (options.max_message_bytes == 0) return InvalidArgument("GrpcFrontend: max_message_bytes must be > 0");
+  if (options.max_concurrent_streams == 0) return InvalidArgument("GrpcFrontend: max_concurrent_streams must be > 0");
+  const AdmissionOptions& a = options.admission;
+  if (a.static_limit == 0 && (a.min_limit == 0 || a.min_limit > a.max_limit || a.initial_limit < a.min_limit ||
+                              a.initial_limit > a.max_limit || !(a.target_ms > 0))) {
+    return InvalidArgument("GrpcFrontend: admission needs 0 < min_limit <= initial_limit <= max_limit and target_ms > 0");
+  }
+  auto shared = std::make_shared<Shared>(router, engine, options, control, tap);
+  auto fe = std::make_unique<FrontendImpl>(std::move(shared));
+  Status st = fe->Build();
+  if (!st.ok()) return st;
+  return std::unique_ptr<GrpcFrontend>(std::move(fe));
 }
 
 }  // namespace inferline

@@ -1,0 +1,117 @@
+// Private: the state every call of one frontend shares (Shared), and the frontend-wide
+// counters and tap it holds. Calls and the core's answers hold Shared by shared_ptr, so an
+// answer the core delivers after the frontend is gone (a call cancelled at Shutdown whose
+// request was still queued) still finds its counters; the tap is closed by then (TapGate).
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+#include "admission.h"
+#include "inferline/grpc_frontend.h"
+
+namespace inferline::grpcfe {
+
+inline constexpr char kInferenceService[] = "inference.GRPCInferenceService";
+
+enum class Protocol : uint8_t { kUnary, kStream };
+inline const char* ProtocolName(Protocol p) noexcept { return p == Protocol::kUnary ? "grpc" : "grpc_stream"; }
+
+// The gRPC code a core status is answered with: the same number, except RESOURCE_EXHAUSTED (a
+// full queue: retry later or elsewhere) as UNAVAILABLE (grpc_frontend.GRPC_CODE_OVERRIDES).
+grpc::StatusCode WireCode(StatusCode code) noexcept;
+const char* WireCodeName(grpc::StatusCode code) noexcept;
+
+// Errors by (protocol, code, model label) and decode/encode histograms by answering version.
+// Errors take a mutex (error path only); Stages takes a shared lock for one map lookup and
+// returns histograms that live as long as the counters (recorded without a lock).
+class FrontendCounters {
+ public:
+  struct StagePair {
+    LatencyHistogram decode_us, encode_us;
+  };
+  void Error(Protocol protocol, grpc::StatusCode code, std::string model_label);
+  StagePair& Stages(std::string_view model, int64_t version);
+  void Fill(GrpcFrontendStats* out) const;
+
+ private:
+  struct StageKey {
+    std::string model;
+    int64_t version;
+  };
+  struct StageLess {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      return std::tie(a.model, a.version) < std::tie(b.model, b.version);
+    }
+  };
+  struct StageLookup {
+    std::string_view model;
+    int64_t version;
+  };
+  mutable std::mutex errors_mu_;
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> errors_;  // requires errors_mu_
+  mutable std::shared_mutex stages_mu_;
+  std::map<StageKey, std::unique_ptr<StagePair>, StageLess> stages_;  // requires stages_mu_
+};
+
+// The RequestTap and the per-model shares of answers copied to it. A model without a share
+// costs one relaxed load while no model has one, else one lookup under a shared lock.
+class TapGate {
+ public:
+  explicit TapGate(RequestTap* tap) : tap_(tap) {}
+  void SetShare(std::string_view model, double share);
+  // Whether this answer of `model` is to be copied (drawn with the model's share).
+  bool Sample(std::string_view model) const;
+  // Hands `record` to the tap unless Close() was called.
+  void Observe(TapRecord&& record) const;
+  // No tap call starts after this returns; waits for those in progress.
+  void Close();
+
+ private:
+  mutable std::shared_mutex mu_;
+  RequestTap* tap_;                                     // requires mu_; null once closed
+  std::map<std::string, double, std::less<>> shares_;  // requires mu_
+  std::atomic<bool> any_share_{false};
+};
+
+class StreamCall;
+class WatchCall;
+
+struct Shared {
+  Shared(Router* r, Engine* e, const GrpcFrontendOptions& o, ControlHandler* c, RequestTap* t)
+      : router(r), engine(e), control(c), options(o), admission(o.admission), tap(t) {}
+
+  // ServerReady and health Check of "" / the inference service.
+  bool Ready() const noexcept { return serving.load() && !shutting_down.load(); }
+  // The error counters' model label: the name if a version of it is loaded, else "_unknown".
+  std::string ModelLabel(std::string_view name) const;
+
+  Router* const router;
+  Engine* const engine;
+  ControlHandler* const control;
+  const GrpcFrontendOptions options;
+  Admission admission;
+  FrontendCounters counters;
+  TapGate tap;
+  std::atomic<bool> serving{true};
+  std::atomic<bool> shutting_down{false};
+  std::atomic<uint32_t> open_streams{0};
+
+  std::mutex streams_mu_;
+  std::set<StreamCall*> streams;   // open streams, for the idle watchdog; requires streams_mu_
+  std::mutex watchers_mu_;
+  std::set<WatchCall*> watchers;   // health Watch calls; requires watchers_mu_
+};
+
+}  // namespace inferline::grpcfe
