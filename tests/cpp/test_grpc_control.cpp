@@ -1,0 +1,435 @@
+// The native gRPC frontend beyond inference: calls handed to the control plane (method,
+// metadata, bytes, replies and error codes, a control plane that never answers), health Check
+// and Watch, ServerLive/Ready, server reflection, the request tap, Stats, bind and option errors.
+#include <google/protobuf/unknown_field_set.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include "test_grpc_fixture.h"
+
+namespace inferline::grpctest {
+namespace {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+// Records every call; answers at once with `reply`, from another thread, or never (held).
+class TestControl final : public ControlHandler {
+ public:
+  enum class Mode { kInline, kThread, kHold };
+  ~TestControl() override {
+    for (auto& t : threads_) t.join();
+  }
+  void Handle(ControlCall call, std::function<void(ControlReply)> done) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    calls.push_back(std::move(call));
+    cv_.notify_all();
+    if (mode == Mode::kInline) {
+      ControlReply r = reply;
+      lock.unlock();
+      done(std::move(r));
+    } else if (mode == Mode::kThread) {
+      threads_.emplace_back([done, r = reply] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        done(r);
+      });
+    } else {
+      held.push_back(std::move(done));
+    }
+  }
+  bool WaitForCalls(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, testing::kWaitTimeout, [&] { return calls.size() >= n; });
+  }
+  std::vector<ControlCall> Calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls;
+  }
+  std::vector<std::function<void(ControlReply)>> TakeHeld() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::move(held);
+  }
+
+  Mode mode = Mode::kInline;
+  ControlReply reply;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<ControlCall> calls;
+  std::vector<std::function<void(ControlReply)>> held;
+  std::vector<std::thread> threads_;
+};
+
+std::string MetadataValue(const ControlCall& call, const std::string& key) {
+  for (const auto& [k, v] : call.metadata) {
+    if (k == key) return v;
+  }
+  return "<none>";
+}
+
+TEST(GrpcControlTest, CallsCarryMethodMetadataBytesAndReplies) {
+  TestControl control;
+  inference::ModelMetadataResponse meta;
+  meta.set_name("calc");
+  meta.add_versions("1");
+  control.reply.response = meta.SerializeAsString();
+  control.reply.trailers = {{"x-served-by", "python"}};
+  Frontend f;
+  f.Load("calc", 1);
+  f.Start({}, &control);
+  for (auto mode : {TestControl::Mode::kInline, TestControl::Mode::kThread}) {
+    control.mode = mode;
+    inference::ModelMetadataRequest req;
+    req.set_name("calc");
+    req.set_version("1");
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer s3cret");
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    inference::ModelMetadataResponse resp;
+    grpc::Status st = f.stub->ModelMetadata(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.name(), "calc");
+    ASSERT_EQ(resp.versions_size(), 1);
+    auto trailers = ctx.GetServerTrailingMetadata();
+    ASSERT_EQ(trailers.count("x-served-by"), 1u);
+    EXPECT_EQ(std::string(trailers.find("x-served-by")->second.data(), trailers.find("x-served-by")->second.size()),
+              "python");
+    ControlCall call = control.Calls().back();
+    EXPECT_EQ(call.method, "/inference.GRPCInferenceService/ModelMetadata");
+    EXPECT_EQ(call.request, req.SerializeAsString());
+    EXPECT_EQ(MetadataValue(call, "authorization"), "Bearer s3cret");
+    EXPECT_GT(call.deadline_left_s, 0);
+    EXPECT_LE(call.deadline_left_s, 11);  // grpc-timeout is rounded up on the wire
+  }
+  // Error codes and messages pass through, also codes the core does not use.
+  control.mode = TestControl::Mode::kInline;
+  control.reply = ControlReply{StatusCode::kNotFound, "model 'x' is not being served", "", {}};
+  grpc::ClientContext ctx;
+  inference::ModelReadyResponse ready;
+  grpc::Status st = f.stub->ModelReady(&ctx, inference::ModelReadyRequest(), &ready);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(st.error_message(), "model 'x' is not being served");
+  EXPECT_EQ(control.Calls().back().deadline_left_s, -1);  // no deadline
+  control.reply = ControlReply{static_cast<StatusCode>(7), "no", "", {}};
+  grpc::ClientContext ctx2;
+  inference::RepositoryModelLoadResponse load;
+  st = f.stub->RepositoryModelLoad(&ctx2, inference::RepositoryModelLoadRequest(), &load);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(control.Calls().back().method, "/inference.GRPCInferenceService/RepositoryModelLoad");
+}
+
+TEST(GrpcControlTest, WithoutAControlPlaneOtherCallsAreUnimplemented) {
+  Frontend f;
+  f.Start();
+  grpc::ClientContext ctx;
+  inference::ServerMetadataResponse resp;
+  grpc::Status st = f.stub->ServerMetadata(&ctx, inference::ServerMetadataRequest(), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  std::string out;
+  st = f.RawCall("/some.Other/Method", "", &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  HealthCheckRequest hc;
+  hc.set_service("calc");
+  st = f.RawCall("/grpc.health.v1.Health/Check", hc.SerializeAsString(), &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST(GrpcControlTest, AControlPlaneThatNeverAnswersHoldsNeitherClientsNorShutdown) {
+  TestControl control;
+  control.mode = TestControl::Mode::kHold;
+  Frontend f;
+  f.Start({}, &control);
+  {  // the client's deadline ends the call
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    inference::ModelConfigResponse resp;
+    grpc::Status st = f.stub->ModelConfig(&ctx, inference::ModelConfigRequest(), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // A call with no deadline is cancelled at the end of Shutdown's grace.
+  std::thread client([&] {
+    grpc::ClientContext ctx;
+    inference::ModelConfigResponse resp;
+    grpc::Status st = f.stub->ModelConfig(&ctx, inference::ModelConfigRequest(), &resp);
+    EXPECT_FALSE(st.ok());
+  });
+  ASSERT_TRUE(control.WaitForCalls(2));
+  const auto t0 = std::chrono::steady_clock::now();
+  f.fe->Shutdown(0.2);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(kSanitized ? 10 : 3));
+  client.join();
+  for (auto& done : control.TakeHeld()) done(ControlReply{});  // late answers: ignored
+}
+
+TEST(GrpcControlTest, HealthCheckAndReadinessFollowSetServing) {
+  TestControl control;
+  HealthCheckResponse model_status;
+  model_status.set_status(HealthCheckResponse::NOT_SERVING);
+  control.reply.response = model_status.SerializeAsString();
+  Frontend f;
+  f.Start({}, &control);
+  auto health = grpc::health::v1::Health::NewStub(f.channel);
+  auto check = [&](const std::string& service) {
+    grpc::ClientContext ctx;
+    HealthCheckRequest req;
+    req.set_service(service);
+    HealthCheckResponse resp;
+    grpc::Status st = health->Check(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.status();
+  };
+  auto ready = [&] {
+    grpc::ClientContext ctx;
+    inference::ServerReadyResponse resp;
+    EXPECT_TRUE(f.stub->ServerReady(&ctx, inference::ServerReadyRequest(), &resp).ok());
+    return resp.ready();
+  };
+  EXPECT_EQ(check(""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(check("inference.GRPCInferenceService"), HealthCheckResponse::SERVING);
+  EXPECT_TRUE(ready());
+  f.fe->SetServing(false);
+  EXPECT_EQ(check(""), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(ready());
+  grpc::ClientContext ctx;
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(f.stub->ServerLive(&ctx, inference::ServerLiveRequest(), &live).ok());
+  EXPECT_TRUE(live.live());
+  f.fe->SetServing(true);
+  EXPECT_TRUE(ready());
+  // A model name: the control plane answers.
+  EXPECT_EQ(check("calc"), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(control.Calls().back().method, "/grpc.health.v1.Health/Check");
+  HealthCheckRequest sent;
+  ASSERT_TRUE(sent.ParseFromString(control.Calls().back().request));
+  EXPECT_EQ(sent.service(), "calc");
+  EXPECT_TRUE(control.Calls().size() == 1u);  // "" and the service were answered natively
+}
+
+TEST(GrpcControlTest, HealthWatchFollowsSetServingAndEndsAtShutdown) {
+  Frontend f;
+  f.Start();
+  auto health = grpc::health::v1::Health::NewStub(f.channel);
+  grpc::ClientContext ctx;
+  HealthCheckRequest req;
+  auto reader = health->Watch(&ctx, req);
+  HealthCheckResponse resp;
+  ASSERT_TRUE(reader->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  f.fe->SetServing(false);
+  ASSERT_TRUE(reader->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
+  f.fe->SetServing(true);
+  ASSERT_TRUE(reader->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  grpc::ClientContext other_ctx;  // another name: SERVICE_UNKNOWN
+  req.set_service("calc");
+  auto other = health->Watch(&other_ctx, req);
+  ASSERT_TRUE(other->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+  std::thread stopper([&] { f.fe->Shutdown(5); });
+  ASSERT_TRUE(reader->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(reader->Read(&resp));
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_FALSE(other->Read(&resp));
+  EXPECT_TRUE(other->Finish().ok());
+  stopper.join();
+}
+
+// The names of the services server reflection lists (grpc.reflection.v1alpha, hand-encoded:
+// request field 7 list_services; response field 6 {repeated field 1 {field 1 name}}).
+std::vector<std::string> ReflectedServices(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  auto call = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t id) { return cq.Next(&tag, &ok) && tag == reinterpret_cast<void*>(id) && ok; };
+  call->StartCall(reinterpret_cast<void*>(1));
+  EXPECT_TRUE(step(1));
+  grpc::Slice slice(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer request(&slice, 1), response;
+  call->Write(request, reinterpret_cast<void*>(2));
+  EXPECT_TRUE(step(2));
+  call->Read(&response, reinterpret_cast<void*>(3));
+  EXPECT_TRUE(step(3));
+  call->WritesDone(reinterpret_cast<void*>(4));
+  EXPECT_TRUE(step(4));
+  grpc::Status st;
+  call->Finish(&st, reinterpret_cast<void*>(5));
+  EXPECT_TRUE(step(5));
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  EXPECT_TRUE(response.Dump(&slices).ok());
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  std::vector<std::string> names;
+  google::protobuf::UnknownFieldSet top;
+  EXPECT_TRUE(top.ParseFromString(bytes));
+  for (int i = 0; i < top.field_count(); ++i) {
+    if (top.field(i).number() != 6) continue;
+    google::protobuf::UnknownFieldSet list;
+    EXPECT_TRUE(list.ParseFromString(top.field(i).length_delimited()));
+    for (int j = 0; j < list.field_count(); ++j) {
+      google::protobuf::UnknownFieldSet service;
+      EXPECT_TRUE(service.ParseFromString(list.field(j).length_delimited()));
+      names.push_back(service.field(0).length_delimited());
+    }
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return names;
+}
+
+TEST(GrpcControlTest, ReflectionListsTheThreeServices) {
+  Frontend f;
+  f.Start();
+  std::vector<std::string> names = ReflectedServices(f.channel);
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                                             "inference.GRPCInferenceService"}));
+}
+
+class CollectTap final : public RequestTap {
+ public:
+  void Observe(TapRecord record) noexcept override {
+    std::lock_guard<std::mutex> lock(mu_);
+    records.push_back(std::move(record));
+  }
+  std::vector<TapRecord> Records() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return records;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<TapRecord> records;
+};
+
+TEST(GrpcControlTest, TheTapCopiesTheShareOfAModelsAnswers) {
+  CollectTap tap;
+  Frontend f;
+  f.Load("calc", 1);
+  f.Start({}, nullptr, &tap);
+  ModelInferResponse resp;
+  ASSERT_TRUE(f.Infer(CalcRequest("calc", 2, true, "a"), &resp).ok());
+  EXPECT_TRUE(tap.Records().empty());  // share 0 by default
+  f.fe->SetTapShare("calc", 1.0);
+  ModelInferRequest req = CalcRequest("calc", 2, true, "b");
+  req.add_outputs()->set_name("neg");
+  ASSERT_TRUE(f.Infer(req, &resp).ok());
+  // The tap runs after the answer went out: wait for it.
+  for (int i = 0; i < 200 && tap.Records().empty(); ++i) Pause(5);
+  std::vector<TapRecord> records = tap.Records();
+  ASSERT_EQ(records.size(), 1u);
+  const TapRecord& r = records[0];
+  EXPECT_EQ(r.model, "calc");
+  EXPECT_EQ(r.request_id, "b");
+  EXPECT_EQ(r.input_names, (std::vector<std::string>{"x", "k"}));
+  ASSERT_EQ(r.inputs.size(), 2u);
+  EXPECT_EQ(static_cast<const float*>(r.inputs[0].data)[2], 1.5f);
+  EXPECT_EQ(static_cast<const int8_t*>(r.inputs[1].data)[1], 2);
+  EXPECT_TRUE(r.result.status.ok());
+  ASSERT_EQ(r.result.outputs.size(), 3u);  // all outputs, whatever the client asked for
+  EXPECT_EQ(r.output_names, (std::vector<std::string>{"sum", "neg", "wide"}));
+  EXPECT_EQ(r.result.answered_model, "calc");
+  EXPECT_EQ(r.result.answered_version, 1);
+  f.fe->SetTapShare("calc", 0);
+  ASSERT_TRUE(f.Infer(req, &resp).ok());
+  Pause();
+  EXPECT_EQ(tap.Records().size(), 1u);
+}
+
+TEST(GrpcControlTest, StatsCountErrorsByCodeAndModelAndTimeStages) {
+  Frontend f;
+  f.Load("calc", 1);
+  f.Start();
+  ModelInferResponse resp;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+  ModelInferRequest bad = CalcRequest("calc", 1);
+  bad.mutable_inputs(0)->set_datatype("FP64");
+  EXPECT_FALSE(f.Infer(bad, &resp).ok());
+  EXPECT_FALSE(f.Infer(CalcRequest("ghost", 1), &resp).ok());
+  GrpcFrontendStats s = f.fe->Stats();
+  EXPECT_EQ((s.errors[{"grpc", "INVALID_ARGUMENT", "calc"}]), 1u);
+  EXPECT_EQ((s.errors[{"grpc", "NOT_FOUND", "_unknown"}]), 1u);
+  ASSERT_EQ(s.stages.count({"calc", "1"}), 1u);
+  EXPECT_EQ((s.stages[{"calc", "1"}].first.count), 3u);
+  EXPECT_EQ((s.stages[{"calc", "1"}].second.count), 3u);
+  EXPECT_EQ(s.admission.admitted, 5u);
+  EXPECT_EQ(s.admission.in_flight, 0u);
+  EXPECT_TRUE(s.admission.adaptive);
+  EXPECT_EQ(s.admission.limit, 1024u);
+  EXPECT_EQ(s.open_streams, 0u);
+}
+
+TEST(GrpcControlTest, BindAndOptionErrors) {
+  Frontend f;
+  f.Start();
+  Engine engine;
+  Router router(&engine);
+  GrpcFrontendOptions o;
+  o.address = "127.0.0.1:" + std::to_string(f.fe->port());  // in use, and SO_REUSEPORT is off
+  auto second = GrpcFrontend::Start(&router, &engine, o, nullptr);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(second.status().message(), "gRPC: cannot bind " + o.address);
+  o.address = "127.0.0.1:0";
+  o.tls_cert_pem = "cert";
+  auto tls = GrpcFrontend::Start(&router, &engine, o, nullptr);
+  ASSERT_FALSE(tls.ok());
+  EXPECT_EQ(tls.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(GrpcControlTest, ShutdownAnswersCallsInFlightWithinGrace) {
+  Gate gate(false);
+  Frontend f;
+  f.Load("calc", 1, &gate, /*max_batch=*/1);
+  f.Start();
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&] {
+      ModelInferResponse resp;
+      if (f.Infer(CalcRequest("calc", 1), &resp).ok()) ok.fetch_add(1);
+    });
+  }
+  while (f.fe->Stats().admission.in_flight < 3) Pause(5);
+  std::thread opener([&] {
+    Pause(100);
+    gate.Open();
+  });
+  f.fe->Shutdown(10);
+  opener.join();
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(ok.load(), 3);
+}
+
+TEST(GrpcControlTest, ShutdownCancelsWhatOutlivesTheGrace) {
+  Gate gate(false);
+  Frontend f;
+  testing::OpenOnExit open(gate);
+  f.Load("calc", 1, &gate, /*max_batch=*/1);
+  f.Start();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&] {
+      ModelInferResponse resp;
+      EXPECT_FALSE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+    });
+  }
+  while (f.fe->Stats().admission.in_flight < 3) Pause(5);
+  const auto t0 = std::chrono::steady_clock::now();
+  f.fe->Shutdown(0.1);  // the backend is still held: the calls are cancelled, not waited for
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(kSanitized ? 10 : 3));
+  for (auto& c : clients) c.join();
+  gate.Open();  // the core answers after the frontend is gone: dropped
+}
+
+}  // namespace
+}  // namespace inferline::grpctest
