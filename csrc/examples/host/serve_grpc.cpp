@@ -11,6 +11,7 @@
 #include <signal.h>
 
 #include <memory>
+#include <string>
 
 #include "dense_mlp.h"
 
@@ -50,9 +51,9 @@ int ServeLoaded(Engine& engine, const DemoData& data, const std::string& address
     std::fprintf(stderr, "cannot serve gRPC: %s\n", frontend.status().ToString().c_str());
     return 2;
   }
-  std::printf("serving %s v%lld over gRPC on %s, port %d (inferline %s, no Python; SIGINT/SIGTERM stops)\n",
-              data.model_name.c_str(), static_cast<long long>(data.version), address.c_str(),
-              (*frontend)->port(), INFERLINE_VERSION_STRING);
+  const std::string bound = address.substr(0, address.rfind(':') + 1) + std::to_string((*frontend)->port());
+  std::printf("serving %s v%lld over gRPC on %s (inferline %s, no Python; SIGINT/SIGTERM stops)\n",
+              data.model_name.c_str(), static_cast<long long>(data.version), bound.c_str(), INFERLINE_VERSION_STRING);
   std::fflush(stdout);
   const int sig = WaitForStopSignal(stop);
   std::printf("%s: stopping (5 s grace for calls in flight)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

@@ -8,7 +8,7 @@
 // inference.GRPCInferenceService with the native frontend (inferline/grpc_frontend.h):
 // ModelInfer, ModelStreamInfer, ServerLive/Ready and health; the other RPCs (metadata, config,
 // repository) answer UNIMPLEMENTED, there being no control plane. Prints one line
-//   serving MODEL vVERSION over gRPC on ADDRESS, port PORT
+//   serving MODEL vVERSION over gRPC on HOST:PORT (...)
 // once bound, serves until SIGINT or SIGTERM, then shuts down (5 s grace for calls in flight).
 // Exit status 0 after a clean stop; 2 if the model cannot load or the port cannot be bound, or
 // when the inferline package was built without its gRPC frontend.
