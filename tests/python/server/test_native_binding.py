@@ -245,6 +245,34 @@ def test_tap_records_arrive_through_the_eventfd(start):
     assert not wait_readable(fe.tap_fd(), 0.3) and fe.drain_tap() == []
 
 
+def test_tap_queue_is_bounded_and_counts_what_it_drops(start):
+    fe, _ = start(tap=True)
+    fe.set_tap_share("a", 1.0)
+    sent, capacity, extra = 0, 4096, 24
+    x = rows(1)
+
+    def send(n):
+        with tc.InferenceServerClient(f"127.0.0.1:{fe.port}") as client:
+            for _ in range(n):
+                infer(client, x)
+
+    threads = [threading.Thread(target=send, args=((capacity + extra) // 4,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        sent += (capacity + extra) // 4
+    deadline = time.monotonic() + 5  # the last records are handed over after their answers
+    while fe.tap_dropped < sent - capacity and time.monotonic() < deadline:
+        time.sleep(0.01)
+    records = fe.drain_tap()
+    assert (len(records), fe.tap_dropped) == (capacity, sent - capacity)
+    assert not wait_readable(fe.tap_fd(), 0)
+    dropped = fe.tap_dropped
+    send(1)  # room again
+    assert wait_readable(fe.tap_fd(), 5) and len(fe.drain_tap()) == 1 and fe.tap_dropped == dropped
+
+
 def test_tap_share_is_checked_and_absent_without_tap(start):
     fe, _ = start()
     assert fe.tap_fd() == -1 and fe.drain_tap() == [] and fe.tap_dropped == 0
@@ -377,3 +405,32 @@ def test_concurrent_control_calls_and_inference(start):
         cv.notify()
     worker.join(5)
     assert errors == [] and not any(t.is_alive() for t in threads)
+
+
+def test_dropping_the_frontend_shuts_it_down(router):
+    held, called = [], threading.Event()
+
+    def control(method, request, metadata, deadline_left_s, reply):
+        held.append(reply)
+        called.set()
+
+    fe = _core.NativeFrontend(router, {"address": "127.0.0.1:0"}, control)
+    port, outcome = fe.port, []
+
+    def client_call():
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                channel.unary_unary(SERVICE + "ServerMetadata")(b"", timeout=30)
+            except grpc.RpcError as e:
+                outcome.append(e.code())
+
+    t = threading.Thread(target=client_call)
+    t.start()
+    assert called.wait(5)
+    t0 = time.monotonic()
+    del fe  # shutdown with grace 0, GIL released
+    gc.collect()
+    assert time.monotonic() - t0 < 5
+    t.join(10)
+    assert outcome and outcome[0] != C.OK
+    held[0](0, "", b"")  # ignored
