@@ -11,28 +11,25 @@
 // (Python kept it). Its completion runs under a shared lock of a ReplyGuard while the frontend
 // lives; teardown takes the lock exclusively after Shutdown and marks it dead, so no completion
 // reaches a destroyed frontend.
+//
+// The request tap (a bounded queue behind an eventfd) is in native_tap.h.
 #include "native_frontend.h"
 
 #ifdef INFERLINE_HAVE_GRPC
-#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
 
 #include "inferline/grpc_frontend.h"
+#include "native_tap.h"
 #include "py_histogram.h"
 #include "py_router.h"
 #endif
@@ -51,7 +48,6 @@ using inferline::GrpcFrontendStats;
 using inferline::Status;
 using inferline::StatusCode;
 using inferline::TapRecord;
-using inferline::Tensor;
 
 void (*raise_status)(const Status&) = nullptr;  // module.cpp's Throw: Status -> CoreError
 
@@ -119,11 +115,6 @@ void ControlReply_Call(ControlReplyPy& self, int code, const std::string& messag
 }
 
 // ---- the control handler: a Python callable -------------------------------------
-// Text from the wire or the core as str; bytes that are not UTF-8 become U+FFFD.
-py::str Utf8(const std::string& s) {
-  return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
-}
-
 py::list MetadataToPy(const std::vector<std::pair<std::string, std::string>>& metadata) {
   py::list out;
   for (const auto& [key, value] : metadata) {
@@ -194,76 +185,6 @@ class PyControlHandler final : public inferline::ControlHandler {
   py::object fn_;
   std::shared_ptr<ReplyGuard> guard_;
 };
-
-// ---- the request tap: a bounded queue Python drains when its eventfd is readable ---
-// Protocol: the eventfd is readable exactly when the queue is non-empty (both change under mu_).
-class PyTap final : public inferline::RequestTap {
- public:
-  static constexpr size_t kCapacity = 4096;
-
-  PyTap() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-  }
-  ~PyTap() override { close(fd_); }
-
-  void Observe(TapRecord record) noexcept override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (queue_.size() >= kCapacity) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    try {
-      queue_.push_back(std::move(record));
-    } catch (...) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    if (queue_.size() == 1) {
-      uint64_t one = 1;
-      (void)!write(fd_, &one, sizeof one);
-    }
-  }
-  std::vector<TapRecord> Take() {
-    std::vector<TapRecord> out;
-    std::lock_guard<std::mutex> lock(mu_);
-    uint64_t n;
-    (void)!read(fd_, &n, sizeof n);
-    out.swap(queue_);
-    return out;
-  }
-  int fd() const noexcept { return fd_; }
-  uint64_t dropped() const noexcept { return dropped_.load(std::memory_order_relaxed); }
-
- private:
-  const int fd_;
-  std::mutex mu_;
-  std::vector<TapRecord> queue_;  // requires mu_
-  std::atomic<uint64_t> dropped_{0};
-};
-
-// A NumPy array owning a copy of the tensor's bytes (a tap record's outputs may be slices of a
-// whole batch: a view would keep the batch alive).
-py::array CopyToNumpy(const Tensor& t) {
-  std::vector<py::ssize_t> shape(t.shape.dims, t.shape.dims + t.shape.rank);
-  py::array a(py::dtype(inferline::DataTypeName(t.dtype)), shape);
-  if (t.ByteSize() != 0) std::memcpy(a.mutable_data(), t.data, t.ByteSize());
-  return a;
-}
-
-py::dict NamedArrays(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) {
-  py::dict d;
-  for (size_t i = 0; i < names.size() && i < tensors.size(); ++i) d[Utf8(names[i])] = CopyToNumpy(tensors[i]);
-  return d;
-}
-
-py::tuple TapRecordToPy(const TapRecord& r) {
-  const inferline::InferResult& res = r.result;
-  py::object outputs = res.status.ok() ? py::object(NamedArrays(r.output_names, res.outputs)) : py::object(py::none());
-  return py::make_tuple(Utf8(r.model), Utf8(r.request_id), NamedArrays(r.input_names, r.inputs), outputs,
-                        static_cast<int>(res.status.code()), Utf8(res.status.message()), Utf8(res.answered_model),
-                        res.answered_version,
-                        inferline::FallbackReasonName(res.fallback_reason), res.primary_version, r.latency_us);
-}
 
 // ---- options: a dict of GrpcFrontendOptions fields -------------------------------
 template <class T>
