@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 import warnings
 
 import grpc
@@ -538,6 +539,50 @@ def test_health_check(server, client, channel):
     finally:
         client.load_model("int-sum")
     assert check("int-sum") == serving
+
+
+def test_health_watch_turns_not_serving_when_the_server_stops(repository, grpc_frontend):
+    srv = ServerThread(repository, [grpc_starter(grpc_frontend)]).__enter__()
+    stopped = False
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{srv.ports[0]}")
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        srv.__exit__(None, None, None)
+        stopped = True
+        try:
+            seen = [answer.status for answer in watch]
+        except grpc.RpcError as e:  # the call ended with the server
+            seen = [e.code()]
+        assert seen and seen[0] in (health_pb2.HealthCheckResponse.NOT_SERVING, C.UNAVAILABLE, C.CANCELLED), seen
+        ch.close()
+    finally:
+        if not stopped:
+            srv.__exit__(None, None, None)
+
+
+def test_streams_are_bounded_in_number_and_idle_time(repository, grpc_frontend):
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, max_streams=1, stream_idle_timeout_s=0.5)
+    with ServerThread(repository, [grpc_starter(grpc_frontend)], settings) as srv:
+        ch = grpc.insecure_channel(f"127.0.0.1:{srv.ports[0]}")
+        call = ch.stream_stream(f"/{SERVICE}/ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
+                                response_deserializer=pb.ModelStreamInferResponse.FromString)
+        requests: queue.Queue = queue.Queue()
+        first = call(iter(requests.get, None), timeout=30)
+        requests.put(raw_request(id="one"))
+        assert next(first).infer_response.id == "one"
+        with pytest.raises(grpc.RpcError) as e:  # a second stream while the first is open
+            list(call(iter([raw_request(id="two")]), timeout=10))
+        assert e.value.code() == C.UNAVAILABLE and "--max-streams" in e.value.details()
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:  # then nothing is sent on the first: it is closed
+            next(first)
+        assert e.value.code() == C.UNAVAILABLE and "--stream-idle-timeout" in e.value.details()
+        assert time.monotonic() - t0 < 5
+        requests.put(None)
+        again = list(call(iter([raw_request(id="three")]), timeout=10))  # its slot is free again
+        assert [a.infer_response.id for a in again] == ["three"]
+        ch.close()
 
 
 def test_reflection_lists_and_describes_the_service(channel):
