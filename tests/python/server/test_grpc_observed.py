@@ -101,3 +101,35 @@ def test_a_canary_counts_each_request_on_its_arm_and_compares_mirrored_pairs(ser
     pairs = [r for r in logged(server) if r["kind"] == "canary_pair"]
     assert {r["request_id"] for r in pairs} == {f"r-{i}" for i, v in enumerate(versions) if v == "2"}
     assert all(r["agree"] for r in pairs)
+
+
+def test_a_served_process_logs_its_grpc_requests_and_says_what_its_tap_dropped(tmp_path, grpc_frontend):
+    """`inferline serve`: every gRPC request of a model sampled at 1 is in the log once the server has
+    stopped (the tap is drained before the log's last write); the native frontend's tap counter is
+    in /metrics (0 here), and absent with the Python frontend."""
+    import urllib.request
+
+    from server_fixtures import ServerProcess
+
+    repo = make_repository(tmp_path, extra=[with_config(steady_package(tmp_path / "s", name="sampled"),
+                                                        logging={"sample_rate": 1.0})])
+    logs = tmp_path / "logs"
+    srv = ServerProcess(repo, "--inference-log", str(logs), "--hardware-log-interval", "0", frontend=grpc_frontend)
+    try:
+        client = tc.InferenceServerClient(f"127.0.0.1:{srv.grpc}")
+        for i in range(50):
+            inp = tc.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.full((1, 4), i, np.float32))
+            client.infer("sampled", [inp], request_id=f"g{i}")
+        client.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.control}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        assert srv.stop() == 0
+    rows = ds.dataset(str(logs / "inference"), format="parquet", partitioning="hive").to_table().to_pylist()
+    assert sorted(r["request_id"] for r in rows) == sorted(f"g{i}" for i in range(50))
+    assert all(r["kind"] == "sample" and r["answered_by"] == "sampled:1" for r in rows)
+    if grpc_frontend == "native":
+        assert "\ninferline_native_tap_dropped_total 0.0\n" in metrics
+    else:
+        assert "inferline_native_tap_dropped" not in metrics
