@@ -17,6 +17,7 @@ as the service asks about that model) and server reflection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -288,11 +289,28 @@ def _unimplemented(rpc: str):
 class HealthService(health.aio.HealthServicer):
     """grpc.health.v1.Health. Check: "" and the inference service follow DataPlane.ready(); a model
     name is SERVING while a version of it serves, NOT_SERVING while it is only in the repository.
-    Watch (the base class): SERVING from the start, NOT_SERVING once `stop` begins."""
+    Watch (the base class) of "" and the inference service follows DataPlane.accepting (as the native
+    frontend's does), and is NOT_SERVING once `stop` begins."""
 
     def __init__(self, dataplane: DataPlane):
         super().__init__()
         self.dp = dataplane
+        self._loop = asyncio.get_running_loop()
+        dataplane.on_accepting(self._follow)
+
+    def _follow(self, accepting: bool) -> None:
+        """DataPlane.accepting changed (any thread): the watched status follows, on the loop."""
+        if self._gracefully_shutting_down:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if accepting else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async def publish():
+            for service in ("", SERVICE):
+                await self.set(service, status)
+        try:
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(publish()))
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
 
     async def Check(self, request, context):
         return await health_check(self.dp, request, context, self._gracefully_shutting_down)

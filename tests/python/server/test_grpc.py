@@ -541,20 +541,29 @@ def test_health_check(server, client, channel):
     assert check("int-sum") == serving
 
 
-def test_health_watch_turns_not_serving_when_the_server_stops(repository, grpc_frontend):
+def test_health_watch_follows_readiness_and_ends_with_the_server(repository, grpc_frontend):
+    """Watch of "": SERVING, NOT_SERVING while the data plane does not accept (the drain window), SERVING
+    again. At stop the native frontend sends NOT_SERVING and ends the call OK; grpc.aio (the Python
+    frontend) cancels it (UNAVAILABLE): both tell the watcher the server is gone."""
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     srv = ServerThread(repository, [grpc_starter(grpc_frontend)]).__enter__()
     stopped = False
     try:
         ch = grpc.insecure_channel(f"127.0.0.1:{srv.ports[0]}")
-        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
-        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        for service in ("", SERVICE):
+            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
+            assert next(watch).status == serving
+            srv.dataplane.accepting = False
+            assert next(watch).status == not_serving
+            srv.dataplane.accepting = True
+            assert next(watch).status == serving
         srv.__exit__(None, None, None)
         stopped = True
         try:
             seen = [answer.status for answer in watch]
         except grpc.RpcError as e:  # the call ended with the server
             seen = [e.code()]
-        assert seen and seen[0] in (health_pb2.HealthCheckResponse.NOT_SERVING, C.UNAVAILABLE, C.CANCELLED), seen
+        assert seen in ([not_serving], [C.UNAVAILABLE]), seen
         ch.close()
     finally:
         if not stopped:
