@@ -22,16 +22,21 @@ class TestControl final : public ControlHandler {
   ~TestControl() override {
     for (auto& t : threads_) t.join();
   }
+  void Set(Mode m, ControlReply r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    mode_ = m;
+    reply_ = std::move(r);
+  }
   void Handle(ControlCall call, std::function<void(ControlReply)> done) override {
     std::unique_lock<std::mutex> lock(mu_);
     calls.push_back(std::move(call));
     cv_.notify_all();
-    if (mode == Mode::kInline) {
-      ControlReply r = reply;
+    if (mode_ == Mode::kInline) {
+      ControlReply r = reply_;
       lock.unlock();
       done(std::move(r));
-    } else if (mode == Mode::kThread) {
-      threads_.emplace_back([done, r = reply] {
+    } else if (mode_ == Mode::kThread) {
+      threads_.emplace_back([done, r = reply_] {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
         done(r);
       });
@@ -52,11 +57,11 @@ class TestControl final : public ControlHandler {
     return std::move(held);
   }
 
-  Mode mode = Mode::kInline;
-  ControlReply reply;
 
  private:
   std::mutex mu_;
+  Mode mode_ = Mode::kInline;  // requires mu_
+  ControlReply reply_;         // requires mu_
   std::condition_variable cv_;
   std::vector<ControlCall> calls;
   std::vector<std::function<void(ControlReply)>> held;
@@ -75,13 +80,14 @@ TEST(GrpcControlTest, CallsCarryMethodMetadataBytesAndReplies) {
   inference::ModelMetadataResponse meta;
   meta.set_name("calc");
   meta.add_versions("1");
-  control.reply.response = meta.SerializeAsString();
-  control.reply.trailers = {{"x-served-by", "python"}};
+  ControlReply reply;
+  reply.response = meta.SerializeAsString();
+  reply.trailers = {{"x-served-by", "python"}};
   Frontend f;
   f.Load("calc", 1);
   f.Start({}, &control);
   for (auto mode : {TestControl::Mode::kInline, TestControl::Mode::kThread}) {
-    control.mode = mode;
+    control.Set(mode, reply);
     inference::ModelMetadataRequest req;
     req.set_name("calc");
     req.set_version("1");
@@ -105,15 +111,14 @@ TEST(GrpcControlTest, CallsCarryMethodMetadataBytesAndReplies) {
     EXPECT_LE(call.deadline_left_s, 11);  // grpc-timeout is rounded up on the wire
   }
   // Error codes and messages pass through, also codes the core does not use.
-  control.mode = TestControl::Mode::kInline;
-  control.reply = ControlReply{StatusCode::kNotFound, "model 'x' is not being served", "", {}};
+  control.Set(TestControl::Mode::kInline, ControlReply{StatusCode::kNotFound, "model 'x' is not being served", "", {}});
   grpc::ClientContext ctx;
   inference::ModelReadyResponse ready;
   grpc::Status st = f.stub->ModelReady(&ctx, inference::ModelReadyRequest(), &ready);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(st.error_message(), "model 'x' is not being served");
   EXPECT_EQ(control.Calls().back().deadline_left_s, -1);  // no deadline
-  control.reply = ControlReply{static_cast<StatusCode>(7), "no", "", {}};
+  control.Set(TestControl::Mode::kInline, ControlReply{static_cast<StatusCode>(7), "no", "", {}});
   grpc::ClientContext ctx2;
   inference::RepositoryModelLoadResponse load;
   st = f.stub->RepositoryModelLoad(&ctx2, inference::RepositoryModelLoadRequest(), &load);
@@ -139,7 +144,7 @@ TEST(GrpcControlTest, WithoutAControlPlaneOtherCallsAreUnimplemented) {
 
 TEST(GrpcControlTest, AControlPlaneThatNeverAnswersHoldsNeitherClientsNorShutdown) {
   TestControl control;
-  control.mode = TestControl::Mode::kHold;
+  control.Set(TestControl::Mode::kHold, {});
   Frontend f;
   f.Start({}, &control);
   {  // the client's deadline ends the call
@@ -168,7 +173,9 @@ TEST(GrpcControlTest, HealthCheckAndReadinessFollowSetServing) {
   TestControl control;
   HealthCheckResponse model_status;
   model_status.set_status(HealthCheckResponse::NOT_SERVING);
-  control.reply.response = model_status.SerializeAsString();
+  ControlReply reply;
+  reply.response = model_status.SerializeAsString();
+  control.Set(TestControl::Mode::kInline, reply);
   Frontend f;
   f.Start({}, &control);
   auto health = grpc::health::v1::Health::NewStub(f.channel);

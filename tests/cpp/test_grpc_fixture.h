@@ -29,6 +29,7 @@
 #include "inferline/grpc_frontend.h"
 #include "inferline/router.h"
 #include "test_util.h"
+#include "tsan.h"
 
 namespace inferline::grpctest {
 
@@ -199,7 +200,11 @@ struct Frontend {
     grpc::Slice slice(request);
     grpc::ByteBuffer req(&slice, 1), resp;
     std::promise<grpc::Status> done;
-    generic.UnaryCall(ctx, method, grpc::StubOptions(), &req, &resp, [&done](grpc::Status s) { done.set_value(s); });
+    grpcfe::HandOff(&done);  // gRPC passes the call to its thread (see csrc/frontend/src/tsan.h)
+    generic.UnaryCall(ctx, method, grpc::StubOptions(), &req, &resp, [&done](grpc::Status s) {
+      grpcfe::TakeOver(&done);
+      done.set_value(s);
+    });
     grpc::Status st = done.get_future().get();
     std::vector<grpc::Slice> slices;
     if (st.ok() && resp.Dump(&slices).ok()) {

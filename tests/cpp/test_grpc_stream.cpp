@@ -194,12 +194,16 @@ TEST(GrpcAdmissionE2ETest, AStaticLimitRefusesWithARetryHint) {
 TEST(GrpcAdmissionE2ETest, ADeadlineShorterThanThePredictedLatencyIsRefusedBeforeDecoding) {
   Frontend f;
   CalcBackend& backend = f.Load("calc", 1, nullptr, /*max_batch=*/1);
-  backend.sleep_us = 20'000;
+  // Sanitized builds take milliseconds per call: larger numbers, so that the deadline still
+  // reaches the server (and is refused there) rather than expiring in the client.
+  backend.sleep_us = kSanitized ? 100'000 : 20'000;
   f.Start();
   ModelInferResponse resp;
-  while (f.fe->Stats().admission.latency_ms < 8) ASSERT_TRUE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+  while (f.fe->Stats().admission.latency_ms < (kSanitized ? 50 : 8)) {
+    ASSERT_TRUE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+  }
   const int runs = backend.runs.load();
-  grpc::Status st = f.Infer(CalcRequest("calc", 1), &resp, /*deadline_ms=*/3);
+  grpc::Status st = f.Infer(CalcRequest("calc", 1), &resp, /*deadline_ms=*/kSanitized ? 20 : 3);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(Contains(st.error_message(), "refused before decoding")) << st.error_message();
   EXPECT_EQ(backend.runs.load(), runs);

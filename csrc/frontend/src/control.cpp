@@ -11,6 +11,7 @@
 
 #include "pytext.h"
 #include "services.h"
+#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -71,10 +72,15 @@ class ForwardedUnary final : public grpc::ServerUnaryReactor, public Finisher {
   void Complete(ControlReply reply) override {
     for (auto& [key, value] : reply.trailers) ctx_->AddTrailingMetadata(key, value);
     if (reply.code == StatusCode::kOk) *response_ = BufferOf(std::move(reply.response));
+    HandOff(this);
     Finish(StatusOf(reply));
   }
-  void Cancelled() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled")); }
+  void Cancelled() override {
+    HandOff(this);
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+  }
   void OnCancel() override {
+    TakeOver(this);
     std::lock_guard<std::mutex> lock(link_->mu);
     if (link_->call != nullptr) {
       link_->call = nullptr;
@@ -82,6 +88,7 @@ class ForwardedUnary final : public grpc::ServerUnaryReactor, public Finisher {
     }
   }
   void OnDone() override {
+    TakeOver(this);
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       link_->call = nullptr;
@@ -106,21 +113,26 @@ class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
     const std::string prefix = std::string("/") + kInferenceService + "/";
     std::lock_guard<std::mutex> lock(link_->mu);
     if (method.compare(0, prefix.size(), prefix) != 0) {
+      HandOff(this);
       Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!"));
     } else if (shared_->control == nullptr) {
+      HandOff(this);
       Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, method + ": not served by this server (no control plane)"));
     } else {
       link_->call = this;
+      HandOff(this);
       StartRead(&request_);
     }
   }
 
   void OnReadDone(bool ok) override {
+    TakeOver(this);
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       if (link_->call == nullptr) return;  // cancelled meanwhile
       if (!ok) {
         link_->call = nullptr;
+        HandOff(this);
         Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request message"));
         return;
       }
@@ -134,13 +146,19 @@ class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
     for (auto& [key, value] : reply.trailers) ctx_->AddTrailingMetadata(key, value);
     if (reply.code == StatusCode::kOk) {
       response_ = BufferOf(std::move(reply.response));
+      HandOff(this);
       StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
+      HandOff(this);
       Finish(StatusOf(reply));
     }
   }
-  void Cancelled() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled")); }
+  void Cancelled() override {
+    HandOff(this);
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+  }
   void OnCancel() override {
+    TakeOver(this);
     std::lock_guard<std::mutex> lock(link_->mu);
     if (link_->call != nullptr) {
       link_->call = nullptr;
@@ -148,6 +166,7 @@ class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
     }
   }
   void OnDone() override {
+    TakeOver(this);
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       link_->call = nullptr;
@@ -168,6 +187,7 @@ class ControlService final : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
     auto* call = new ForwardedGeneric(shared_, ctx);
     call->Start();
+    HandOff(call);
     return call;
   }
 
@@ -191,6 +211,7 @@ grpc::ServerUnaryReactor* ForwardUnary(std::shared_ptr<Shared> shared, grpc::Cal
   }
   auto* call = new ForwardedUnary(ctx, response);
   Forward(*shared, CallOf(*ctx, std::move(method), Flatten(request)), call->link());
+  HandOff(call);
   return call;
 }
 

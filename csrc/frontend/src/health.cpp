@@ -4,6 +4,7 @@
 // for other names), one write at a time, and ends OK after NOT_SERVING at Shutdown.
 #include "health.grpc.pb.h"
 #include "services.h"
+#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -43,11 +44,13 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOver(this);
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
     if (finished_) return;
     if (!ok) {
       finished_ = true;
+      HandOff(this);
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
       return;
     }
@@ -55,13 +58,16 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   }
 
   void OnCancel() override {
+    TakeOver(this);
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     finished_ = true;
+    HandOff(this);
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
   }
 
   void OnDone() override {
+    TakeOver(this);
     {
       std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
       shared_->watchers.erase(this);
@@ -78,9 +84,11 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
       sent_ = now;
       response_.set_status(now);
       writing_ = true;
+      HandOff(this);
       StartWrite(&response_);
     } else if (ending_) {
       finished_ = true;
+      HandOff(this);
       Finish(grpc::Status::OK);
     }
   }
@@ -125,6 +133,7 @@ class HealthService final : public HealthBase {
                                                        const HealthCheckRequest* request) override {
     auto* call = new WatchCall(shared_, request->service());
     call->Start();
+    HandOff(call);
     return call;
   }
 

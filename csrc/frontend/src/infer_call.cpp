@@ -8,6 +8,7 @@
 
 #include "infer_job.h"
 #include "services.h"
+#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -19,16 +20,24 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public InferJob {
       : InferJob(std::move(shared), Protocol::kUnary, &cancelled_), ctx_(ctx), response_(response) {}
 
   void OnCancel() override {
+    TakeOver(this);
     cancelled_.store(true, std::memory_order_relaxed);
-    if (!finished_.exchange(true)) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    if (!finished_.exchange(true)) {
+      HandOff(this);
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    }
   }
-  void OnDone() override { Unref(); }  // the RPC's reference
+  void OnDone() override {
+    TakeOver(this);
+    Unref();  // the RPC's reference
+  }
 
  private:
   void Reply(Answer answer) noexcept override {
     if (finished_.exchange(true)) return;  // cancelled: already finished
     if (answer.retry_after_ms >= 0) ctx_->AddTrailingMetadata("retry-after-ms", std::to_string(answer.retry_after_ms));
     if (answer.status.ok()) response_->Swap(&answer.body);
+    HandOff(this);
     Finish(answer.status);
   }
 
@@ -44,6 +53,7 @@ grpc::ServerUnaryReactor* StartModelInfer(std::shared_ptr<Shared> shared, grpc::
                                           const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   auto* call = new UnaryCall(std::move(shared), ctx, response);
   call->Run(*request, ctx->deadline());
+  HandOff(call);
   return call;
 }
 

@@ -20,6 +20,7 @@
 
 #include "infer_job.h"
 #include "services.h"
+#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -50,6 +51,7 @@ class StreamCall final : public ByteBidiReactor {
     const uint32_t open = shared_->open_streams.fetch_add(1);
     if (open >= max) {
       shared_->open_streams.fetch_sub(1);
+      HandOff(this);
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                           "ModelStreamInfer: this worker has " + std::to_string(open) +
                               " streams open, its limit (--max-streams); retry later, or send unary ModelInfer calls"));
@@ -62,10 +64,12 @@ class StreamCall final : public ByteBidiReactor {
     }
     std::lock_guard<std::mutex> lock(mu_);
     last_active_s_ = NowS();
+    HandOff(this);
     StartRead(&read_buf_);
   }
 
   void OnReadDone(bool ok) override {
+    TakeOver(this);
     if (!ok) {  // half-closed (or broken)
       std::lock_guard<std::mutex> lock(mu_);
       reads_done_ = true;
@@ -87,6 +91,7 @@ class StreamCall final : public ByteBidiReactor {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     if (RoomLocked()) {
+      HandOff(this);
       StartRead(&read_buf_);
     } else {
       read_paused_ = true;
@@ -94,6 +99,7 @@ class StreamCall final : public ByteBidiReactor {
   }
 
   void OnWriteDone(bool ok) override {
+    TakeOver(this);
     std::lock_guard<std::mutex> lock(mu_);
     --in_hand_;
     bytes_in_hand_ -= queue_.front().bytes;
@@ -108,18 +114,21 @@ class StreamCall final : public ByteBidiReactor {
     if (!queue_.empty()) StartWriteLocked();
     if (read_paused_ && !reads_done_ && RoomLocked()) {
       read_paused_ = false;
+      HandOff(this);
       StartRead(&read_buf_);
     }
     MaybeFinishLocked();
   }
 
   void OnCancel() override {
+    TakeOver(this);
     cancelled_.store(true, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
   }
 
   void OnDone() override {
+    TakeOver(this);
     if (counted_) {
       {
         std::lock_guard<std::mutex> lock(shared_->streams_mu_);
@@ -152,6 +161,7 @@ class StreamCall final : public ByteBidiReactor {
     if (writing_ && now_s - writing_since_s_ >= idle_s_) {
       // The unread write would hold the status back behind flow control: cancel the call (the
       // client sees CANCELLED). ctx_ is valid: the call is not finished, so OnDone has not run.
+      HandOff(this);
       ctx_->TryCancel();
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "ModelStreamInfer: an answer went unread" + why));
     } else if (!writing_ && in_hand_ == 0 && now_s - last_active_s_ >= idle_s_) {
@@ -195,6 +205,7 @@ class StreamCall final : public ByteBidiReactor {
   void StartWriteLocked() {
     writing_ = true;
     writing_since_s_ = NowS();
+    HandOff(this);
     StartWrite(&queue_.front().body);
   }
   void MaybeFinishLocked() {
@@ -208,6 +219,7 @@ class StreamCall final : public ByteBidiReactor {
       bytes_in_hand_ -= queue_.back().bytes;
       queue_.pop_back();
     }
+    HandOff(this);
     Finish(std::move(status));
   }
 
@@ -229,6 +241,7 @@ class StreamCall final : public ByteBidiReactor {
 ByteBidiReactor* StartModelStreamInfer(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx) {
   auto* call = new StreamCall(std::move(shared), ctx);
   call->Start();
+  HandOff(call);
   return call;
 }
 

@@ -1,0 +1,35 @@
+// Private: hand-off annotations for ThreadSanitizer builds (INFERLINE_TSAN_ANNOTATIONS).
+//
+// The system libgrpc is not built with -fsanitize=thread, so TSan cannot see the
+// synchronization by which gRPC passes a call from the thread that started an operation
+// (StartRead, StartWrite, Finish, returning a reactor) to the thread that runs its reaction
+// (OnReadDone, OnWriteDone, OnCancel, OnDone). Each reactor marks that edge itself: HandOff(this)
+// just before every such operation, TakeOver(this) first thing in every reaction. Our own
+// state is still checked (every other edge is a mutex, an atomic or the core's queues); only
+// gRPC's internal races are suppressed (tests/tsan.supp). Elsewhere these compile to nothing.
+#pragma once
+
+#if defined(INFERLINE_TSAN_ANNOTATIONS)
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
+
+namespace inferline::grpcfe {
+
+inline void HandOff(const void* reactor) noexcept {
+#if defined(INFERLINE_TSAN_ANNOTATIONS)
+  __tsan_release(const_cast<void*>(reactor));
+#else
+  (void)reactor;
+#endif
+}
+
+inline void TakeOver(const void* reactor) noexcept {
+#if defined(INFERLINE_TSAN_ANNOTATIONS)
+  __tsan_acquire(const_cast<void*>(reactor));
+#else
+  (void)reactor;
+#endif
+}
+
+}  // namespace inferline::grpcfe
