@@ -3,6 +3,7 @@
 // and Watch, ServerLive/Ready, server reflection, the request tap, Stats, bind and option errors.
 #include <google/protobuf/unknown_field_set.h>
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
 
 #include <condition_variable>
 #include <mutex>
@@ -391,6 +392,70 @@ TEST(GrpcControlTest, BindAndOptionErrors) {
   auto tls = GrpcFrontend::Start(&router, &engine, o, nullptr);
   ASSERT_FALSE(tls.ok());
   EXPECT_EQ(tls.status().code(), StatusCode::kInvalidArgument);
+}
+
+// A self-signed test certificate for localhost / 127.0.0.1, valid 2000-2999 (test use only).
+constexpr char kTestKey[] = R"(-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg9XNUsVaKhVcC9Bm5
+yX9yBByc+fyyuPeTLrmtZK9YbTChRANCAATQ8ueCPXSUi046zy1DeTaqDCuTsh2K
+srxMkmbVANJszq8Jo2BG7YmSJe8+nfRm8WtG+vWhluo3Vst3qEIxLpyB
+-----END PRIVATE KEY-----
+)";
+constexpr char kTestCert[] = R"(-----BEGIN CERTIFICATE-----
+MIIBWzCCAQGgAwIBAgIUEgIRLNlaPnNVOsFWSzNeqvmTbEUwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTAwMDEwMTAwMDAwMFoYDzI5OTkxMjMx
+MDAwMDAwWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATQ8ueCPXSUi046zy1DeTaqDCuTsh2KsrxMkmbVANJszq8Jo2BG7YmS
+Je8+nfRm8WtG+vWhluo3Vst3qEIxLpyBoy8wLTAaBgNVHREEEzARgglsb2NhbGhv
+c3SHBH8AAAEwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA5F55
+HrEdGqMqgcBl7Qzeuz/T4SoEaeF/LshKPlRQFjkCIFBY+0pmW1sXQh/8JY3Y6tmq
+JJezrIIAOZlXUFkaV/88
+-----END CERTIFICATE-----
+)";
+
+TEST(GrpcControlTest, TlsServesOnlyTlsClients) {
+  Engine engine;
+  Router router(&engine);
+  ASSERT_TRUE(engine.Load(CalcConfig("calc", 1), std::make_shared<CalcBackend>(1)).ok());
+  GrpcFrontendOptions o;
+  o.address = "127.0.0.1:0";
+  o.tls_cert_pem = kTestCert;
+  o.tls_key_pem = kTestKey;
+  auto fe = GrpcFrontend::Start(&router, &engine, o, nullptr);
+  ASSERT_TRUE(fe.ok()) << fe.status().ToString();
+  const std::string target = "localhost:" + std::to_string((*fe)->port());
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = kTestCert;
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(target, grpc::SslCredentials(ssl)));
+  grpc::ClientContext ctx;
+  ModelInferResponse resp;
+  grpc::Status st = stub->ModelInfer(&ctx, CalcRequest("calc", 1), &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.model_name(), "calc");
+  auto plain = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx2;
+  ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_FALSE(plain->ModelInfer(&ctx2, CalcRequest("calc", 1), &resp).ok());
+  (*fe)->Shutdown(1);
+}
+
+TEST(GrpcControlTest, MessageSizeLimitAndSharedPorts) {
+  GrpcFrontendOptions o;
+  o.max_message_bytes = 4096;
+  o.reuse_port = true;
+  Frontend f;
+  f.Load("calc", 1);
+  f.Start(o);
+  ModelInferResponse resp;
+  ModelInferRequest big = CalcRequest("calc", 1);
+  big.set_id(std::string(5000, 'i'));
+  EXPECT_EQ(f.Infer(big, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // With reuse_port, a second server may bind the same port (a server's workers share it).
+  o.address = "127.0.0.1:" + std::to_string(f.fe->port());
+  auto second = GrpcFrontend::Start(&f.router, &f.engine, o, nullptr);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ((*second)->port(), f.fe->port());
+  (*second)->Shutdown(0);
 }
 
 TEST(GrpcControlTest, ShutdownAnswersCallsInFlightWithinGrace) {

@@ -19,6 +19,7 @@
 #include <future>
 #include <set>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,6 +59,10 @@ class CalcBackend final : public Backend {
     Tensor wide = Tensor::Allocate(DataType::kUInt8, Shape{rows, kWide});
     const auto* xs = static_cast<const float*>(x.data);
     const auto* ks = static_cast<const int8_t*>(k.data);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      firsts_.push_back(xs[0]);
+    }
     for (int64_t r = 0; r < rows; ++r) {
       for (int c = 0; c < 2; ++c) {
         static_cast<float*>(sum.data)[r * 2 + c] = xs[r * 2 + c] + ks[r];
@@ -73,8 +78,15 @@ class CalcBackend final : public Backend {
   std::atomic<int> runs{0};
   std::atomic<bool> fail{false};
   std::atomic<int> sleep_us{0};
+  // x[0][0] of every batch computed, in order.
+  std::vector<float> Firsts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return firsts_;
+  }
 
  private:
+  std::mutex mu_;
+  std::vector<float> firsts_;
   int64_t version_;
   Gate* gate_;
 };
@@ -124,6 +136,13 @@ inline ModelInferRequest CalcRequest(const std::string& model, int rows, bool ra
     for (float v : x) tx->mutable_contents()->add_fp32_contents(v);
     for (int8_t v : k) tk->mutable_contents()->add_int_contents(v);
   }
+  return req;
+}
+
+// CalcRequest with x[0][0] = x0 (to tell requests apart in CalcBackend::Firsts).
+inline ModelInferRequest CalcRequestX0(const std::string& model, float x0, const std::string& id = "") {
+  ModelInferRequest req = CalcRequest(model, 1, true, id);
+  std::memcpy(req.mutable_raw_input_contents(0)->data(), &x0, sizeof x0);
   return req;
 }
 

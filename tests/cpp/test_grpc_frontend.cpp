@@ -119,6 +119,34 @@ TEST_F(GrpcUnaryTest, RequestParameters) {
               "model 'calc' parameter 'routing_key': expected a string_param, got int64_param");
 }
 
+TEST_F(GrpcUnaryTest, KServePriorityOneIsServedFirst) {
+  Gate gate(false);
+  Frontend g;
+  testing::OpenOnExit open(gate);
+  CalcBackend& backend = g.Load("prio", 1, &gate, /*max_batch=*/1);  // 3 core levels
+  g.Start();
+  std::vector<std::thread> calls;
+  auto send = [&](float x0, int64_t priority) {
+    calls.emplace_back([&g, x0, priority] {
+      ModelInferRequest req = CalcRequestX0("prio", x0);
+      (*req.mutable_parameters())["priority"].set_int64_param(priority);
+      EXPECT_TRUE(InferWith(g, req).ok());
+    });
+  };
+  send(100, 0);  // takes the executor and waits at the gate
+  while (backend.runs.load() < 1) Pause(5);
+  send(200, 0);  // default: the lowest level
+  while (g.fe->Stats().admission.in_flight < 2) Pause(5);
+  send(300, 2);  // level 1
+  while (g.fe->Stats().admission.in_flight < 3) Pause(5);
+  send(400, 1);  // highest: level 2
+  while (g.fe->Stats().admission.in_flight < 4) Pause(5);
+  Pause(50);  // the last request reaches the core's queue
+  gate.Open();
+  for (auto& c : calls) c.join();
+  EXPECT_EQ(backend.Firsts(), (std::vector<float>{100, 400, 300, 200}));
+}
+
 TEST_F(GrpcUnaryTest, TimeoutParameterIsTheCoresDeadline) {
   Gate gate(false);
   Frontend g;

@@ -47,6 +47,10 @@ void InferJob::Deliver(InferResult* results, size_t count) noexcept {
 }
 
 void InferJob::HandleResult(InferResult& result) {
+  if (cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed)) {
+    Fail(Status(StatusCode::kCancelled, "call cancelled"));  // the client is gone: nothing to encode
+    return;
+  }
   const uint64_t encode_start = NowNs();
   std::shared_ptr<Model> other;  // keeps a fallback's config alive while encoding
   const ModelConfig* config = nullptr;

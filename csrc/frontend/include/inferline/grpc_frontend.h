@@ -77,14 +77,17 @@ struct AdmissionOptions {
 
 struct GrpcFrontendOptions {
   std::string address = "127.0.0.1:8001";  // host:port ([v6]:port); port 0 = a free one
-  int threads = 0;                          // callback threads; 0 = one per core
+  int threads = 0;                          // > 0: ResourceQuota max threads; gRPC 1.51 sizes its
+                                            // callback pool itself (frontend.cpp), so this caps only
+                                            // its synchronous pool (reflection); 0 = gRPC's default
   uint64_t max_message_bytes = 64ull << 20; // larger requests: RESOURCE_EXHAUSTED from gRPC itself
   uint32_t max_concurrent_streams = 1024;   // per HTTP/2 connection; more wait in the client
   bool reuse_port = false;                  // SO_REUSEPORT: a server's workers share its port
   std::string tls_cert_pem;                 // both set: TLS
   std::string tls_key_pem;
   uint32_t max_streams = 64;                // open ModelStreamInfer streams; more are refused UNAVAILABLE
-  double stream_idle_timeout_s = 0;         // > 0: a stream idle this long is ended (OK)
+  double stream_idle_timeout_s = 0;         // > 0: a stream idle this long (no request, or an
+                                            // answer unread) is ended UNAVAILABLE, as in Python
   AdmissionOptions admission;
 };
 
