@@ -276,6 +276,16 @@ Status DecodeInputs(const inference::ModelInferRequest& msg, DecodedRequest* out
   return Status::Ok();
 }
 
+// Each name once: a set only past kFewOutputs names (a pairwise check allocates nothing).
+bool SeenBefore(const inference::ModelInferRequest& msg, int i, std::unordered_set<std::string_view>* seen) {
+  const std::string& name = msg.outputs(i).name();
+  if (msg.outputs_size() > kFewOutputs) return !seen->insert(name).second;
+  for (int j = 0; j < i; ++j) {
+    if (msg.outputs(j).name() == name) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 const char* KServeName(DataType dtype) noexcept {
@@ -287,8 +297,9 @@ const char* KServeName(DataType dtype) noexcept {
 
 Status CheckRequestedOutputs(const inference::ModelInferRequest& msg) {
   std::unordered_set<std::string_view> seen;
-  for (const auto& o : msg.outputs()) {
-    if (!seen.insert(o.name()).second) {
+  for (int i = 0; i < msg.outputs_size(); ++i) {
+    const auto& o = msg.outputs(i);
+    if (SeenBefore(msg, i, &seen)) {
       return InvalidArgument("model " + Quote(msg.model_name()) + " output " + Quote(o.name()) +
                              ": requested twice (name each output at most once)");
     }

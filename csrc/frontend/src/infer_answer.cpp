@@ -65,11 +65,14 @@ void InferJob::HandleResult(InferResult& result) {
                                std::to_string(result.answered_version) + " answered and is no longer loaded");
     }
   }
+  // Drawn before the answer goes out, so that a share changed after the client saw it does not
+  // apply to it.
+  const bool tapped = shared_->tap.Sample(msg_->model_name());
   Answer answer;
   Status st = config != nullptr ? Encode(result, *config, &answer) : result.status;
   if (!st.ok()) {
     Fail(st);
-    Tap(result, nullptr);
+    if (tapped) Tap(result, nullptr);
     return;
   }
   admitted_ = false;
@@ -78,7 +81,7 @@ void InferJob::HandleResult(InferResult& result) {
   stages.decode_us.Record(decode_ns_ / 1000);
   stages.encode_us.Record((NowNs() - encode_start) / 1000);
   Reply(std::move(answer));
-  Tap(result, config);
+  if (tapped) Tap(result, config);
 }
 
 // The OK answer with the requested outputs (by name, in the answering version's config);
@@ -107,7 +110,6 @@ Status InferJob::Encode(const InferResult& result, const ModelConfig& config, An
 }
 
 void InferJob::Tap(const InferResult& result, const ModelConfig* answered) {
-  if (!shared_->tap.Sample(msg_->model_name())) return;
   TapRecord rec;
   rec.model = msg_->model_name();
   rec.request_id = msg_->id();

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <charconv>
 #include <limits>
-#include <unordered_set>
 
 #include "infer_job.h"
 #include "pytext.h"
@@ -121,11 +120,10 @@ Status InferJob::Resolve() {
 Status InferJob::CheckNames() {
   const ModelConfig& c = model_->config();
   const auto& inputs = decoded_.inputs;
-  if (inputs.size() > 1) {
-    std::unordered_set<std::string_view> seen;
-    for (const WireInput& in : inputs) {
-      if (!seen.insert(in.tensor->name()).second) {
-        return InvalidArgument(c.Describe() + " input " + PyRepr(in.tensor->name()) + ": given twice");
+  for (size_t i = 1; i < inputs.size(); ++i) {  // few inputs: no set to allocate
+    for (size_t j = 0; j < i; ++j) {
+      if (inputs[i].tensor->name() == inputs[j].tensor->name()) {
+        return InvalidArgument(c.Describe() + " input " + PyRepr(inputs[i].tensor->name()) + ": given twice");
       }
     }
   }
