@@ -129,6 +129,35 @@ TEST(GrpcStreamTest, AnIdleStreamIsClosedAndABusyOneIsNot) {
   EXPECT_TRUE(busy->Finish().ok());
 }
 
+TEST(GrpcStreamTest, AStreamWhoseAnswersAreNeverReadIsEndedWithTheReason) {
+  GrpcFrontendOptions o;
+  o.stream_idle_timeout_s = kSanitized ? 2.0 : 0.5;
+  Frontend f;
+  f.Start(o);
+  grpc::ClientContext ctx;
+  StreamPtr stream = f.stub->ModelStreamInfer(&ctx);
+  ModelInferRequest echo;  // an error answer that echoes the (long) model name
+  echo.set_model_name(std::string(4096, 'm'));
+  std::atomic<int> sent{0};
+  std::thread writer([&] {
+    for (int i = 0; i < 30'000 && stream->Write(echo); ++i) sent.fetch_add(1);
+  });
+  for (int before = -1; before != sent.load();) {  // until the server stops reading: held back
+    before = sent.load();
+    Pause(250);
+  }
+  EXPECT_LT(sent.load(), 30'000) << "the stream was not held back";
+  std::this_thread::sleep_for(std::chrono::duration<double>(o.stream_idle_timeout_s * 3));
+  ModelStreamInferResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  writer.join();
+  grpc::Status st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(Contains(st.error_message(), "an answer went unread")) << st.error_message();
+  EXPECT_TRUE(Contains(st.error_message(), "--stream-idle-timeout")) << st.error_message();
+}
+
 TEST(GrpcStreamTest, ACancelledStreamWithdrawsItsQueuedRequests) {
   Gate gate(false);
   Frontend f;

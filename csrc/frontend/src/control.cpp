@@ -80,7 +80,7 @@ class ForwardedUnary final : public grpc::ServerUnaryReactor, public Finisher {
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
   }
   void OnCancel() override {
-    TakeOver(this);
+    Reaction reaction(this);
     std::lock_guard<std::mutex> lock(link_->mu);
     if (link_->call != nullptr) {
       link_->call = nullptr;
@@ -126,7 +126,7 @@ class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
   }
 
   void OnReadDone(bool ok) override {
-    TakeOver(this);
+    Reaction reaction(this);
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       if (link_->call == nullptr) return;  // cancelled meanwhile
@@ -158,7 +158,7 @@ class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
   }
   void OnCancel() override {
-    TakeOver(this);
+    Reaction reaction(this);
     std::lock_guard<std::mutex> lock(link_->mu);
     if (link_->call != nullptr) {
       link_->call = nullptr;

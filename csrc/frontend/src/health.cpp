@@ -44,7 +44,7 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   }
 
   void OnWriteDone(bool ok) override {
-    TakeOver(this);
+    Reaction reaction(this);
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
     if (finished_) return;
@@ -58,7 +58,7 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   }
 
   void OnCancel() override {
-    TakeOver(this);
+    Reaction reaction(this);
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     finished_ = true;

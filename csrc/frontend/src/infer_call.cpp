@@ -20,7 +20,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public InferJob {
       : InferJob(std::move(shared), Protocol::kUnary, &cancelled_), ctx_(ctx), response_(response) {}
 
   void OnCancel() override {
-    TakeOver(this);
+    Reaction reaction(this);
     cancelled_.store(true, std::memory_order_relaxed);
     if (!finished_.exchange(true)) {
       HandOff(this);

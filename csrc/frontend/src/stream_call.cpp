@@ -69,7 +69,7 @@ class StreamCall final : public ByteBidiReactor {
   }
 
   void OnReadDone(bool ok) override {
-    TakeOver(this);
+    Reaction reaction(this);
     if (!ok) {  // half-closed (or broken)
       std::lock_guard<std::mutex> lock(mu_);
       reads_done_ = true;
@@ -99,7 +99,7 @@ class StreamCall final : public ByteBidiReactor {
   }
 
   void OnWriteDone(bool ok) override {
-    TakeOver(this);
+    Reaction reaction(this);
     std::lock_guard<std::mutex> lock(mu_);
     --in_hand_;
     bytes_in_hand_ -= queue_.front().bytes;
@@ -121,7 +121,7 @@ class StreamCall final : public ByteBidiReactor {
   }
 
   void OnCancel() override {
-    TakeOver(this);
+    Reaction reaction(this);
     cancelled_.store(true, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mu_);
     if (!finished_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
@@ -159,10 +159,9 @@ class StreamCall final : public ByteBidiReactor {
     if (finished_) return;
     const std::string why = " for " + Seconds(idle_s_) + " s; stream closed (--stream-idle-timeout)";
     if (writing_ && now_s - writing_since_s_ >= idle_s_) {
-      // The unread write would hold the status back behind flow control: cancel the call (the
-      // client sees CANCELLED). ctx_ is valid: the call is not finished, so OnDone has not run.
-      HandOff(this);
-      ctx_->TryCancel();
+      // The status goes out behind the answer being written (HTTP/2 keeps a stream's order), as
+      // the Python frontend's: the client reads what it was sent, then the reason. The answers
+      // still queued are dropped.
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "ModelStreamInfer: an answer went unread" + why));
     } else if (!writing_ && in_hand_ == 0 && now_s - last_active_s_ >= idle_s_) {
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "ModelStreamInfer: no request" + why));
