@@ -57,7 +57,7 @@ TEST(GrpcStreamTest, AFailedRequestGetsAnErrorMessageAndTheStreamGoesOn) {
   ASSERT_TRUE(stream->Write(bad));
   ModelStreamInferResponse resp;
   ASSERT_TRUE(stream->Read(&resp));
-  EXPECT_TRUE(Contains(resp.error_message(), "model 'nope' is not loaded")) << resp.error_message();
+  EXPECT_EQ(resp.error_message(), "model 'nope' is not being served");
   EXPECT_EQ(resp.infer_response().model_name(), "nope");
   EXPECT_EQ(resp.infer_response().id(), "e1");
   EXPECT_EQ(resp.infer_response().outputs_size(), 0);

@@ -147,6 +147,23 @@ bool HasNegative(const Dims& dims) noexcept {
 
 std::string DimsText(const Dims& dims, bool elide = false) { return PyIntList(dims.data(), dims.size(), elide); }
 
+// NumPy refuses an array whose non-zero dimensions times its itemsize pass 2**63 - 1 bytes, even
+// one without elements (e.g. [2**63 - 1, 0]): so does this frontend, before any row reaches the core.
+bool TooBig(const Dims& dims, uint64_t itemsize) noexcept {
+  uint64_t n = itemsize;
+  for (int64_t d : dims) {
+    if (d == 0) continue;
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n) || n > static_cast<uint64_t>(INT64_MAX)) return true;
+  }
+  return false;
+}
+
+std::string TooBigText(const std::string& where, const Dims& dims) {
+  return where + ": shape " + DimsText(dims, true) +
+         " cannot be used (array is too big; `arr.size * arr.dtype.itemsize` is larger than the maximum possible "
+         "size.)";
+}
+
 std::string TooManyDims(const std::string& where, const Dims& dims) {
   return where + ": shape has " + std::to_string(dims.size()) + " dimensions (at most " + std::to_string(kMaxDims) + ")";
 }
@@ -157,8 +174,9 @@ Status FromRaw(const inference::ModelInferRequest& msg, const InputTensor& t, co
   if (static_cast<size_t>(dims.size()) > kMaxDims) return InvalidArgument(TooManyDims(Where(msg, t), dims));
   const WireType* wt = FindWireType(t.datatype());
   uint64_t bytes = 0;
-  if (wt != nullptr && !HasNegative(dims) && ElementCount(dims, DataTypeSize(wt->dtype), &bytes) &&
-      bytes == raw.size()) {
+  const bool sized = wt != nullptr && !HasNegative(dims) && ElementCount(dims, DataTypeSize(wt->dtype), &bytes) &&
+                     bytes == raw.size();
+  if (sized && !TooBig(dims, DataTypeSize(wt->dtype))) {
     const void* data = raw.data();
     if (reinterpret_cast<uintptr_t>(data) % DataTypeSize(wt->dtype) != 0) {  // one copy, aligned
       Tensor copy = Tensor::Allocate(DataType::kUInt8, Shape{static_cast<int64_t>(bytes)});
@@ -172,6 +190,7 @@ Status FromRaw(const inference::ModelInferRequest& msg, const InputTensor& t, co
   const std::string where = Where(msg, t);
   if (wt == nullptr) return InvalidArgument(where + ": unsupported datatype " + PyRepr(t.datatype()));
   if (HasNegative(dims)) return InvalidArgument(where + ": shape " + DimsText(dims) + " has a negative dimension");
+  if (sized) return InvalidArgument(TooBigText(where, dims));
   return InvalidArgument(where + ": " + std::to_string(raw.size()) + " bytes of data for " + t.datatype() + " " +
                          DimsText(dims) + ", which needs " +
                          DecimalProduct(dims.data(), dims.size(), DataTypeSize(wt->dtype)) + " bytes");
@@ -249,6 +268,7 @@ Status FromContents(const inference::ModelInferRequest& msg, const InputTensor& 
     return InvalidArgument(Where(msg, t) + ": " + std::to_string(count) + " values for " + t.datatype() + " " +
                            DimsText(dims) + ", which needs " + DecimalProduct(dims.data(), dims.size(), 1));
   }
+  if (TooBig(dims, DataTypeSize(wt->dtype))) return InvalidArgument(TooBigText(Where(msg, t), dims));
   out->inputs.push_back(WireInput{&t, wt->dtype, data});
   return Status::Ok();
 }

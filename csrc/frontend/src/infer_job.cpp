@@ -26,6 +26,31 @@ uint32_t PriorityLevel(uint64_t priority, uint32_t levels) noexcept {
   return levels - static_cast<uint32_t>(priority);
 }
 
+// NOT_FOUND in Python's routing wording (routing/router.py), so that both frontends answer an
+// unknown model or version alike: "model 'm' is not being served", "model 'm' version 3 is not
+// being served (serving: 1, 2)"; the name whole, as Python's repr (the status is clipped later).
+// `version` as the request wrote it (decimal).
+Status NotServed(const Engine& engine, const std::string& name, const std::string& version) {
+  std::string served;
+  for (const LoadedModel& m : engine.List()) {
+    if (m.name == name) served += (served.empty() ? "" : ", ") + std::to_string(m.version);
+  }
+  if (served.empty() || version.empty()) return NotFound("model " + PyRepr(name) + " is not being served");
+  return NotFound("model " + PyRepr(name) + " version " + version + " is not being served (serving: " + served + ")");
+}
+
+// `text` as Python's int() reads a decimal version with an optional '-' ("" when it is not one;
+// leading zeros dropped).
+std::string DecimalText(const std::string& text) {
+  size_t sign = !text.empty() && text[0] == '-' ? 1 : 0;
+  if (text.size() == sign || !std::all_of(text.begin() + sign, text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return "";
+  }
+  size_t first = text.find_first_not_of('0', sign);
+  std::string digits = first == std::string::npos ? "0" : text.substr(first);
+  return sign && digits != "0" ? "-" + digits : digits;
+}
+
 }  // namespace
 
 uint64_t NowNs() noexcept {
@@ -101,16 +126,22 @@ Status InferJob::Resolve() {
     const bool digits = std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
     if (!digits) {
       Expected<std::shared_ptr<Model>> any = ResolveInputsFor(*shared_->router, *shared_->engine, name, 0);
-      if (!any.ok()) return any.status();
-      return NotFound("model " + Quote(name) + ": version " + PyRepr(text) + " is not a number");
+      if (!any.ok()) return any.status().code() == StatusCode::kNotFound ? NotServed(*shared_->engine, name, "")
+                                                                          : any.status();
+      const std::string decimal = DecimalText(text);  // "-1": a number no version has
+      if (!decimal.empty()) return NotServed(*shared_->engine, name, decimal);
+      return NotFound("model " + PyRepr(name) + ": version " + PyRepr(text) + " is not a number");
     }
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
     if (ec != std::errc() || end != text.data() + text.size() || version == 0) {
-      return NotFound("model " + Quote(name) + " version " + text + " is not loaded");
+      return NotServed(*shared_->engine, name, DecimalText(text));
     }
   }
   Expected<std::shared_ptr<Model>> m = ResolveInputsFor(*shared_->router, *shared_->engine, name, version);
-  if (!m.ok()) return m.status();
+  if (!m.ok()) {
+    if (m.status().code() != StatusCode::kNotFound) return m.status();
+    return NotServed(*shared_->engine, name, version == 0 ? "" : std::to_string(version));
+  }
   model_ = std::move(m).value();
   route_.version = version;
   return Status::Ok();

@@ -597,10 +597,6 @@ def test_streams_are_bounded_in_number_and_idle_time(repository, grpc_frontend):
 async def test_a_stream_whose_answers_are_never_read_is_closed_unavailable(repository, grpc_frontend, request):
     """A client that writes and never reads: the server stops reading it (flow control), and once an
     answer has waited --stream-idle-timeout to be written, ends the stream UNAVAILABLE, saying so."""
-    if grpc_frontend == "native":  # remove once it passes (strict: an unexpected pass fails)
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "native frontend bug: with an answer's write pending, the idle watchdog cancels the call (the "
-            "client sees CANCELLED or INTERNAL) instead of ending it UNAVAILABLE with its reason")))
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, stream_idle_timeout_s=1.0)
     raw = pb.ModelInferRequest(model_name="m" * 4096).SerializeToString()  # an error answer echoing the name
     with ServerThread(repository, [grpc_starter(grpc_frontend)], settings) as srv:
