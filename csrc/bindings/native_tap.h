@@ -96,7 +96,8 @@ inline py::tuple TapRecordToPy(const TapRecord& r) {
   return py::make_tuple(Utf8(r.model), Utf8(r.request_id), NamedArrays(r.input_names, r.inputs), outputs,
                         static_cast<int>(res.status.code()), Utf8(res.status.message()), Utf8(res.answered_model),
                         res.answered_version,
-                        inferline::FallbackReasonName(res.fallback_reason), res.primary_version, r.latency_us);
+                        inferline::FallbackReasonName(res.fallback_reason), res.primary_version, r.latency_us,
+                        r.requested_version);
 }
 
 }  // namespace inferline_py

@@ -176,8 +176,10 @@ class ControlReply:
 # (model as requested, request id, inputs {name: array} in the config order of the version converted
 #  for, outputs {name: array} of the answering version or None when the request failed, status code,
 #  message ("" when OK), answered_model, answered_version, fallback_reason ("none", "error", ...),
-#  primary_version, latency_us from admission to answer). Arrays are copies owning their memory.
-TapRecord = Tuple[str, str, Dict[str, np.ndarray], Optional[Dict[str, np.ndarray]], int, str, str, int, str, int, int]
+#  primary_version, latency_us from admission to answer, requested_version: the version the request
+#  named, 0 when the policy routed it). Arrays are copies owning their memory.
+TapRecord = Tuple[str, str, Dict[str, np.ndarray], Optional[Dict[str, np.ndarray]], int, str, str, int, str, int, int,
+                  int]
 
 class NativeFrontend:
     """The native KServe v2 gRPC frontend (csrc/frontend/include/inferline/grpc_frontend.h): ModelInfer

@@ -132,6 +132,7 @@ void InferJob::Tap(const InferResult& result, const ModelConfig* answered) {
     for (const TensorSpec& s : answered->outputs) rec.output_names.push_back(s.name);
   }
   rec.latency_us = (NowNs() - start_ns_) / 1000;
+  rec.requested_version = requested_version_;
   shared_->tap.Observe(std::move(rec));
 }
 

@@ -144,6 +144,7 @@ Status InferJob::Resolve() {
   }
   model_ = std::move(m).value();
   route_.version = version;
+  requested_version_ = version;
   return Status::Ok();
 }
 

@@ -83,6 +83,7 @@ class InferJob : public CompletionSink {
   inference::ModelInferRequest* msg_ = nullptr;  // on arena_; set once parsed
   DecodedRequest decoded_;
   std::shared_ptr<Model> model_;  // the version converted for
+  int64_t requested_version_ = 0; // model_version as a number; 0: routed by the policy
   std::vector<int> selection_;    // requested outputs, indices into model_'s outputs
   InferRequest request_;
   RouteRequest route_;

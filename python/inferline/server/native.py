@@ -205,10 +205,11 @@ class TapConsumer:
                 log.exception("a tapped request could not be recorded")
 
     def _observe(self, model, request_id, inputs, outputs, code, message, answered_model, answered_version,
-                 fallback_reason, primary_version, latency_us) -> None:
+                 fallback_reason, primary_version, latency_us, requested_version) -> None:
         t0 = time.perf_counter() - latency_us / 1e6  # as if timed from admission, like the Python path
         recorder = self._dp.models.recorder
-        watch = recorder.watch(model)
+        # as Service.infer_async: a request naming its version is on no arm of a rollout
+        watch = recorder.watch(model) if requested_version == 0 else None
         if code != 0:
             if watch is not None:
                 error = from_status(code, message)

@@ -91,6 +91,8 @@ def test_a_canary_counts_each_request_on_its_arm_and_compares_mirrored_pairs(ser
     versions = [infer(server, "rolled", np.ones((1, 4), np.float32), parameters={"routing_key": f"user-{i}"},
                       request_id=f"r-{i}").get_response().model_version for i in range(60)]
     assert {"1", "2"} == set(versions)
+    for i in range(5):  # a request naming its version is on no arm (as on the Python path)
+        infer(server, "rolled", np.ones((1, 4), np.float32), model_version="2", request_id=f"named-{i}")
 
     def counts():
         return {v: (c.requests, c.errors, c.pairs) for v, c in watch.arms.items()}

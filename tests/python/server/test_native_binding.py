@@ -231,14 +231,21 @@ def test_tap_records_arrive_through_the_eventfd(start):
         if wait_readable(fe.tap_fd(), 0.5):
             records += fe.drain_tap()
     assert sorted(r[1] for r in records) == sorted(sent)
-    for model, rid, inputs, outputs, code, message, ans_model, ans_version, reason, primary, latency_us in records:
-        assert (model, code, message, ans_model, ans_version, reason, primary) == ("a", 0, "", "a", 1, "none", 1)
+    for (model, rid, inputs, outputs, code, message, ans_model, ans_version, reason, primary, latency_us,
+         requested) in records:
+        assert (model, code, message, ans_model, ans_version, reason, primary, requested) == \
+            ("a", 0, "", "a", 1, "none", 1, 0)
         np.testing.assert_array_equal(inputs["x"], sent[rid])
         np.testing.assert_array_equal(outputs["y"], sent[rid] * 2)
         assert inputs["x"].flags.owndata and outputs["y"].flags.owndata
         assert latency_us > 0
     assert not wait_readable(fe.tap_fd(), 0)  # drained: the fd is clear
     assert fe.tap_dropped == 0
+
+    infer(client, rows(1), request_id="named", model_version="1")  # a version named: not routed by the policy
+    assert wait_readable(fe.tap_fd(), 5)
+    [named] = fe.drain_tap()
+    assert (named[1], named[9], named[11]) == ("named", 1, 1)
 
     fe.set_tap_share("a", 0)  # (a request's share is read after its answer went out: set before sending)
     infer(client, rows(1), request_id="not-tapped")

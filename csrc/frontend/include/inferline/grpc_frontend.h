@@ -125,6 +125,7 @@ struct TapRecord {
   InferResult result;         // status, outputs (all, config order), answered_model/version, fallback_reason
   std::vector<std::string> output_names; // of the version that answered (empty on error)
   uint64_t latency_us = 0;    // admission to answer
+  int64_t requested_version = 0;  // the version the request named (model_version), 0: routed by the policy
 };
 
 class RequestTap {
