@@ -184,6 +184,7 @@ TEST(GrpcAdmissionE2ETest, AStaticLimitRefusesWithARetryHint) {
   Gate gate(false);
   GrpcFrontendOptions o;
   o.admission.static_limit = 1;
+  o.admission.lobby = 0;  // refused at once (test_grpc_lobby.cpp: the lobby)
   Frontend f;
   testing::OpenOnExit open(gate);
   f.Load("calc", 1, &gate);

@@ -64,6 +64,7 @@ class FrontendImpl final : public GrpcFrontend {
       return Unavailable("gRPC: cannot bind " + o.address);
     }
     if (o.stream_idle_timeout_s > 0) watchdog_ = std::thread([this] { Watchdog(); });
+    if (shared_->admission.has_lobby()) sweeper_ = std::thread([this] { Sweeper(); });
     return Status::Ok();
   }
 
@@ -90,6 +91,9 @@ class FrontendImpl final : public GrpcFrontend {
     shut_down_ = true;
     shared_->shutting_down.store(true);
     grpcfe::EndWatchers(*shared_);  // NOT_SERVING, then they end
+    // Requests waiting for admission are answered UNAVAILABLE now, not cancelled at the grace's end.
+    grpcfe::Admission::RunReleased(shared_->admission.Close());
+    if (sweeper_.joinable()) sweeper_.join();
     if (server_ != nullptr) {
       const auto grace = std::chrono::duration<double>(std::max(grace_s, 0.0));
       // Stops accepting, cancels what is left at the deadline, returns once every call is done
@@ -126,6 +130,11 @@ class FrontendImpl final : public GrpcFrontend {
     }
   }
 
+  // Answers the lobby's waiters that can no longer be served (admission.h) until Shutdown.
+  void Sweeper() {
+    while (shared_->admission.WaitToSweep()) grpcfe::Admission::RunReleased(shared_->admission.Sweep());
+  }
+
   const std::shared_ptr<Shared> shared_;
   std::unique_ptr<grpc::Service> inference_, health_;       // outlive server_
   std::unique_ptr<grpc::CallbackGenericService> control_;
@@ -137,6 +146,7 @@ class FrontendImpl final : public GrpcFrontend {
   std::condition_variable watchdog_cv_;
   bool stop_watchdog_ = false;  // requires watchdog_mu_
   std::thread watchdog_;
+  std::thread sweeper_;
 };
 
 }  // namespace
@@ -155,6 +165,10 @@ Expected<std::unique_ptr<GrpcFrontend>> GrpcFrontend::Start(Router* router, Engi
   if (a.static_limit == 0 && (a.min_limit == 0 || a.min_limit > a.max_limit || a.initial_limit < a.min_limit ||
                               a.initial_limit > a.max_limit || !(a.target_ms > 0))) {
     return InvalidArgument("GrpcFrontend: admission needs 0 < min_limit <= initial_limit <= max_limit and target_ms > 0");
+  }
+  if (a.lobby < -1 || !(a.lobby_wait_ms >= 0)) {
+    return InvalidArgument("GrpcFrontend: admission lobby must be -1 (8 x the limit), 0 (none) or a size, "
+                           "and lobby_wait_ms >= 0");
   }
   auto shared = std::make_shared<Shared>(router, engine, options, control, tap);
   auto fe = std::make_unique<FrontendImpl>(std::move(shared));

@@ -27,9 +27,10 @@ void InferJob::Fail(const Status& status, int64_t retry_after_ms) {
   if (!(client_gone && code == grpc::StatusCode::CANCELLED)) {
     shared_->counters.Error(protocol_, code, msg_ != nullptr ? shared_->ModelLabel(msg_->model_name()) : "");
   }
+  LobbyWaiter* released = nullptr;
   if (admitted_) {
     admitted_ = false;
-    shared_->admission.Done(token_);
+    released = shared_->admission.Done(token_);
   }
   Answer answer;
   if (protocol_ == Protocol::kStream) {
@@ -39,6 +40,7 @@ void InferJob::Fail(const Status& status, int64_t retry_after_ms) {
     answer.retry_after_ms = retry_after_ms;
   }
   Reply(std::move(answer));
+  Admission::RunReleased(released);
 }
 
 void InferJob::Deliver(InferResult* results, size_t count) noexcept {
@@ -76,12 +78,13 @@ void InferJob::HandleResult(InferResult& result) {
     return;
   }
   admitted_ = false;
-  shared_->admission.Done(token_);
+  LobbyWaiter* released = shared_->admission.Done(token_);
   FrontendCounters::StagePair& stages = shared_->counters.Stages(result.answered_model, result.answered_version);
   stages.decode_us.Record(decode_ns_ / 1000);
   stages.encode_us.Record((NowNs() - encode_start) / 1000);
   Reply(std::move(answer));
   if (tapped) Tap(result, config);
+  Admission::RunReleased(released);  // after this answer went out
 }
 
 // The OK answer with the requested outputs (by name, in the answering version's config);

@@ -22,6 +22,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public InferJob {
   void OnCancel() override {
     Reaction reaction(this);
     cancelled_.store(true, std::memory_order_relaxed);
+    LeaveLobby();  // a waiting request leaves at once (no answer: the call is finished here)
     if (!finished_.exchange(true)) {
       HandOff(this);
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));

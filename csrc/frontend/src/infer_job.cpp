@@ -67,18 +67,68 @@ InferJob::InferJob(std::shared_ptr<Shared> shared, Protocol protocol, const std:
 
 InferJob::~InferJob() = default;
 
+namespace {
+
+std::optional<double> LeftS(std::chrono::system_clock::time_point deadline) {
+  if (deadline == std::chrono::system_clock::time_point::max()) return std::nullopt;
+  return std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+}
+
+std::optional<uint64_t> LeftUs(std::optional<double> left_s) {
+  if (!left_s) return std::nullopt;
+  return static_cast<uint64_t>(std::max<double>(*left_s * 1e6, 1.0));  // convert: max(int(s * 1e6), 1)
+}
+
+}  // namespace
+
 void InferJob::Run(const grpc::ByteBuffer& raw, std::chrono::system_clock::time_point deadline) {
-  std::optional<double> left_s;
-  std::optional<uint64_t> left_us;
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    left_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
-    left_us = static_cast<uint64_t>(std::max<double>(*left_s * 1e6, 1.0));  // convert: max(int(s * 1e6), 1)
-  }
+  deadline_ = deadline;
+  const std::optional<double> left_s = LeftS(deadline);
   AdmissionRefusal refusal;
-  if (!shared_->admission.Admit(left_s, &token_, &refusal)) {
+  Admission::Entry entry = shared_->admission.Enter(left_s, nullptr, 0, &token_, &refusal);
+  if (entry == Admission::Entry::kLobby) entry = Park(raw, left_s, &refusal);
+  if (entry == Admission::Entry::kParked) return;  // maybe answered already, on another thread
+  if (entry == Admission::Entry::kRefused) {
     Fail(Status(refusal.code, std::move(refusal.message)), refusal.retry_after_ms);
     return;
   }
+  Proceed(raw, LeftUs(left_s));
+}
+
+// Into the lobby with the request's bytes and a reference for the lobby, unless admitted or
+// refused after all.
+Admission::Entry InferJob::Park(const grpc::ByteBuffer& raw, std::optional<double> left_s, AdmissionRefusal* refusal) {
+  parked_raw_ = raw;
+  Ref();
+  const Admission::Entry entry = shared_->admission.Enter(left_s, this, raw.Length(), &token_, refusal);
+  if (entry != Admission::Entry::kParked) {
+    parked_raw_.Clear();
+    Unref();  // the owner still holds one
+  }
+  return entry;
+}
+
+void InferJob::Admitted(const AdmissionToken& token) noexcept {
+  token_ = token;
+  grpc::ByteBuffer raw;
+  raw.Swap(&parked_raw_);
+  Proceed(raw, LeftUs(LeftS(deadline_)));
+  Unref();  // the lobby's
+}
+
+void InferJob::Refused(AdmissionRefusal refusal) noexcept {
+  parked_raw_.Clear();
+  Fail(Status(refusal.code, std::move(refusal.message)), refusal.retry_after_ms);
+  Unref();  // the lobby's
+}
+
+void InferJob::LeaveLobby() noexcept {
+  if (!shared_->admission.Withdraw(this)) return;
+  parked_raw_.Clear();
+  Unref();  // the lobby's (the owner still holds one)
+}
+
+void InferJob::Proceed(const grpc::ByteBuffer& raw, std::optional<uint64_t> left_us) {
   admitted_ = true;
   start_ns_ = NowNs();
   Status st = Parse(raw);

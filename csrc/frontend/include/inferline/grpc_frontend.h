@@ -35,8 +35,15 @@
 // ControlHandler. These are rare calls (metadata, config, statistics, repository, model health).
 //
 // Admission (AdmissionOptions): a bound on inference requests in flight in this frontend,
-// adaptive by default (AIMD against a latency target) or static; over it a request is refused
-// UNAVAILABLE with trailing metadata `retry-after-ms`, before its message is parsed. A request
+// adaptive by default (AIMD against a latency target) or static. A request over it waits in a
+// bounded lobby, its bytes unparsed and no core queue slot taken: each time an admitted request
+// ends, the newest waiting one that can still meet its deadline is admitted (newest first: under
+// a standing queue the older ones are the ones about to miss theirs). A waiting request that can
+// no longer meet its deadline is answered DEADLINE_EXCEEDED (checked as requests end and every
+// 5 ms); one without a deadline that waited lobby_wait_ms, the oldest when the lobby is full, and
+// every one at Shutdown are answered UNAVAILABLE (the first two with trailing metadata
+// `retry-after-ms`); a cancelled one leaves. With lobby = 0 a request over the limit is refused
+// UNAVAILABLE with `retry-after-ms` at once. Either way before its message is parsed. A request
 // whose gRPC deadline is shorter than the predicted latency is refused DEADLINE_EXCEEDED.
 //
 // Observation: Stats() gives admission state, errors answered by (protocol, code, model) and
@@ -73,6 +80,11 @@ struct AdmissionOptions {
   uint32_t min_limit = 4;
   uint32_t max_limit = 4096;
   double target_ms = 50.0;    // adaptive: latency EWMA above this cuts the limit by a fifth per 100 ms window
+  // The lobby (see Admission above): requests over the limit wait here undecoded.
+  int64_t lobby = -1;         // at most this many wait: -1 = 8 x max_limit (8 x static_limit when static);
+                              // 0 = no lobby: refused at once (UNAVAILABLE), as before
+  uint64_t lobby_bytes = 256ull << 20;  // and their request bytes at most this (oldest shed first)
+  double lobby_wait_ms = 0;   // a request without a deadline waits at most this; 0 = 4 x target_ms
 };
 
 struct GrpcFrontendOptions {
@@ -144,6 +156,13 @@ struct GrpcFrontendStats {
     uint64_t admitted = 0;
     uint64_t refused_overload = 0;
     uint64_t refused_deadline = 0;
+    uint32_t lobby = 0;                // the lobby's bound (0: none)
+    uint32_t parked = 0;               // waiting in the lobby now
+    uint64_t lobby_admitted = 0;       // left the lobby admitted (also counted in `admitted`)
+    uint64_t lobby_expired = 0;        // DEADLINE_EXCEEDED: could no longer meet the deadline
+    uint64_t lobby_shed = 0;           // UNAVAILABLE: the oldest, the lobby full (or at Shutdown)
+    uint64_t lobby_timed_out = 0;      // UNAVAILABLE: no deadline, waited lobby_wait_ms
+    uint64_t lobby_cancelled = 0;      // the client went away while waiting
   } admission;
   // (protocol "grpc" | "grpc_stream", gRPC code name, model label) -> count. The model label is
   // the name as sent when the engine has a version of it loaded, "_unknown" for any other name,
