@@ -17,6 +17,7 @@
 #include "inferline/router.h"
 #include "device_backend.h"
 #include "native_frontend.h"
+#include "native_loadgen.h"
 #include "policy_from_py.h"
 #include "py_histogram.h"
 #include "py_router.h"
@@ -622,6 +623,7 @@ PYBIND11_MODULE(_core, m) {
       .def("snapshot", [](const LatencyHistogram& h) { return HistogramToPy(h.Snapshot()); });
 
   inferline_py::BindNativeFrontend(m, &Throw);
+  inferline_py::BindNativeLoadgen(m, &Throw);
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

@@ -234,3 +234,29 @@ class NativeFrontend:
     @property
     def tap_dropped(self) -> int:
         """Tap records dropped because 4096 were waiting."""
+
+NATIVE_LOADGEN: str
+""""" when this build has the native gRPC load generator (``GrpcLoad``); else why not (``GrpcLoad`` is then
+absent)."""
+
+class GrpcLoad:
+    """The native gRPC load generator (csrc/loadgen/include/inferline/grpc_load.h), the ``native`` transport of
+    ``inferline bench``: pre-encoded requests sent round-robin to ``method`` over ``channels`` connections,
+    unary or (``stream``) over bidi streams, closed loop (``concurrency``) or open loop (``rate`` > 0).
+    Only where ``NATIVE_LOADGEN == ""``."""
+
+    def __init__(self, target: str, method: str, payloads: List[bytes], *, stream: bool = False,
+                 channels: int = 1, streams: int = 0, concurrency: int = 1, rate: float = 0.0,
+                 poisson: bool = False, phase_s: float = 0.0, warmup_s: float = 1.0, duration_s: float = 10.0,
+                 timeout_s: float = 30.0, max_outstanding: int = 10000, interval_s: float = 1.0,
+                 precision: float = 0.01, seed: int = 0) -> None:
+        """Checks the options (CoreError INVALID_ARGUMENT) and makes the channels (not yet connected)."""
+    def wait_ready(self, timeout_s: float) -> None:
+        """Connects every channel (GIL released); CoreError UNAVAILABLE when one does not within timeout_s."""
+    def run(self, start_at: float, precision: float = 0.01) -> Dict[str, Any]:
+        """Runs the load from ``start_at`` (time.monotonic seconds) to the end of its answers, GIL released;
+        once per object. The result has inferline.loadgen.worker.Recorder.result()'s keys ("latency", "lag",
+        "series" as Histogram.to_dict of ``precision``; "errors", "ok", "fallback", "sent_total",
+        "answered_total") plus "cpu_s" (the process's CPU from the window's start) and "achieved_rps"."""
+    def progress(self) -> Tuple[int, int]:
+        """(answers so far, warm-up included; errors in the measured window so far); any thread."""

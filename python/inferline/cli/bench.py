@@ -3,6 +3,7 @@
     inferline bench digits-mlp --concurrency 64 --duration 10            # closed loop, gRPC unary
     inferline bench digits-mlp --protocol rest --rate 500 --poisson      # open loop, REST
     inferline bench digits-mlp --sweep --p99-target-ms 20 --plot sweep.png
+    inferline bench digits-mlp --transport python                        # grpc.aio instead of the C++ client
 
 The engine is inferline.loadgen; this module only parses and prints.
 """
@@ -34,6 +35,11 @@ def add_parser(sub) -> None:
     p.add_argument("--poisson", action="store_true", help="open loop: exponential gaps instead of constant ones")
     p.add_argument("--procs", type=int, default=0, help="client processes (default: from the load and the cores)")
     p.add_argument("--streams", type=int, default=0, help="stream: ModelStreamInfer calls per client process")
+    p.add_argument("--transport", choices=("native", "python"),
+                   help="gRPC client: native (C++, _core.GrpcLoad; the default for grpc/stream where built) or "
+                        "python (grpc.aio; always for rest)")
+    p.add_argument("--channels", type=int, default=0,
+                   help="native: gRPC connections per client process (default: up to 4)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load not recorded first (default 1)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured (default 10)")
     p.add_argument("--inputs", metavar="FILE.npz", help="inputs by name (rows cycled) instead of random data")
@@ -61,7 +67,8 @@ def run(args) -> int:
     config = BenchConfig(target, concurrency=args.concurrency, rate=args.rate, poisson=args.poisson,
                          procs=args.procs, warmup_s=args.warmup, duration_s=args.duration, inputs=args.inputs,
                          batch=args.batch, seed=args.seed, timeout_s=args.timeout, server_pid=args.server_pid,
-                         streams=args.streams, progress=not args.quiet)
+                         streams=args.streams, progress=not args.quiet, transport=args.transport or "auto",
+                         channels=args.channels)
     if not args.sweep:
         report = run_bench(config)
         if args.plot:

@@ -76,7 +76,8 @@ def format_text(r: dict) -> str:
     load = f"concurrency {r['concurrency']}" if r["mode"] == "closed" else \
         f"{r['mode']} loop at {r['offered_rps']:g} req/s offered"
     lat = r["latency_ms"]
-    lines = [f"{r['protocol']} {r['url']} model {r['model']}: {load}, {r.get('procs', '?')} client process(es), "
+    lines = [f"{r['protocol']} {r['url']} model {r['model']}: {load}, {r.get('procs', '?')} client process(es) "
+             f"({r.get('transport', 'python')} transport), "
              f"{r['duration_s']:g} s after {r['warmup_s']:g} s warm-up",
              f"  throughput   {r['throughput_rps']:.1f} req/s OK ({r['requests']} requests, {r['ok']} OK)",
              "  latency ms   " + "  ".join(f"{k} {_fmt(lat[k])}" for k in ("p50", "p90", "p99", "p99.9", "max"))]

@@ -3,7 +3,8 @@
     report = run_bench(BenchConfig(Target("127.0.0.1:8001", "grpc", "digits-mlp"), concurrency=64))
 
 The parent encodes the requests once, spawns `procs` client processes (each its own event loop,
-channel and share of the load), starts them at one common time, reads the server's CPU time over
+channel and share of the load; with the native transport, each a `_core.GrpcLoad` on gRPC's
+threads: native.py), starts them at one common time, reads the server's CPU time over
 the measured window when given its pid, prints a progress line, then adds up the processes'
 histograms (exact: same buckets) and counters.
 """
@@ -42,26 +43,47 @@ class BenchConfig:
     server_pid: Optional[int] = None
     streams: int = 0
     progress: bool = True
+    transport: str = "auto"           # "native", "python" or "auto" (resolve_transport)
+    channels: int = 0                 # native: connections per client process (0: its default)
 
 
-def default_procs(config: BenchConfig) -> int:
+def resolve_transport(config: BenchConfig) -> str:
+    """"native" (C++ gRPC client, _core.GrpcLoad) for gRPC unary and stream where this build has it,
+    else "python"; REST is always "python". An explicit "native" that cannot be is an error."""
+    from .native import unavailable
+
+    if config.transport == "python":
+        return "python"
+    if config.transport not in ("auto", "native"):
+        raise InferlineError(f"--transport must be native or python, not {config.transport!r}")
+    grpc = config.target.protocol in ("grpc", "stream")
+    reason = unavailable() if grpc else "it speaks gRPC only (--protocol grpc or stream)"
+    if config.transport == "native" and reason:
+        raise InferlineError(f"--transport native: {reason}")
+    return "python" if reason else "native"
+
+
+def default_procs(config: BenchConfig, transport: str = "python") -> int:
     """Enough client processes that the client is not what limits: up to half the cores (the
     server usually shares the machine), at most one per 8 requests in flight for a closed loop
-    or per 500 requests/s offered for an open one."""
+    or per 500 requests/s offered for an open one. The native transport runs on gRPC's threads:
+    one process per 8 cores is plenty."""
     cores = os.cpu_count() or 1
+    if transport == "native":
+        return max(1, cores // 8)
     wanted = math.ceil(config.rate / 500) if config.rate else math.ceil(config.concurrency / 8)
     return max(1, min(wanted, max(1, cores // 2), 16))
 
 
-def plans(config: BenchConfig, payloads) -> list:
-    procs = config.procs or default_procs(config)
+def plans(config: BenchConfig, payloads, transport: str = "python") -> list:
+    procs = config.procs or default_procs(config, transport)
     if config.rate is None:
         procs = min(procs, config.concurrency)
     out = []
     for i in range(procs):
         plan = Plan(config.target, payloads, warmup_s=config.warmup_s, duration_s=config.duration_s,
                     timeout_s=config.timeout_s, seed=config.seed * 1000 + i, streams=config.streams,
-                    poisson=config.poisson)
+                    poisson=config.poisson, transport=transport, channels=config.channels)
         if config.rate is None:
             plan.concurrency = config.concurrency // procs + (i < config.concurrency % procs)
         else:
@@ -81,8 +103,11 @@ def run_bench(config: BenchConfig) -> dict:
             process_cpu_s(config.server_pid)  # fails now, not after the run, for a wrong pid
         except ProcessLookupError:
             raise InferlineError(f"--server-pid {config.server_pid}: no such process") from None
+    if config.channels < 0:
+        raise InferlineError("--channels must be >= 0")
+    transport = resolve_transport(config)
     payloads = prepare(config.target, config.inputs, config.batch, config.distinct, config.seed)
-    ps = plans(config, payloads)
+    ps = plans(config, payloads, transport)
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_value = ctx.Value("d", 0.0, lock=False)
@@ -112,6 +137,7 @@ def run_bench(config: BenchConfig) -> dict:
         raise InferlineError(f"client process failed: {failed[0]}")
     report = merge_results(config, [out[i] for i in sorted(out)], server_cpu)
     report["procs"] = len(procs)
+    report["transport"] = transport
     return report
 
 
@@ -146,4 +172,4 @@ def _watch(config: BenchConfig, procs, start_at: float, progress, results) -> Op
     return None if cpu0 is None or cpu1 is None else cpu1 - cpu0
 
 
-__all__ = ["BenchConfig", "run_bench", "default_procs", "replace"]
+__all__ = ["BenchConfig", "run_bench", "default_procs", "resolve_transport", "replace"]

@@ -43,6 +43,8 @@ class Plan:
     interval_s: float = 1.0           # latency-over-time resolution
     seed: int = 0
     streams: int = 0                  # gRPC stream: ModelStreamInfer calls (0: from concurrency)
+    transport: str = "python"         # "python" (grpc.aio, aiohttp) or "native" (_core.GrpcLoad, gRPC only)
+    channels: int = 0                 # native: connections (0: native.channels_for)
 
 
 @dataclass
@@ -237,6 +239,10 @@ async def _report_progress(rec: Recorder, progress, slot: int) -> None:
 def process_main(plan: Plan, slot: int, ready, go, start_value, progress, results) -> None:
     """Entry point of a spawned client process: connects, says ready, waits for the common start
     time, runs, and puts its results (or its error) on `results`."""
+    if plan.transport == "native":
+        from .native import process_main_native
+        return process_main_native(plan, slot, ready, go, start_value, progress, results)
+
     async def main():
         conn = await _Connection.open(plan)
         ready.put(slot)

@@ -9,7 +9,7 @@ import inferline
 from inferline import _core
 
 STUB = pathlib.Path(inferline.__file__).with_name("_core.pyi")
-NATIVE_ONLY = {"NativeFrontend", "ControlReply"}
+NATIVE_ONLY = {"NativeFrontend", "ControlReply", "GrpcLoad"}
 """Stubbed always, defined only by a build with the native gRPC frontend (_core.NATIVE_FRONTEND == "")."""
 
 

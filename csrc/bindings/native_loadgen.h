@@ -1,0 +1,14 @@
+// Binding-private: the native gRPC load generator for Python — _core.GrpcLoad and
+// _core.NATIVE_LOADGEN ("" where built; else why not). See python/inferline/_core.pyi.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include "inferline/status.h"
+
+namespace inferline_py {
+
+// `raise` turns a non-OK status into the module's CoreError (module.cpp's Throw).
+void BindNativeLoadgen(pybind11::module_& m, void (*raise)(const inferline::Status&));
+
+}  // namespace inferline_py

@@ -1,0 +1,56 @@
+// Private to inferline_grpc_load: what sends the calls. A Driver is unary (a reactor per call
+// slot) or streaming (a reactor per bidi stream); grpc_load.cpp runs either in a closed loop
+// (StartClosed: every answer in the window starts the next request) or an open loop (TrySend from
+// the one scheduler thread), then Finish waits for what is still owed.
+//
+// Threads. Reactions run on gRPC's callback threads, sometimes inline at the end of a Start*
+// call made by this code: so no Start* call is ever made while holding one of our mutexes.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "inferline/grpc_load.h"
+#include "recorder.h"
+
+namespace inferline::loadgen {
+
+using Stub = grpc::TemplatedGenericStub<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+// What every driver shares; outlives the driver and every call it made.
+struct LoadContext {
+  const GrpcLoadOptions* options = nullptr;
+  RunWindow window;
+  Recorder* recorder = nullptr;
+  std::vector<grpc::Slice> payloads;          // static slices over options->payloads
+  std::vector<grpc::ByteBuffer> buffers;      // one per payload (unary requests)
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::atomic<uint64_t> next_payload{0};
+
+  uint32_t NextPayload() {
+    return static_cast<uint32_t>(next_payload.fetch_add(1, std::memory_order_relaxed) % payloads.size());
+  }
+  bool closed_loop() const { return options->rate_rps <= 0; }
+};
+
+class Driver {
+ public:
+  virtual ~Driver() = default;
+  // Closed loop, from the run thread at the start time: the first requests of every slot.
+  virtual void StartClosed() = 0;
+  // Open loop, scheduler thread only: sends one request scheduled at scheduled_ns (recording the
+  // lag and the send); false, sending nothing, when max_outstanding are unanswered.
+  virtual bool TrySend(int64_t scheduled_ns) = 0;
+  // After sending ended: returns once nothing is owed (a stream still owing answers
+  // timeout_s after the end is cancelled).
+  virtual void Finish() = 0;
+};
+
+std::unique_ptr<Driver> MakeUnaryDriver(LoadContext& context);
+std::unique_ptr<Driver> MakeStreamDriver(LoadContext& context);
+
+}  // namespace inferline::loadgen
