@@ -216,6 +216,9 @@ const std::pair<const char*, OptionSetter> kOptionSetters[] = {
   {"admission_min", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.min_limit = OptionAs<uint32_t>(k, v); }},
   {"admission_max", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.max_limit = OptionAs<uint32_t>(k, v); }},
   {"admission_target_ms", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.target_ms = OptionAs<double>(k, v); }},
+  {"admission_lobby", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby = OptionAs<int64_t>(k, v); }},
+  {"admission_lobby_bytes", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_bytes = OptionAs<uint64_t>(k, v); }},
+  {"admission_lobby_wait_ms", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_wait_ms = OptionAs<double>(k, v); }},
 };
 // clang-format on
 
@@ -246,7 +249,12 @@ py::dict StatsToPy(const GrpcFrontendStats& s) {
   admission["in_flight"] = a.in_flight;
   admission["latency_ms"] = a.latency_ms;
   admission["admitted"] = a.admitted;
-  admission["refused"] = py::dict(py::arg("overload") = a.refused_overload, py::arg("deadline") = a.refused_deadline);
+  // Refusals by reason; the lobby's: expired (DEADLINE_EXCEEDED), shed and timed out (UNAVAILABLE).
+  admission["refused"] = py::dict(py::arg("overload") = a.refused_overload, py::arg("deadline") = a.refused_deadline,
+                                  py::arg("lobby_expired") = a.lobby_expired, py::arg("lobby_shed") = a.lobby_shed,
+                                  py::arg("lobby_timed_out") = a.lobby_timed_out);
+  admission["lobby"] = py::dict(py::arg("size") = a.lobby, py::arg("parked") = a.parked,
+                                py::arg("admitted") = a.lobby_admitted, py::arg("cancelled") = a.lobby_cancelled);
   py::dict errors;
   for (const auto& [key, count] : s.errors) {
     const auto& [protocol, code, model] = key;

@@ -37,7 +37,9 @@ Series (labels ``model``, ``version``; names per Prometheus conventions):
     inferline_routed_answers_total       counter    model, outcome: ok / error / fallback
     inferline_fallbacks_total            counter    model, reason: error, deadline, overload, ...
     inferline_cache_hits_total, _misses_total       prediction cache, per version that has one
-    inferline_admission_refused_total    counter    reason, code: refused before decoding
+    inferline_admission_refused_total    counter    reason, code: refused before decoding (overload,
+                                                      deadline; the native frontend's lobby: lobby_expired,
+                                                      lobby_shed, lobby_timed_out)
     inferline_canary_weight_percent      gauge      model, version (the canary): its share of traffic
     inferline_canary_requests_total, _errors_total  model, arm, version: this rollout window's counts
     inferline_canary_pairs_total, _agreements_total model, arm (canary: mirrored to stable; shadow)
@@ -172,7 +174,7 @@ class CoreMetrics:
             self._routing(f, engine, name)
         self._frontend(f, self._dp.frontend_stats)
         for reason, n in self._dp.frontend_stats.admission_refused(self._dp.admission.stats()["refused"]).items():
-            code = "DEADLINE_EXCEEDED" if reason == "deadline" else "UNAVAILABLE"
+            code = "DEADLINE_EXCEEDED" if reason in ("deadline", "lobby_expired") else "UNAVAILABLE"
             f["inferline_admission_refused"].add((reason, code), n)
         self._canary(f)
         out = [fam for fam in f.values() if fam.series or fam.kind != "gauge"]

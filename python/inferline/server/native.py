@@ -307,6 +307,7 @@ def native_options(settings: ServerSettings) -> dict:
         "stream_idle_timeout_s": float(settings.stream_idle_timeout_s),
         "admission_limit": int(settings.admission_limit),
         "admission_target_ms": float(settings.admission_target_ms),
+        "admission_lobby": int(settings.admission_lobby),
     }
     if settings.tls:
         with open(settings.tls_cert, encoding="utf-8") as f:

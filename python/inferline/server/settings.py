@@ -85,6 +85,12 @@ class ServerSettings:
            "HTTP 503); 0 = adaptive: the limit follows the measured latency (default 0)")
     admission_target_ms: float = _setting(
         50.0, "adaptive admission: the in-flight latency the limit aims at, in ms (default 50)")
+    admission_lobby: int = _setting(
+        -1, "native gRPC frontend: inference requests over the admission limit that may wait, undecoded, for a "
+            "slot instead of being refused at once; each freed slot goes to the newest that can still meet its "
+            "deadline, the rest are answered DEADLINE_EXCEEDED when they can no longer meet it, UNAVAILABLE after "
+            "4 x --admission-target-ms without a deadline, or the oldest UNAVAILABLE when the lobby is full. "
+            "-1 = 8 x the limit's maximum, 0 = none: refused at once (the Python frontend's way) (default -1)")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
     gpu_memory_budget: Optional[int] = _setting(
@@ -152,6 +158,8 @@ class ServerSettings:
             raise SettingsError(f"--max-streams {self.max_streams}: at least 1")
         if self.admission_limit < 0:
             raise SettingsError(f"--admission-limit {self.admission_limit}: 0 (adaptive) or a positive cap")
+        if self.admission_lobby < -1:
+            raise SettingsError(f"--admission-lobby {self.admission_lobby}: -1 (8 x the limit), 0 (none) or a size")
         if not self.admission_target_ms > 0:
             raise SettingsError(f"--admission-target-ms {self.admission_target_ms}: must be above 0")
         if self.max_message_bytes < 1024:

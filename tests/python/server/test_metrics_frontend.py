@@ -125,7 +125,8 @@ def test_errors_are_counted_by_protocol_code_and_bounded_model(server):
 
 def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_path, grpc_frontend):
     repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=150_000, queue_capacity=8)])
-    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, admission_limit=1)
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, admission_limit=1,
+                              admission_lobby=0)  # refused at once (native: no lobby)
     with ServerThread(repo, [grpc_starter(grpc_frontend), start_rest, start_control], settings) as srv:
         grpc_port, http_port, metrics_port = srv.ports
         c = tc.InferenceServerClient(f"127.0.0.1:{grpc_port}")

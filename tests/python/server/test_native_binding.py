@@ -297,9 +297,11 @@ def test_stats_count_errors_and_time_the_stages(start):
     assert status_of(e) == "NOT_FOUND"
     s = fe.stats()
     assert set(s) == {"admission", "errors", "stages", "open_streams"}
-    assert set(s["admission"]) == {"limit", "adaptive", "in_flight", "latency_ms", "admitted", "refused"}
+    assert set(s["admission"]) == {"limit", "adaptive", "in_flight", "latency_ms", "admitted", "refused", "lobby"}
     assert s["admission"]["adaptive"] is True and s["admission"]["admitted"] >= 2
-    assert s["admission"]["refused"] == {"overload": 0, "deadline": 0}
+    assert s["admission"]["refused"] == {"overload": 0, "deadline": 0, "lobby_expired": 0, "lobby_shed": 0,
+                                         "lobby_timed_out": 0}
+    assert s["admission"]["lobby"] == {"size": 8 * 4096, "parked": 0, "admitted": 0, "cancelled": 0}
     assert s["errors"] == {("grpc", "NOT_FOUND", "_unknown"): 1}
     decode, encode = s["stages"][("a", "1")]
     assert set(decode) == set(encode) == set(_core.StageHistogram().snapshot())
@@ -308,9 +310,9 @@ def test_stats_count_errors_and_time_the_stages(start):
 
 
 def test_static_admission_limit_from_options(start):
-    fe, _ = start(admission_limit=7)
+    fe, _ = start(admission_limit=7, admission_lobby=3)
     a = fe.stats()["admission"]
-    assert (a["limit"], a["adaptive"]) == (7, False)
+    assert (a["limit"], a["adaptive"], a["lobby"]["size"]) == (7, False, 3)
 
 
 # ---- options and start ------------------------------------------------------------------
