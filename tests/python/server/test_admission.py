@@ -105,7 +105,8 @@ def capped(tmp_path, grpc_frontend):
     """A server whose worker admits one inference request at a time (per frontend: the native gRPC
     frontend admits on its own, the Python one shares the data plane's admission with REST), with a slow model."""
     repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=150_000, queue_capacity=8)])
-    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1)
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1,
+                              admission_lobby=0)  # refused at once (the native lobby: test_grpc_lobby.cpp)
     with ServerThread(repo, frontends=[grpc_starter(grpc_frontend), start_rest], settings=settings) as srv:
         yield srv
 
