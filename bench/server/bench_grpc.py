@@ -364,14 +364,14 @@ def main() -> int:
               f"{r['sat']['rps'] / floor[r['mode']]:>8.2f}  {r[0.8]['p50_ms']:>10.2f}  {r[0.8]['p99_ms']:>10.2f}")
     if args.fallback_overhead:
         print()
-        for mode in ("unary", "stream"):
+        for mode in args.modes.split(","):
             sat = {name: np.mean([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
                    for name in ("inferline", "inferline-no-fallback")}
             print(f"{mode}: fallback declared {sat['inferline']:.0f} req/s, none {sat['inferline-no-fallback']:.0f} "
                   f"req/s, ratio {sat['inferline'] / sat['inferline-no-fallback']:.3f}")
     if args.canary_overhead:
         print()
-        for mode in ("unary", "stream"):
+        for mode in args.modes.split(","):
             cpu = {name: np.median([r["cpu_us"] for r in rows if r["server"] == name and r["mode"] == mode])
                    for name in ("inferline", "inferline-canary-10", "canary-10-no-mirror")}
             sat = {name: np.median([r["sat"]["rps"] for r in rows if r["server"] == name and r["mode"] == mode])
