@@ -1,7 +1,8 @@
-// The native gRPC frontend as a server: the request tap, Stats, bind and option errors, TLS, the
+// The native gRPC frontend as a server: the request tap and arm watches, Stats, bind and option errors, TLS, the
 // message size limit, SO_REUSEPORT, and Shutdown with calls in flight.
 #include <grpcpp/security/credentials.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "test_grpc_fixture.h"
@@ -57,6 +58,154 @@ TEST(GrpcServerTest, TheTapCopiesTheShareOfAModelsAnswers) {
   ASSERT_TRUE(f.Infer(req, &resp).ok());
   Pause();
   EXPECT_EQ(tap.Records().size(), 1u);
+}
+
+// Waits until `n` records arrived (the tap runs after the answer went out).
+std::vector<TapRecord> AwaitRecords(CollectTap& tap, size_t n) {
+  for (int i = 0; i < 400 && tap.Records().size() < n; ++i) Pause(5);
+  return tap.Records();
+}
+
+uint64_t Sum(const std::vector<uint64_t>& v) {
+  uint64_t n = 0;
+  for (uint64_t x : v) n += x;
+  return n;
+}
+
+TEST(GrpcServerTest, AnArmWatchCountsEachArmAndCopiesOnlyWhatIsCompared) {
+  CollectTap tap;
+  Frontend f;
+  f.Load("calc", 1);
+  f.Load("calc", 2).fail = true;  // its answers come from the fallback: errors of arm 2
+  f.Load("backup", 1);
+  ModelPolicy p;
+  p.route.epoch = 1;
+  p.route.arms = {{1, 0, 5000}, {2, 5000, kRouteBuckets}};
+  p.route.fallback = {{"backup", 0}};
+  ASSERT_TRUE(f.router.Publish("calc", p).ok());
+  f.Start({}, nullptr, &tap);
+  ArmWatch w;
+  w.latency_bounds_ms = {0.001, 60000.0};
+  w.arms = {{1, 1.0}, {2, 1.0}};
+  w.tap_with_id = true;
+  ASSERT_TRUE(f.fe->SetArmWatch("calc", w).ok());
+
+  uint64_t on[3] = {0, 0, 0};
+  ModelInferResponse resp;
+  for (int key = 0; key < 24; ++key) {
+    ModelInferRequest req = CalcRequest("calc", 1, true, key % 3 == 0 ? "id-" + std::to_string(key) : "");
+    (*req.mutable_parameters())["routing_key"].set_string_param("k" + std::to_string(key));
+    ASSERT_TRUE(f.Infer(req, &resp).ok());
+    ++on[RouteBucket(HashRoutingKey("k" + std::to_string(key))) < 5000 ? 1 : 2];
+  }
+  ASSERT_GT(on[1], 0u);
+  ASSERT_GT(on[2], 0u);
+  ModelInferRequest named = CalcRequest("calc", 1);  // names its version: on no arm
+  named.set_model_version("1");
+  ASSERT_TRUE(f.Infer(named, &resp).ok());
+  ModelInferRequest bad = CalcRequest("calc", 1);  // refused before routing
+  bad.mutable_inputs(0)->set_datatype("FP64");
+  EXPECT_FALSE(f.Infer(bad, &resp).ok());
+
+  std::vector<ArmCounts> counts = f.fe->TakeArmCounts();
+  ASSERT_EQ(counts.size(), 2u);
+  std::sort(counts.begin(), counts.end(), [](const ArmCounts& a, const ArmCounts& b) { return a.version < b.version; });
+  EXPECT_EQ(counts[0].model, "calc");
+  EXPECT_EQ(counts[0].version, 1);
+  EXPECT_EQ(counts[0].requests, on[1]);
+  EXPECT_EQ(counts[0].errors, 0u);
+  EXPECT_EQ(counts[1].version, 2);
+  EXPECT_EQ(counts[1].requests, on[2]);
+  EXPECT_EQ(counts[1].errors, on[2]);
+  EXPECT_EQ(counts[1].fallbacks, on[2]);
+  for (const ArmCounts& c : counts) {
+    ASSERT_EQ(c.latency.size(), 3u);
+    EXPECT_EQ(c.latency[0], 0u);  // nothing answers within 1 us
+    EXPECT_EQ(Sum(c.latency), c.requests);
+  }
+  EXPECT_TRUE(f.fe->TakeArmCounts().empty());  // taken: nothing since
+
+  // Copies: every OK answer of arm 1 (share 1); arm 2's fallback answers never.
+  std::vector<TapRecord> records = AwaitRecords(tap, on[1]);
+  Pause();
+  records = tap.Records();
+  ASSERT_EQ(records.size(), on[1]);
+  for (const TapRecord& r : records) {
+    EXPECT_EQ(r.result.primary_version, 1);
+    EXPECT_EQ(r.result.answered_version, 1);
+    EXPECT_TRUE(r.reasons & kTapCopy);
+    EXPECT_EQ((r.reasons & kTapLabel) != 0, !r.request_id.empty());
+    EXPECT_FALSE(r.reasons & kTapSampled);
+  }
+
+  // Arm 2 leaves the watch: its counts since are taken once more, then forgotten.
+  for (int key = 0; key < 24; ++key) {
+    ModelInferRequest req = CalcRequest("calc", 1);
+    (*req.mutable_parameters())["routing_key"].set_string_param("k" + std::to_string(key));
+    ASSERT_TRUE(f.Infer(req, &resp).ok());
+  }
+  w.arms = {{1, 0.0}};
+  w.tap_with_id = false;
+  ASSERT_TRUE(f.fe->SetArmWatch("calc", w).ok());
+  counts = f.fe->TakeArmCounts();
+  ASSERT_EQ(counts.size(), 2u);
+  for (const ArmCounts& c : counts) EXPECT_EQ(c.requests, on[c.version]);
+  const size_t copied = AwaitRecords(tap, 2 * on[1]).size();
+  EXPECT_EQ(copied, 2 * on[1]);
+  for (int key = 0; key < 24; ++key) {
+    ModelInferRequest req = CalcRequest("calc", 1, true, "id");
+    (*req.mutable_parameters())["routing_key"].set_string_param("k" + std::to_string(key));
+    ASSERT_TRUE(f.Infer(req, &resp).ok());
+  }
+  counts = f.fe->TakeArmCounts();
+  ASSERT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[0].version, 1);
+  EXPECT_EQ(counts[0].requests, on[1]);  // kept counting into the same arm
+  Pause();
+  EXPECT_EQ(tap.Records().size(), copied);  // share 0, no label tap: no copies
+
+  ASSERT_TRUE(f.fe->SetArmWatch("calc", std::nullopt).ok());
+  ASSERT_TRUE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+  EXPECT_TRUE(f.fe->TakeArmCounts().empty());
+}
+
+TEST(GrpcServerTest, TheCopyCapBoundsCopiesPerSecond) {
+  CollectTap tap;
+  Frontend f;
+  f.Load("calc", 1);
+  ModelPolicy p;
+  p.route = SingleVersionPolicy(1, 1);
+  ASSERT_TRUE(f.router.Publish("calc", p).ok());
+  f.Start({}, nullptr, &tap);
+  ArmWatch w;
+  w.arms = {{1, 1.0}};
+  w.max_copies_per_s = 10;  // one per 100 ms window
+  ASSERT_TRUE(f.fe->SetArmWatch("calc", w).ok());
+  ModelInferResponse resp;
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(f.Infer(CalcRequest("calc", 1), &resp).ok());
+  Pause();
+  const size_t copies = tap.Records().size();
+  EXPECT_GE(copies, 1u);
+  EXPECT_LE(copies, 10u);
+  std::vector<ArmCounts> counts = f.fe->TakeArmCounts();
+  ASSERT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[0].requests, 20u);  // counting is never capped
+  EXPECT_EQ(counts[0].latency.size(), 1u);  // no bounds: one bucket
+}
+
+TEST(GrpcServerTest, ABadArmWatchIsRefused) {
+  Frontend f;
+  f.Load("calc", 1);
+  f.Start();
+  ArmWatch w;
+  w.latency_bounds_ms = {2.0, 1.0};
+  EXPECT_EQ(f.fe->SetArmWatch("calc", w).code(), StatusCode::kInvalidArgument);
+  w.latency_bounds_ms = {1.0};
+  w.arms = {{1, 1.5}};
+  EXPECT_EQ(f.fe->SetArmWatch("calc", w).code(), StatusCode::kInvalidArgument);
+  w.arms = {{1, 0.5}};
+  w.max_copies_per_s = -1;
+  EXPECT_EQ(f.fe->SetArmWatch("calc", w).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(GrpcServerTest, StatsCountErrorsByCodeAndModelAndTimeStages) {

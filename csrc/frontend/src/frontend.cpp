@@ -77,6 +77,10 @@ class FrontendImpl final : public GrpcFrontend {
   }
 
   void SetTapShare(std::string_view model, double share) override { shared_->tap.SetShare(model, share); }
+  Status SetArmWatch(std::string_view model, std::optional<ArmWatch> watch) override {
+    return shared_->tap.SetArmWatch(model, std::move(watch));
+  }
+  std::vector<ArmCounts> TakeArmCounts() override { return shared_->tap.TakeArmCounts(); }
 
   GrpcFrontendStats Stats() const override {
     GrpcFrontendStats s;

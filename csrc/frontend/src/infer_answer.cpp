@@ -53,7 +53,7 @@ void InferJob::HandleResult(InferResult& result) {
     Fail(Status(StatusCode::kCancelled, "call cancelled"));  // the client is gone: nothing to encode
     return;
   }
-  const uint64_t encode_start = NowNs();
+  const uint64_t encode_start = NowNs();  // the tap's decision below is part of the encode stage
   std::shared_ptr<Model> other;  // keeps a fallback's config alive while encoding
   const ModelConfig* config = nullptr;
   if (result.status.ok()) {
@@ -67,14 +67,16 @@ void InferJob::HandleResult(InferResult& result) {
                                std::to_string(result.answered_version) + " answered and is no longer loaded");
     }
   }
-  // Drawn before the answer goes out, so that a share changed after the client saw it does not
-  // apply to it.
-  const bool tapped = shared_->tap.Sample(msg_->model_name());
+  // Counted and drawn before the answer goes out, so that a share changed after the client saw
+  // it does not apply to it.
+  const uint64_t now_ns = NowNs();
+  const uint32_t tapped = shared_->tap.Decide(
+      {msg_->model_name(), requested_version_, &result, !msg_->id().empty(), (now_ns - start_ns_) / 1000, now_ns});
   Answer answer;
   Status st = config != nullptr ? Encode(result, *config, &answer) : result.status;
   if (!st.ok()) {
     Fail(st);
-    if (tapped) Tap(result, nullptr);
+    if (tapped != 0) Tap(result, nullptr, tapped);
     return;
   }
   admitted_ = false;
@@ -83,7 +85,7 @@ void InferJob::HandleResult(InferResult& result) {
   stages.decode_us.Record(decode_ns_ / 1000);
   stages.encode_us.Record((NowNs() - encode_start) / 1000);
   Reply(std::move(answer));
-  if (tapped) Tap(result, config);
+  if (tapped != 0) Tap(result, config, tapped);
   Admission::RunReleased(released);  // after this answer went out
 }
 
@@ -112,8 +114,9 @@ Status InferJob::Encode(const InferResult& result, const ModelConfig& config, An
   return Status::Ok();
 }
 
-void InferJob::Tap(const InferResult& result, const ModelConfig* answered) {
+void InferJob::Tap(const InferResult& result, const ModelConfig* answered, uint32_t reasons) {
   TapRecord rec;
+  rec.reasons = reasons;
   rec.model = msg_->model_name();
   rec.request_id = msg_->id();
   const ModelConfig& c = model_->config();

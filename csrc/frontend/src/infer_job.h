@@ -85,7 +85,7 @@ class InferJob : public CompletionSink, public LobbyWaiter {
   void Fail(const Status& status, int64_t retry_after_ms = -1);
   void HandleResult(InferResult& result);
   Status Encode(const InferResult& result, const ModelConfig& config, Answer* answer);
-  void Tap(const InferResult& result, const ModelConfig* answered);
+  void Tap(const InferResult& result, const ModelConfig* answered, uint32_t reasons);
 
   const Protocol protocol_;
   const std::atomic<bool>* const cancelled_;

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "admission.h"
+#include "tap_gate.h"
 #include "inferline/grpc_frontend.h"
 
 namespace inferline::grpcfe {
@@ -63,26 +64,6 @@ class FrontendCounters {
   std::map<std::tuple<std::string, std::string, std::string>, uint64_t> errors_;  // requires errors_mu_
   mutable std::shared_mutex stages_mu_;
   std::map<StageKey, std::unique_ptr<StagePair>, StageLess> stages_;  // requires stages_mu_
-};
-
-// The RequestTap and the per-model shares of answers copied to it. A model without a share
-// costs one relaxed load while no model has one, else one lookup under a shared lock.
-class TapGate {
- public:
-  explicit TapGate(RequestTap* tap) : tap_(tap) {}
-  void SetShare(std::string_view model, double share);
-  // Whether this answer of `model` is to be copied (drawn with the model's share).
-  bool Sample(std::string_view model) const;
-  // Hands `record` to the tap unless Close() was called.
-  void Observe(TapRecord&& record) const;
-  // No tap call starts after this returns; waits for those in progress.
-  void Close();
-
- private:
-  mutable std::shared_mutex mu_;
-  RequestTap* tap_;                                     // requires mu_; null once closed
-  std::map<std::string, double, std::less<>> shares_;  // requires mu_
-  std::atomic<bool> any_share_{false};
 };
 
 class StreamCall;

@@ -1,27 +1,7 @@
-// Frontend-wide counters, the tap gate and the status-code mapping (shared.h).
-#include <chrono>
-#include <random>
-
+// Frontend-wide counters and the status-code mapping (shared.h).
 #include "shared.h"
 
 namespace inferline::grpcfe {
-
-namespace {
-
-// A per-thread xorshift64* draw in [0, 1): sampling the tap costs a few multiplies.
-double UniformDraw() noexcept {
-  thread_local uint64_t state = [] {
-    std::random_device rd;
-    uint64_t s = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-    return s != 0 ? s : 0x9E3779B97F4A7C15ull;
-  }();
-  state ^= state >> 12;
-  state ^= state << 25;
-  state ^= state >> 27;
-  return static_cast<double>((state * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53;
-}
-
-}  // namespace
 
 grpc::StatusCode WireCode(StatusCode code) noexcept {
   if (code == StatusCode::kResourceExhausted) return grpc::StatusCode::UNAVAILABLE;
@@ -72,41 +52,6 @@ void FrontendCounters::Fill(GrpcFrontendStats* out) const {
   for (const auto& [key, pair] : stages_) {
     out->stages[{key.model, std::to_string(key.version)}] = {pair->decode_us.Snapshot(), pair->encode_us.Snapshot()};
   }
-}
-
-// ---- tap ------------------------------------------------------------------------
-void TapGate::SetShare(std::string_view model, double share) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  if (share > 0) {
-    shares_.insert_or_assign(std::string(model), share > 1 ? 1.0 : share);
-  } else {
-    auto it = shares_.find(model);
-    if (it != shares_.end()) shares_.erase(it);
-  }
-  any_share_.store(!shares_.empty() && tap_ != nullptr, std::memory_order_relaxed);
-}
-
-bool TapGate::Sample(std::string_view model) const {
-  if (!any_share_.load(std::memory_order_relaxed)) return false;
-  double share = 0;
-  {
-    std::shared_lock<std::shared_mutex> lock(mu_);
-    auto it = shares_.find(model);
-    if (it == shares_.end()) return false;
-    share = it->second;
-  }
-  return share >= 1.0 || UniformDraw() < share;
-}
-
-void TapGate::Observe(TapRecord&& record) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  if (tap_ != nullptr) tap_->Observe(std::move(record));
-}
-
-void TapGate::Close() {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  tap_ = nullptr;
-  any_share_.store(false, std::memory_order_relaxed);
 }
 
 }  // namespace inferline::grpcfe

@@ -49,7 +49,8 @@
 // Observation: Stats() gives admission state, errors answered by (protocol, code, model) and
 // decode/encode histograms per answering (model, version). A RequestTap, when set, receives a
 // copy of a share (SetTapShare, per model; 0 by default) of answered inference requests, after
-// their answer is sent: for sampled inference logs and rollout comparison in the control plane.
+// their answer is sent, for sampled inference logs; SetArmWatch counts a rollout's arms in the
+// frontend and copies only the answers the control plane compares (mirrored, shadowed, labelled).
 //
 // Process-wide effect: Start turns abseil's Mutex deadlock detection off (Debian's abseil, under
 // gRPC, checks every lock for cycles: about 1 us per request).
@@ -64,6 +65,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -131,7 +133,12 @@ class ControlHandler {
   virtual void Handle(ControlCall call, std::function<void(ControlReply)> done) = 0;
 };
 
-// A copy of one answered inference request (SetTapShare).
+// Why a request was copied to the tap (TapRecord::reasons, a bit set).
+inline constexpr uint32_t kTapSampled = 1;  // drawn with the model's share (SetTapShare)
+inline constexpr uint32_t kTapCopy = 2;     // drawn with its arm's copy share (ArmWatch::arms)
+inline constexpr uint32_t kTapLabel = 4;    // it carries a request id and ArmWatch::tap_with_id
+
+// A copy of one answered inference request (SetTapShare, SetArmWatch).
 struct TapRecord {
   std::string model;          // as requested
   std::string request_id;
@@ -141,6 +148,30 @@ struct TapRecord {
   std::vector<std::string> output_names; // of the version that answered (empty on error)
   uint64_t latency_us = 0;    // admission to answer
   int64_t requested_version = 0;  // the version the request named (model_version), 0: routed by the policy
+  uint32_t reasons = 0;           // kTap* bits
+};
+
+// A model under a rollout (SetArmWatch): the frontend counts, per arm (the version the policy
+// routed a request to, InferResult::primary_version), the requests, the errors (failed, or
+// answered by a fallback), the fallbacks and a latency histogram (admission to answer); and it
+// copies a share of each arm's OK answers, not answered by a fallback, to the tap (kTapCopy), at
+// most max_copies_per_s of them per arm (0: no cap). Requests naming a version, refused before
+// routing, failed for their own input (INVALID_ARGUMENT) or cancelled by the client are not
+// counted. Counting costs a few relaxed atomic adds.
+struct ArmWatch {
+  std::vector<double> latency_bounds_ms;  // ascending bucket upper bounds; one more bucket holds the rest
+  std::map<int64_t, double> arms;         // arm version -> share (0..1) of its answers copied
+  double max_copies_per_s = 0;
+  bool tap_with_id = false;               // also copy every OK answer whose request has an id (kTapLabel)
+};
+
+// One arm's counts since the last TakeArmCounts. latency[i]: requests with latency <= bounds[i]
+// (and above bounds[i-1]); the last element counts the rest.
+struct ArmCounts {
+  std::string model;
+  int64_t version = 0;
+  uint64_t requests = 0, errors = 0, fallbacks = 0;
+  std::vector<uint64_t> latency;
 };
 
 class RequestTap {
@@ -191,6 +222,13 @@ class GrpcFrontend {
   virtual void SetServing(bool serving) noexcept = 0;
   // The share (0..1) of `model`'s answered requests copied to the tap; 0 removes it.
   virtual void SetTapShare(std::string_view model, double share) = 0;
+  // Counts `model`'s requests per arm from now on (ArmWatch), replacing its previous watch (an
+  // arm kept with the same bounds keeps counting into the same counts); nullopt ends the watch.
+  // INVALID_ARGUMENT for unsorted or non-finite bounds, or a share outside [0, 1].
+  virtual Status SetArmWatch(std::string_view model, std::optional<ArmWatch> watch) = 0;
+  // Every arm's counts since the last call (arms of ended watches once more, then forgotten);
+  // arms without a request since are left out.
+  virtual std::vector<ArmCounts> TakeArmCounts() = 0;
   virtual GrpcFrontendStats Stats() const = 0;
   // Health turns NOT_SERVING, new calls are refused, calls in flight get `grace_s` to finish and
   // are then cancelled. Returns when every call has ended. Idempotent.
