@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <utility>
@@ -334,6 +335,42 @@ void NativeFrontend_SetTapShare(NativeFrontend& f, const std::string& model, dou
   f.fe().SetTapShare(model, share);
 }
 
+// set_arm_watch(model, None) ends the watch; else arms {version: share}.
+void NativeFrontend_SetArmWatch(NativeFrontend& f, const std::string& model, py::object arms,
+                                std::vector<double> latency_bounds_ms, double max_copies_per_s, bool tap_with_id) {
+  std::optional<inferline::ArmWatch> watch;
+  if (!arms.is_none()) {
+    watch.emplace();
+    for (auto item : py::cast<py::dict>(arms)) {
+      watch->arms[py::cast<int64_t>(item.first)] = py::cast<double>(item.second);
+    }
+    watch->latency_bounds_ms = std::move(latency_bounds_ms);
+    watch->max_copies_per_s = max_copies_per_s;
+    watch->tap_with_id = tap_with_id;
+  }
+  inferline::Status st;
+  {
+    py::gil_scoped_release nogil;
+    st = f.fe().SetArmWatch(model, std::move(watch));
+  }
+  if (!st.ok()) raise_status(st);
+}
+
+py::list NativeFrontend_TakeArmCounts(NativeFrontend& f) {
+  std::vector<inferline::ArmCounts> counts;
+  {
+    py::gil_scoped_release nogil;
+    counts = f.fe().TakeArmCounts();
+  }
+  py::list out;
+  for (const auto& c : counts) {
+    py::list latency;
+    for (uint64_t n : c.latency) latency.append(n);
+    out.append(py::make_tuple(Utf8(c.model), c.version, c.requests, c.errors, c.fallbacks, latency));
+  }
+  return out;
+}
+
 py::dict NativeFrontend_Stats(NativeFrontend& f) {
   GrpcFrontendStats s;
   {
@@ -363,6 +400,10 @@ void Bind(py::module_& m) {
       .def_property_readonly("port", [](NativeFrontend& f) { return f.fe().port(); })
       .def("set_serving", [](NativeFrontend& f, bool serving) { f.fe().SetServing(serving); }, py::arg("serving"))
       .def("set_tap_share", &NativeFrontend_SetTapShare, py::arg("model"), py::arg("share"))
+      .def("set_arm_watch", &NativeFrontend_SetArmWatch, py::arg("model"), py::arg("arms"),
+           py::arg("latency_bounds_ms") = std::vector<double>{}, py::arg("max_copies_per_s") = 0.0,
+           py::arg("tap_with_id") = false)
+      .def("take_arm_counts", &NativeFrontend_TakeArmCounts)
       .def("stats", &NativeFrontend_Stats)
       .def("shutdown", &NativeFrontend_Shutdown, py::arg("grace_s"))
       .def("tap_fd", [](NativeFrontend& f) { return f.tap() ? f.tap()->fd() : -1; })
@@ -378,6 +419,9 @@ void BindNativeFrontend(py::module_& m, void (*raise)(const inferline::Status&))
   raise_status = raise;
   Bind(m);
   m.attr("NATIVE_FRONTEND") = "";
+  m.attr("TAP_SAMPLED") = inferline::kTapSampled;
+  m.attr("TAP_COPY") = inferline::kTapCopy;
+  m.attr("TAP_LABEL") = inferline::kTapLabel;
 #else
   (void)raise;
   m.attr("NATIVE_FRONTEND") =

@@ -97,7 +97,7 @@ inline py::tuple TapRecordToPy(const TapRecord& r) {
                         static_cast<int>(res.status.code()), Utf8(res.status.message()), Utf8(res.answered_model),
                         res.answered_version,
                         inferline::FallbackReasonName(res.fallback_reason), res.primary_version, r.latency_us,
-                        r.requested_version);
+                        r.requested_version, r.reasons);
 }
 
 }  // namespace inferline_py

@@ -179,7 +179,15 @@ class ControlReply:
 #  primary_version, latency_us from admission to answer, requested_version: the version the request
 #  named, 0 when the policy routed it). Arrays are copies owning their memory.
 TapRecord = Tuple[str, str, Dict[str, np.ndarray], Optional[Dict[str, np.ndarray]], int, str, str, int, str, int, int,
-                  int]
+                  int, int]
+"""(model, request_id, inputs, outputs or None, code, message, answered_model, answered_version,
+fallback_reason, primary_version, latency_us, requested_version, reasons: TAP_SAMPLED | TAP_COPY |
+TAP_LABEL bits)."""
+TAP_SAMPLED: int
+TAP_COPY: int
+TAP_LABEL: int
+ArmCounts = Tuple[str, int, int, int, int, List[int]]
+"""(model, version, requests, errors, fallbacks, latency histogram counts)."""
 
 class NativeFrontend:
     """The native KServe v2 gRPC frontend (csrc/frontend/include/inferline/grpc_frontend.h): ModelInfer
@@ -219,6 +227,14 @@ class NativeFrontend:
         """ServerReady and health (Check/Watch of "" and the inference service) follow this."""
     def set_tap_share(self, model: str, share: float) -> None:
         """The share (0..1, else ValueError) of ``model``'s answered requests copied to the tap; 0 removes it."""
+    def set_arm_watch(self, model: str, arms: Optional[Dict[int, float]], latency_bounds_ms: List[float] = ...,
+                      max_copies_per_s: float = 0.0, tap_with_id: bool = False) -> None:
+        """Counts ``model``'s routed requests per arm (version: share of its OK answers copied to
+        the tap, TAP_COPY, at most ``max_copies_per_s`` per arm, 0: no cap); ``tap_with_id`` also
+        copies OK answers with a request id (TAP_LABEL); ``arms`` None ends the watch. CoreError
+        (INVALID_ARGUMENT) for unsorted bounds or a share outside [0, 1] (grpc_frontend.h ArmWatch)."""
+    def take_arm_counts(self) -> List[ArmCounts]:
+        """Every arm's counts since the last call (arms without requests left out)."""
     def stats(self) -> Dict[str, Any]:
         """{"admission": {"limit", "adaptive", "in_flight", "latency_ms", "admitted", "refused":
         {"overload", "deadline"}}, "errors": {(protocol "grpc" | "grpc_stream", code name, model

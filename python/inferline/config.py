@@ -80,6 +80,7 @@ LIMITS = {
     "CanaryConfig.min_pairs": (1, 1_000_000_000),
     "CanaryConfig.min_labels": (1, 1_000_000_000),
     "CanaryConfig.mirror_share": (0.0, 100.0),          # percent
+    "CanaryConfig.max_copies_per_s": (0.0, 1e6),
     "LoggingConfig.sample_rate": (0.0, 1.0),            # a share of requests, used only by the server's log
 }
 # LIMITS keys whose maximum is excluded: the value must be below it.
@@ -267,6 +268,11 @@ class CanaryConfig:
     mirror_share: float = 100.0
     """Percent of canary-routed requests also run on stable (the mirrored pairs), at most what
     keeps the copies within 10% of the model's traffic (``rollout.arms.MIRROR_BUDGET``)."""
+    max_copies_per_s: float = 200.0
+    """Mirrored copies (and, for a shadow version, shadow copies) started per second per arm in
+    each worker process, at most; beyond it the copies are sampled (0: no cap). A window's pairs are
+    then bounded by time, not traffic: 200/s gives 12,000 pairs a minute, while the copies' cost
+    stays flat however fast the model is asked."""
 
 
 @dataclass(frozen=True)

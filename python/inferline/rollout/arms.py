@@ -53,9 +53,11 @@ def canary_chain(name: str, stable: int, chain: List[dict]) -> List[dict]:
 
 
 def watches(rollouts: Mapping[str, object], shadows: Mapping[str, object], live: Mapping[str, int],
-            served: Mapping[str, tuple], mirror_share: Mapping[str, float]) -> Dict[str, Watch]:
+            served: Mapping[str, tuple], mirror_share: Mapping[str, float],
+            copy_caps: Optional[Mapping[str, tuple]] = None) -> Dict[str, Watch]:
     """The recorder's watches: one per model with an active rollout whose canary serves, or a
-    shadow whose version serves (``live``: model -> live version; ``served``: model -> versions)."""
+    shadow whose version serves (``live``: model -> live version; ``served``: model -> versions;
+    ``copy_caps``: model -> (mirror cap, shadow cap) in copies per second, None: no cap)."""
     out: Dict[str, Watch] = {}
     for name in sorted(set(rollouts) | set(shadows)):
         stable: Optional[int] = live.get(name)
@@ -67,9 +69,11 @@ def watches(rollouts: Mapping[str, object], shadows: Mapping[str, object], live:
         shadow = s.version if s is not None and s.version in versions else None
         if canary is None and shadow is None:
             continue
+        caps = (copy_caps or {}).get(name, (0.0, 0.0))
         out[name] = Watch(name, stable, canary=canary, window=r.window if canary is not None else None,
                           mirror_share=float(mirror_share.get(name, 100.0)), shadow=shadow,
                           shadow_share=float(s.share) if shadow is not None else 0.0,
                           shadow_window=s.window if shadow is not None else None,
-                          record_predictions=canary is not None or shadow is not None)
+                          record_predictions=canary is not None or shadow is not None,
+                          mirror_max_per_s=float(caps[0]), shadow_max_per_s=float(caps[1]))
     return out

@@ -10,8 +10,11 @@ histogram bucket, a counter under an uncontended lock). After the answer is know
   stable-routed one to the shadow version (``Watch.shadow_share``): the copy runs on the engine
   beside the real traffic, after the real answer is out, and is compared with it (``compare``);
   on the caller's event loop when it has one (no thread hop), else on the engine's completion thread.
-  At most ``max_in_flight`` copies run at once; beyond that they are dropped and counted. A copy
-  never delays or fails a real answer.
+  At most ``max_in_flight`` copies run at once; beyond that they are dropped and counted. At most
+  ``Watch.mirror_max_per_s`` / ``shadow_max_per_s`` copies start per second; beyond that they are
+  sampled (not counted). A copy never delays or fails a real answer.
+- Counts may also come from elsewhere: the native gRPC frontend counts its requests per arm in
+  C++ and hands the recorder only the answers to copy (``count_sources``, ``answered(counted=True)``).
 - Requests with an id leave their predicted label (``predicted_label``) for label feedback.
 
 ``flush(registry, worker)`` publishes this process's cumulative counts of each window to the
@@ -22,6 +25,7 @@ predictions. It runs on the service's registry thread, never on a request's path
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import threading
 import time
@@ -62,6 +66,10 @@ class Watch:
     """The shadow's window (``Shadow.window``)."""
     record_predictions: bool = False
     """Keep (request id, version, predicted label) for label feedback."""
+    mirror_max_per_s: float = 0.0
+    """Mirrored copies started per second at most (``CanaryConfig.max_copies_per_s``; 0: no cap)."""
+    shadow_max_per_s: float = 0.0
+    """Shadow copies started per second at most (0: no cap)."""
 
 
 class ArmCounts:
@@ -99,6 +107,11 @@ class Recorder:
         self._predictions_dropped = 0
         self._in_flight = 0
         self._random = random.Random(seed).random
+        self._cap_windows: Dict[int, list] = {}  # id(copy counts) -> [100 ms window, copies started in it]
+        self.count_sources: List = []
+        """Callables returning per-arm counts counted elsewhere since their last call, as rows
+        (model, version, requests, errors, fallbacks, latency histogram): read at each publish and
+        flush (``collect``)."""
         self.on_pair = None
         """Called with each compared pair, as ``inferlog.InferenceLog.pair``'s keywords (the server's
         inference log sets it), on the thread that compared it; None: pairs are only counted."""
@@ -106,7 +119,8 @@ class Recorder:
     # ---- policy (the service's sync) ------------------------------------------------
     def publish(self, watches: Dict[str, Watch]) -> None:
         """Replaces the watched models whole; counts of windows no longer watched are kept until
-        the next flush has published them."""
+        the next flush has published them. Counts from ``count_sources`` go to the old watches first."""
+        self.collect()
         with self._lock:
             self._watches = {name: self._watched(w) for name, w in watches.items()}
 
@@ -116,10 +130,10 @@ class Recorder:
         if w.canary is not None and w.window is not None:
             arms[w.canary] = self._arm_counts(w.window, "canary", w.canary)
             arms[w.stable] = self._arm_counts(w.window, "stable", w.stable)
-            copies[w.canary] = (w.mirror_share, w.stable, arms[w.canary], "canary")
+            copies[w.canary] = (w.mirror_share, w.stable, arms[w.canary], "canary", w.mirror_max_per_s)
         if w.shadow is not None and w.shadow_window is not None:
             shadow_counts = self._arm_counts(w.shadow_window, "shadow", w.shadow)
-            copies[w.stable] = (w.shadow_share, w.shadow, shadow_counts, "shadow")
+            copies[w.stable] = (w.shadow_share, w.shadow, shadow_counts, "shadow", w.shadow_max_per_s)
         return _Watched(w, arms, copies)
 
     def watch(self, model: str) -> Optional["_Watched"]:
@@ -128,14 +142,16 @@ class Recorder:
 
     # ---- the request path --------------------------------------------------------------
     def answered(self, w: "_Watched", inputs: dict, result, t0: float, request_id: Optional[str] = None,
-                 on_loop: bool = False) -> None:
+                 on_loop: bool = False, counted: bool = False, copy: Optional[bool] = None) -> None:
         """Counts an answered request (a ``RoutedResult``) and starts its copy if it has one
-        (``on_loop``: the caller runs on an event loop, where the copy is answered too)."""
+        (``on_loop``: the caller runs on an event loop, where the copy is answered too).
+        ``counted``: it was counted already (a count source); ``copy``: whether to copy it, drawn
+        already (None: drawn here with the arm's share and cap)."""
         latency_ms = (time.perf_counter() - t0) * 1000.0
         primary = result.primary_version
         c = w.arms.get(primary)
         fell_back = result.fallback_reason is not None
-        if c is not None:
+        if c is not None and not counted:
             bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
             with self._lock:
                 c.requests += 1
@@ -149,9 +165,10 @@ class Recorder:
             label = predicted_label(result.outputs)
             if label is not None:
                 self._keep_prediction(w.watch.name, request_id, result.version, label)
-        copy = w.copies.get(primary)
-        if copy is not None:
-            self._copy(w.watch.name, copy, inputs, result.outputs, on_loop, (request_id, result.version, latency_ms))
+        target = w.copies.get(primary) if copy is not False else None
+        if target is not None:
+            self._copy(w.watch.name, target, inputs, result.outputs, on_loop, (request_id, result.version, latency_ms),
+                       drawn=copy is True)
 
     def failed(self, w: "_Watched", error: BaseException, t0: float) -> None:
         """Counts a request whose routed version (``error.primary_version``) and chain failed.
@@ -180,12 +197,16 @@ class Recorder:
                 return
             rows.append((request_id, version, label, time.time()))
 
-    def _copy(self, model: str, copy: tuple, inputs: dict, returned: dict, on_loop: bool, origin: tuple) -> None:
-        """Runs a canary request again on stable, or a stable request on the shadow, and compares."""
-        share, target, c, arm = copy
-        if share < 100.0 and self._random() * 100.0 >= share:
+    def _copy(self, model: str, copy: tuple, inputs: dict, returned: dict, on_loop: bool, origin: tuple,
+              drawn: bool = False) -> None:
+        """Runs a canary request again on stable, or a stable request on the shadow, and compares
+        (``drawn``: the share and the cap were applied already)."""
+        share, target, c, arm, cap = copy
+        if not drawn and share < 100.0 and self._random() * 100.0 >= share:
             return
         with self._lock:
+            if not drawn and cap > 0 and not self._under_cap(c, cap):
+                return
             if self._in_flight >= self.max_in_flight:
                 c.dropped += 1
                 return
@@ -201,6 +222,16 @@ class Recorder:
             return
         pair = (model, inputs, target, origin)  # what the inference log keeps of the pair (on_pair)
         fut.add_done_callback(lambda f: self._copied(f, c, arm, returned, t0, pair))
+
+    # requires _lock
+    def _under_cap(self, c: ArmCounts, cap: float) -> bool:
+        """Whether one more copy fits this 100 ms window's share of ``cap`` per second."""
+        window = int(time.monotonic() * 10)
+        state = self._cap_windows.setdefault(id(c), [window, 0])
+        if state[0] != window:
+            state[0], state[1] = window, 0
+        state[1] += 1
+        return state[1] <= max(1, math.ceil(cap / 10))
 
     def _copied(self, fut, c: ArmCounts, arm: str, returned: dict, t0: float, pair: tuple) -> None:
         """A copy's answer (the engine's completion thread): compared with the returned one."""
@@ -232,11 +263,37 @@ class Recorder:
                          returned_version=version, returned_latency_ms=returned_ms, other=other,
                          other_version=target, other_latency_ms=latency_ms, agree=agree)
 
+    # ---- counts from elsewhere -----------------------------------------------------------
+    def add_counts(self, rows) -> None:
+        """Adds per-arm counts counted elsewhere (rows as ``count_sources`` return them) to the
+        arms of the current watches; counts of versions on no watched arm are dropped."""
+        with self._lock:
+            for model, version, requests, errors, fallbacks, latency in rows:
+                w = self._watches.get(model)
+                c = w.arms.get(version) if w is not None else None
+                if c is None:
+                    continue
+                c.requests += int(requests)
+                c.errors += int(errors)
+                c.fallbacks += int(fallbacks)
+                for i, n in enumerate(latency[:len(c.latency)]):
+                    c.latency[i] += int(n)
+
+    def collect(self) -> None:
+        """Adds what every count source counted since the last collect."""
+        for source in list(self.count_sources):
+            try:
+                rows = source()
+            except Exception:  # a source that is going away: its counts are lost, not the others'
+                continue
+            self.add_counts(rows)
+
     # ---- publishing (the registry thread) ----------------------------------------------
     def flush(self, registry, worker: str) -> None:
-        """Writes this process's cumulative counts of every window it has seen, and the
-        predictions buffered since the last flush, to ``registry``; forgets windows no longer
-        watched once written."""
+        """Writes this process's cumulative counts of every window it has seen (after collecting
+        the count sources), and the predictions buffered since the last flush, to ``registry``;
+        forgets windows no longer watched once written."""
+        self.collect()
         watched = set()
         for w in self._watches.values():
             watched.update(x for x in (w.watch.window, w.watch.shadow_window) if x)
@@ -245,7 +302,7 @@ class Recorder:
             for (window, arm), c in self._counts.items():
                 by_window.setdefault(window, {})[arm] = c.to_dict()
             for key in [k for k in self._counts if k[0] not in watched]:
-                del self._counts[key]
+                self._cap_windows.pop(id(self._counts.pop(key)), None)
             predictions, self._predictions = self._predictions, {}
         for window, arms in by_window.items():
             registry.rollouts.put_counts(window, worker, arms)
@@ -259,7 +316,7 @@ class Recorder:
 
 class _Watched:
     """A Watch with the counts its requests go to (``arms``: routed version -> counts) and the
-    copies they start (``copies``: routed version -> (share, target version, counts, arm))."""
+    copies they start (``copies``: routed version -> (share, target version, counts, arm, cap/s))."""
 
     __slots__ = ("watch", "arms", "copies")
 

@@ -257,7 +257,7 @@ class CoreMetrics:
                 continue
             arms = {c.version: ("canary" if c.version == watched.watch.canary else "stable", c)
                     for c in watched.arms.values()}
-            for _share, _target, counts, arm in watched.copies.values():
+            for _share, _target, counts, arm, _cap in watched.copies.values():
                 arms.setdefault(counts.version, (arm, counts))
             for version, (arm, c) in arms.items():
                 key = (name, arm, version)

@@ -15,12 +15,14 @@ keeps what the Python frontend did around those requests, without touching each 
   InferenceService and health_check), through ``ControlContext``, a stand-in for grpc.aio's
   servicer context.
 - Readiness follows ``DataPlane.accepting`` (``set_serving``).
-- The request tap: the frontend copies a share of each model's answered requests to a queue that
-  the loop drains when its eventfd is readable (``TapConsumer``). The share is 1 while the model
-  has a rollout watch (canary or shadow: the recorder sees every request, as on the Python path),
-  else its inference log sample rate while the log is on, else 0 (nothing copied). It is set at
-  start and after every model-manager sync. Each record goes to the rollout recorder
-  (``answered``/``failed``) and, sampled at the model's rate, to the inference log (``sample``).
+- Rollouts and the request tap (``TapConsumer``): while a model has a canary or shadow, the
+  frontend counts its requests per arm in C++ (requests, errors, fallbacks, latency histogram;
+  ``set_arm_watch``), and the recorder collects those counts at each publish and flush
+  (``Recorder.count_sources``). Only the answers the recorder compares are copied to a queue the
+  loop drains when its eventfd is readable: a canary answer drawn for its mirror, a stable answer
+  drawn for the shadow (both at most ``CanaryConfig.max_copies_per_s``), an answer with a request
+  id (label feedback); plus, while the inference log is on, each model's sampled share. Set at
+  start and after every model-manager sync.
 - Metrics: the frontend's errors, decode/encode histograms and admission refusals are a source of
   the data plane's ``FrontendStats`` (``NativeStats``), so /metrics has the same series whichever
   frontend answers; records the tap had to drop are counted (``tap_dropped``).
@@ -31,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from random import random as _random
 from typing import Optional
 
 import grpc
@@ -39,7 +40,8 @@ from grpc_health.v1 import health_pb2
 
 from .. import _core
 from ..engine import RoutedResult
-from ..errors import FailedPrecondition, Unavailable, from_core_error, from_status
+from ..errors import FailedPrecondition, Unavailable, from_core_error
+from ..rollout.recorder import LATENCY_BOUNDS_MS
 from ..service import Answer
 from .dataplane import DataPlane
 from .grpc_frontend import SERVICE, InferenceService, answer_unary, health_check
@@ -150,44 +152,72 @@ class ControlBridge:
 # ---- the request tap --------------------------------------------------------------------
 
 class TapConsumer:
-    """Sets each served model's tap share and hands the tapped records to the rollout recorder and
-    the inference log (module docstring). Runs on the worker's event loop."""
+    """Sets what each served model's answers the frontend copies to the tap, hands the copies to the
+    rollout recorder and the inference log (module docstring), and is the recorder's count source
+    for the arms the frontend counts. Runs on the worker's event loop."""
 
     def __init__(self, frontend, dataplane: DataPlane, loop: asyncio.AbstractEventLoop):
         self._fe = frontend
         self._dp = dataplane
         self._loop = loop
         self._fd = frontend.tap_fd()
-        self._shares: dict = {}  # model -> (share, sample rate when the share is 1 for a watch, else None)
+        self._shares: dict = {}   # model -> the inference log's sample rate
+        self._watches: dict = {}  # model -> the arm watch set (arms, cap, tap_with_id)
 
     def start(self) -> None:
+        self._dp.models.recorder.count_sources.append(self.take_counts)
         self.update_shares()
         self._loop.add_reader(self._fd, self.drain)
 
     def stop(self) -> None:
-        """After the frontend's shutdown: the last records, then no more reading."""
+        """After the frontend's shutdown: the last records and counts, then no more reading."""
         self._loop.remove_reader(self._fd)
         self.drain()
+        recorder = self._dp.models.recorder
+        if self.take_counts in recorder.count_sources:
+            recorder.count_sources.remove(self.take_counts)
+        recorder.add_counts(self.take_counts())
         self._fe = None
 
+    def take_counts(self) -> list:
+        """The frontend's per-arm counts since the last call (the recorder's count source)."""
+        fe = self._fe
+        return [] if fe is None else fe.take_arm_counts()
+
     def update_shares(self) -> None:
-        """Each served model's share: 1 while watched, else its sample rate while the log is on, else 0."""
+        """Each served model's log share (its sample rate while the log is on) and, while a
+        rollout or shadow watches it, its arm watch: every arm counted, the arms whose answers are
+        copied (canary -> stable mirror, stable -> shadow) with their shares and cap."""
         if self._fe is None:
             return
-        wanted = {}
+        shares, watches = {}, {}
         logging_on = self._dp.inference_log is not None
         for name in sorted({n for n, _v, _routed in self._dp.router.served()}):
             rate = self._sample_rate(name) if logging_on else 0.0
-            if self._dp.models.recorder.watch(name) is not None:
-                wanted[name] = (1.0, rate)
-            elif rate > 0:
-                wanted[name] = (rate, None)
-        for name in self._shares.keys() - wanted.keys():
-            self._fe.set_tap_share(name, 0.0)
-        for name, share in wanted.items():
-            if self._shares.get(name) != share:
-                self._fe.set_tap_share(name, share[0])
-        self._shares = wanted
+            if rate > 0:
+                shares[name] = rate
+            w = self._dp.models.recorder.watch(name)
+            if w is not None:
+                arms = {int(v): 0.0 for v in w.arms}
+                caps = [0.0]
+                for version, (share, _target, _counts, _arm, cap) in w.copies.items():
+                    arms[int(version)] = min(1.0, max(0.0, share / 100.0))
+                    caps.append(cap)
+                # one cap for the watch: the copies' arms differ (canary vs stable), so the larger
+                # of the two is each arm's bound here (the recorder's in-flight bound still holds)
+                watches[name] = (arms, max(caps), bool(w.watch.record_predictions))
+        fe = self._fe
+        for name in self._shares.keys() - shares.keys():
+            fe.set_tap_share(name, 0.0)
+        for name, rate in shares.items():
+            if self._shares.get(name) != rate:
+                fe.set_tap_share(name, rate)
+        for name in self._watches.keys() - watches.keys():
+            fe.set_arm_watch(name, None)
+        for name, (arms, cap, with_id) in watches.items():
+            if self._watches.get(name) != (arms, cap, with_id):
+                fe.set_arm_watch(name, arms, LATENCY_BOUNDS_MS, cap, with_id)
+        self._shares, self._watches = shares, watches
 
     def _sample_rate(self, name: str) -> float:
         try:
@@ -205,27 +235,20 @@ class TapConsumer:
                 log.exception("a tapped request could not be recorded")
 
     def _observe(self, model, request_id, inputs, outputs, code, message, answered_model, answered_version,
-                 fallback_reason, primary_version, latency_us, requested_version) -> None:
+                 fallback_reason, primary_version, latency_us, requested_version, reasons) -> None:
+        if code != 0:  # the frontend counted it on its arm; the log samples answers only
+            return
         t0 = time.perf_counter() - latency_us / 1e6  # as if timed from admission, like the Python path
-        recorder = self._dp.models.recorder
-        # as Service.infer_async: a request naming its version is on no arm of a rollout
-        watch = recorder.watch(model) if requested_version == 0 else None
-        if code != 0:
-            if watch is not None:
-                error = from_status(code, message)
-                error.primary_version = primary_version
-                recorder.failed(watch, error, t0)
-            return
         reason = None if fallback_reason in _NO_REASON else fallback_reason
-        if watch is not None:
-            result = RoutedResult(outputs, answered_model, answered_version, reason, primary_version)
-            recorder.answered(watch, inputs, result, t0, request_id or None, on_loop=True)
+        if reasons & (_core.TAP_COPY | _core.TAP_LABEL):
+            recorder = self._dp.models.recorder
+            watch = recorder.watch(model) if requested_version == 0 else None
+            if watch is not None:
+                result = RoutedResult(outputs, answered_model, answered_version, reason, primary_version)
+                recorder.answered(watch, inputs, result, t0, request_id or None, on_loop=True, counted=True,
+                                  copy=bool(reasons & _core.TAP_COPY))
         ilog = self._dp.inference_log
-        if ilog is None:
-            return
-        share = self._shares.get(model)
-        rate = share[1] if share is not None else None
-        if rate is None or _random() < rate:  # tapped at the sample rate already, or 1 for a watch
+        if ilog is not None and reasons & _core.TAP_SAMPLED:
             ilog.sample(model, request_id, inputs, Answer(outputs, answered_model, answered_version, reason), t0)
 
 

@@ -32,6 +32,7 @@ import time
 import uuid
 from typing import Optional
 
+from ..config import CanaryConfig
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
 from ..models.service import load_version, open_registry
@@ -217,11 +218,18 @@ class ModelManager:
     def _publish_watches(self, snapshot: RoutingSnapshot, records: list) -> None:
         live = {r.name: r.version for r in records if r.is_live}
         served = {name: routes.served for name, routes in snapshot.models.items()}
-        mirror = {}
+        mirror, caps = {}, {}
+        default = CanaryConfig().max_copies_per_s
         for name, r in self._rollouts.items():
             rec = self._records.get((name, r.version))
-            mirror[name] = mirror_share(thresholds(rec)[0].mirror_share if rec is not None else 100.0, r.weight)
-        self.recorder.publish(make_watches(self._rollouts, self._shadows, live, served, mirror))
+            canary = thresholds(rec)[0] if rec is not None else CanaryConfig()
+            mirror[name] = mirror_share(canary.mirror_share, r.weight)
+            caps[name] = (canary.max_copies_per_s, default)
+        for name, s in self._shadows.items():
+            rec = self._records.get((name, s.version))
+            shadow_cap = thresholds(rec)[0].max_copies_per_s if rec is not None else default
+            caps[name] = (caps.get(name, (default, default))[0], shadow_cap)
+        self.recorder.publish(make_watches(self._rollouts, self._shadows, live, served, mirror, caps))
 
     def _after_publish(self) -> None:
         """Shares this process's view with the other workers and controllers, then lets this

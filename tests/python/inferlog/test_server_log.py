@@ -89,7 +89,9 @@ def test_every_shadow_pair_is_logged(tmp_path, rng):
     v2 = shutil.copytree(demo_package_path("digits-mlp"), tmp_path / "mlp-v2")
     registry = open_registry(repo)
     try:
-        version = push(registry, with_config(str(v2), logging={"sample_rate": 0.0})).version
+        # no copy cap: every one of the 200 requests is copied to the shadow, and every pair logged
+        version = push(registry, with_config(str(v2), logging={"sample_rate": 0.0},
+                                             canary={"max_copies_per_s": 0})).version
     finally:
         registry.close()
     logs = tmp_path / "logs"

@@ -95,6 +95,7 @@ def test_a_canary_counts_each_request_on_its_arm_and_compares_mirrored_pairs(ser
         infer(server, "rolled", np.ones((1, 4), np.float32), model_version="2", request_id=f"named-{i}")
 
     def counts():
+        server.manager.recorder.collect()  # the native frontend counts in C++: collected at each flush
         return {v: (c.requests, c.errors, c.pairs) for v, c in watch.arms.items()}
 
     canary = versions.count("2")

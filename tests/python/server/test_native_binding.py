@@ -1,8 +1,8 @@
 """_core.NativeFrontend, the binding of the native gRPC frontend, against the real tritonclient.
 
 Each test starts a frontend over a real _core.Engine and _core.Router (model "a": y = 2x, a
-Python backend, routed by a single-version policy) on a free port: inference answered in C++, control calls handed to a Python
-callable, the request tap drained through its eventfd, stats, and shutdown. Skipped where this
+Python backend, routed by a single-version policy) on a free port: inference answered in C++,
+control calls handed to a Python callable, stats, and shutdown (the request tap: test_native_tap.py). Skipped where this
 build has no native frontend (_core.NATIVE_FRONTEND says why).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import select
 import threading
 import time
 
@@ -28,57 +27,10 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from inferline.server.proto import inference_pb2 as pb  # noqa: E402
 
-from helpers import make_config  # noqa: E402
+from native_helpers import infer, rows  # noqa: E402
 
 SERVICE = "/inference.GRPCInferenceService/"
 C = grpc.StatusCode
-
-
-def double(inputs):
-    return {"y": inputs["x"] * np.float32(2)}
-
-
-@pytest.fixture
-def router():
-    engine = _core.Engine()
-    engine.load(make_config("a", delay_us=200).to_core(), _core.python_backend(double, ["y"]))
-    r = _core.Router(engine)
-    r.publish("a", {"name": "a", "live": 1, "served": [1],
-                    "versions": [{"version": 1, "chain": [], "breaker": None, "cache_bytes": 0,
-                                  "cache_last_resort": False}]})
-    yield r
-    del r
-    gc.collect()
-    engine.shutdown()
-
-
-@pytest.fixture
-def start(router):
-    """start(control=None, tap=False, **options) -> (frontend, tritonclient); both closed after the test."""
-    made = []
-
-    def _start(control=None, tap=False, **options):
-        fe = _core.NativeFrontend(router, {"address": "127.0.0.1:0", "threads": 2, **options}, control, tap)
-        client = tc.InferenceServerClient(f"127.0.0.1:{fe.port}")
-        made.append((fe, client))
-        return fe, client
-
-    yield _start
-    for fe, client in made:
-        client.close()
-        fe.shutdown(0)
-    made.clear()
-    gc.collect()
-
-
-def infer(client, x, model="a", **kw):
-    inp = tc.InferInput("x", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer(model, [inp], **kw)
-
-
-def rows(n, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
 
 
 def status_of(excinfo) -> str:
@@ -210,81 +162,6 @@ def test_reply_checks_its_arguments(start):
     reply(5, "not here")  # still unanswered after the refused calls: this one counts
     t.join(5)
     assert outcome == [("StatusCode.NOT_FOUND", "not here")]
-
-
-# ---- the request tap ------------------------------------------------------------------
-
-def wait_readable(fd, timeout_s=5.0) -> bool:
-    return bool(select.select([fd], [], [], timeout_s)[0])
-
-
-def test_tap_records_arrive_through_the_eventfd(start):
-    fe, client = start(tap=True)
-    assert fe.tap_fd() >= 0 and fe.drain_tap() == [] and fe.tap_dropped == 0
-    fe.set_tap_share("a", 1.0)
-    sent = {f"r{i}": rows(i + 1, seed=i) for i in range(3)}
-    for rid, x in sent.items():
-        infer(client, x, request_id=rid)
-    records = []
-    deadline = time.monotonic() + 5
-    while len(records) < 3 and time.monotonic() < deadline:
-        if wait_readable(fe.tap_fd(), 0.5):
-            records += fe.drain_tap()
-    assert sorted(r[1] for r in records) == sorted(sent)
-    for (model, rid, inputs, outputs, code, message, ans_model, ans_version, reason, primary, latency_us,
-         requested) in records:
-        assert (model, code, message, ans_model, ans_version, reason, primary, requested) == \
-            ("a", 0, "", "a", 1, "none", 1, 0)
-        np.testing.assert_array_equal(inputs["x"], sent[rid])
-        np.testing.assert_array_equal(outputs["y"], sent[rid] * 2)
-        assert inputs["x"].flags.owndata and outputs["y"].flags.owndata
-        assert latency_us > 0
-    assert not wait_readable(fe.tap_fd(), 0)  # drained: the fd is clear
-    assert fe.tap_dropped == 0
-
-    infer(client, rows(1), request_id="named", model_version="1")  # a version named: not routed by the policy
-    assert wait_readable(fe.tap_fd(), 5)
-    [named] = fe.drain_tap()
-    assert (named[1], named[9], named[11]) == ("named", 1, 1)
-
-    fe.set_tap_share("a", 0)  # (a request's share is read after its answer went out: set before sending)
-    infer(client, rows(1), request_id="not-tapped")
-    assert not wait_readable(fe.tap_fd(), 0.3) and fe.drain_tap() == []
-
-
-def test_tap_queue_is_bounded_and_counts_what_it_drops(start):
-    fe, _ = start(tap=True)
-    fe.set_tap_share("a", 1.0)
-    sent, capacity, extra = 0, 4096, 24
-    x = rows(1)
-
-    def send(n):
-        with tc.InferenceServerClient(f"127.0.0.1:{fe.port}") as client:
-            for _ in range(n):
-                infer(client, x)
-
-    threads = [threading.Thread(target=send, args=((capacity + extra) // 4,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-        sent += (capacity + extra) // 4
-    deadline = time.monotonic() + 5  # the last records are handed over after their answers
-    while fe.tap_dropped < sent - capacity and time.monotonic() < deadline:
-        time.sleep(0.01)
-    records = fe.drain_tap()
-    assert (len(records), fe.tap_dropped) == (capacity, sent - capacity)
-    assert not wait_readable(fe.tap_fd(), 0)
-    dropped = fe.tap_dropped
-    send(1)  # room again
-    assert wait_readable(fe.tap_fd(), 5) and len(fe.drain_tap()) == 1 and fe.tap_dropped == dropped
-
-
-def test_tap_share_is_checked_and_absent_without_tap(start):
-    fe, _ = start()
-    assert fe.tap_fd() == -1 and fe.drain_tap() == [] and fe.tap_dropped == 0
-    with pytest.raises(ValueError):
-        fe.set_tap_share("a", 1.5)
 
 
 # ---- stats ------------------------------------------------------------------------------
