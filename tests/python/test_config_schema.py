@@ -79,6 +79,7 @@ ROLLOUT_LIMITS = {
     "CanaryConfig.min_pairs": (1, 1_000_000_000),
     "CanaryConfig.min_labels": (1, 1_000_000_000),
     "CanaryConfig.mirror_share": (0.0, 100.0),
+    "CanaryConfig.max_copies_per_s": (0.0, 1e6),
     "LoggingConfig.sample_rate": (0.0, 1.0),
 }
 # The C++ field each bound applies to, and the width it must fit.
