@@ -74,6 +74,7 @@ class GrpcLoadImpl final : public GrpcLoad {
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own per channel
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);              // no retry filter: every call is sent once
     for (int i = 0; i < options_.channels; ++i) {
       args.SetInt("grpc.inferline_load_channel", i);      // and distinct arguments, to be sure
       context_.channels.push_back(

@@ -154,3 +154,60 @@ def test_unreachable_server_fails_cleanly():
     plan = Plan(Target("127.0.0.1:1", "grpc", "m"), [b"x"], timeout_s=0.3, transport="native")
     with pytest.raises(InferlineError, match="not connected"):
         connect_native(plan)
+
+
+def test_calls_a_server_never_answers_end_at_their_deadline():
+    """The client enforces each call's deadline itself: against a peer that speaks HTTP/2 (its
+    SETTINGS, so the channel is ready) and then never answers nor cancels anything, every call
+    ends DEADLINE_EXCEEDED at timeout_s and the run returns."""
+    import socket
+    import threading
+    import time
+
+    from inferline.loadgen.native import connect_native, run_native
+    from inferline.loadgen.worker import Plan
+
+    require_native_loadgen()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held, stop = [], threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame
+            held.append(conn)
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    def drain(conn):
+        acked = False
+        while not stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if not acked:  # ACK the client's SETTINGS once it has sent its preface
+                conn.sendall(bytes([0, 0, 0, 4, 1, 0, 0, 0, 0]))
+                acked = True
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        plan = Plan(Target(f"127.0.0.1:{port}", "grpc", "m"), [b""], concurrency=4, warmup_s=0.0, duration_s=0.5,
+                    timeout_s=1.0, transport="native")
+        load = connect_native(plan)
+        t0 = time.monotonic()
+        result = run_native(plan, load, time.monotonic() + 0.1)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert result["errors"] == {"DEADLINE_EXCEEDED": 4}
+    assert took < 10
