@@ -47,7 +47,7 @@ std::unique_ptr<GrpcLoad> GrpcLoad_Init(std::string target, std::string method, 
                                         bool stream, int channels, int streams, int concurrency, double rate,
                                         bool poisson, double phase_s, double warmup_s, double duration_s,
                                         double timeout_s, int max_outstanding, double interval_s, double precision,
-                                        uint64_t seed) {
+                                        uint64_t seed, bool direct) {
   GrpcLoadOptions o;
   o.target = std::move(target);
   o.method = std::move(method);
@@ -66,6 +66,7 @@ std::unique_ptr<GrpcLoad> GrpcLoad_Init(std::string target, std::string method, 
   o.interval_s = interval_s;
   o.precision = precision;
   o.seed = seed;
+  o.direct = direct;
   auto load = GrpcLoad::Create(std::move(o));
   if (!load.ok()) raise_status(load.status());
   return std::move(load).value();
@@ -92,6 +93,7 @@ py::dict GrpcLoad_Run(GrpcLoad& load, double start_at, double precision) {
   out["answered_total"] = res.answered_total;
   out["achieved_rps"] = res.achieved_rps;
   out["cpu_s"] = res.cpu_s;
+  out["client"] = res.client;
   return out;
 }
 
@@ -107,7 +109,7 @@ void BindNativeLoadgen(py::module_& m, void (*raise)(const inferline::Status&)) 
            py::arg("concurrency") = 1, py::arg("rate") = 0.0, py::arg("poisson") = false,
            py::arg("phase_s") = 0.0, py::arg("warmup_s") = 1.0, py::arg("duration_s") = 10.0,
            py::arg("timeout_s") = 30.0, py::arg("max_outstanding") = 10000, py::arg("interval_s") = 1.0,
-           py::arg("precision") = 0.01, py::arg("seed") = 0)
+           py::arg("precision") = 0.01, py::arg("seed") = 0, py::arg("direct") = true)
       .def("wait_ready", [](GrpcLoad& load, double timeout_s) {
         inferline::Status s;
         {

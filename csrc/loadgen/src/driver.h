@@ -1,5 +1,5 @@
 // Private to inferline_grpc_load: what sends the calls. A Driver is unary (a reactor per call
-// slot) or streaming (a reactor per bidi stream); grpc_load.cpp runs either in a closed loop
+// slot, or direct HTTP/2 with nghttp2: h2_driver.cpp) or streaming (a reactor per bidi stream); grpc_load.cpp runs either in a closed loop
 // (StartClosed: every answer in the window starts the next request) or an open loop (TrySend from
 // the one scheduler thread), then Finish waits for what is still owed.
 //
@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "inferline/grpc_load.h"
@@ -22,13 +23,20 @@ namespace inferline::loadgen {
 using Stub = grpc::TemplatedGenericStub<grpc::ByteBuffer, grpc::ByteBuffer>;
 
 // What every driver shares; outlives the driver and every call it made.
+class H2Link;  // one HTTP/2 connection of the direct unary driver (h2_driver.cpp)
+struct H2LinkDeleter {
+  void operator()(H2Link* link) const;
+};
+
 struct LoadContext {
   const GrpcLoadOptions* options = nullptr;
   RunWindow window;
   Recorder* recorder = nullptr;
   std::vector<grpc::Slice> payloads;          // static slices over options->payloads
   std::vector<grpc::ByteBuffer> buffers;      // one per payload (unary requests)
-  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;       // gRPC C-core drivers
+  std::vector<std::string> framed;                           // direct: each payload, 5-byte prefixed
+  std::vector<std::unique_ptr<H2Link, H2LinkDeleter>> h2_links;  // direct: one per connection
   std::atomic<uint64_t> next_payload{0};
 
   uint32_t NextPayload() {
@@ -52,5 +60,11 @@ class Driver {
 
 std::unique_ptr<Driver> MakeUnaryDriver(LoadContext& context);
 std::unique_ptr<Driver> MakeStreamDriver(LoadContext& context);
+#ifdef INFERLINE_HAVE_NGHTTP2
+// Direct unary calls over HTTP/2 (nghttp2): ConnectH2 opens options->channels connections (once;
+// UNAVAILABLE "... not connected: why" on failure), then the driver runs over them.
+Status ConnectH2(LoadContext& c, double timeout_s);
+std::unique_ptr<Driver> MakeH2UnaryDriver(LoadContext& context);
+#endif
 
 }  // namespace inferline::loadgen

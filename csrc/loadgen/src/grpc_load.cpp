@@ -75,7 +75,7 @@ class GrpcLoadImpl final : public GrpcLoad {
     args.SetMaxSendMessageSize(-1);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own per channel
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);              // no retry filter: every call is sent once
-    for (int i = 0; i < options_.channels; ++i) {
+    for (int i = 0; i < (direct_ ? 0 : options_.channels); ++i) {
       args.SetInt("grpc.inferline_load_channel", i);      // and distinct arguments, to be sure
       context_.channels.push_back(
           grpc::CreateCustomChannel(options_.target, grpc::InsecureChannelCredentials(), args));
@@ -89,6 +89,9 @@ class GrpcLoadImpl final : public GrpcLoad {
   }
 
   Status WaitReady(double timeout_s) override {
+#ifdef INFERLINE_HAVE_NGHTTP2
+    if (direct_) return ConnectH2(context_, timeout_s);
+#endif
     const auto deadline = std::chrono::system_clock::now() +
                           std::chrono::duration_cast<std::chrono::system_clock::duration>(
                               std::chrono::duration<double>(timeout_s));
@@ -112,8 +115,15 @@ class GrpcLoadImpl final : public GrpcLoad {
     owned_recorder_ = std::make_unique<Recorder>(w, options_.precision);
     context_.recorder = owned_recorder_.get();
     recorder_.store(owned_recorder_.get(), std::memory_order_release);
-    std::unique_ptr<Driver> driver =
-        options_.stream ? MakeStreamDriver(context_) : MakeUnaryDriver(context_);
+    std::unique_ptr<Driver> driver;
+#ifdef INFERLINE_HAVE_NGHTTP2
+    if (direct_) {
+      Status connected = ConnectH2(context_, options_.timeout_s);
+      if (!connected.ok()) return connected;
+      driver = MakeH2UnaryDriver(context_);
+    }
+#endif
+    if (!driver) driver = options_.stream ? MakeStreamDriver(context_) : MakeUnaryDriver(context_);
 
     SleepUntilNs(w.start_ns);
     std::thread scheduler;
@@ -130,6 +140,7 @@ class GrpcLoadImpl final : public GrpcLoad {
     driver.reset();
     GrpcLoadResult result = context_.recorder->Result(options_.duration_s);
     result.cpu_s = ProcessCpuS() - cpu0;
+    result.client = direct_ ? "nghttp2" : "grpc";
     return result;
   }
 
@@ -160,6 +171,11 @@ class GrpcLoadImpl final : public GrpcLoad {
   }
 
   GrpcLoadOptions options_;
+#ifdef INFERLINE_HAVE_NGHTTP2
+  const bool direct_ = !options_.stream && options_.direct;
+#else
+  const bool direct_ = false;
+#endif
   LoadContext context_;
   std::unique_ptr<Recorder> owned_recorder_;
   std::atomic<Recorder*> recorder_{nullptr};
