@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 # The native frontend's build needs gRPC's C++ library and CMake package, protobuf's, protoc and
 # gRPC's protoc plugin (CMakeLists.txt: find_package(gRPC), protobuf_generate).
-packages=(libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc)
+packages=(libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libnghttp2-dev pkg-config)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
