@@ -10,6 +10,7 @@
 
 #include "answer.h"
 #include "driver.h"
+#include "tsan.h"
 
 namespace inferline::loadgen {
 namespace {
@@ -60,7 +61,10 @@ class UnaryDriver final : public Driver {
  private:
   struct Slot final : grpc::ClientUnaryReactor {
     Slot(UnaryDriver* d, uint32_t i) : driver(d), index(i) {}
-    void OnDone(const grpc::Status& status) override { driver->Done(*this, status); }
+    void OnDone(const grpc::Status& status) override {
+      grpcfe::TakeOver(this);  // what Start wrote, through gRPC's (uninstrumented) threads
+      driver->Done(*this, status);
+    }
 
     UnaryDriver* driver;
     uint32_t index;
@@ -78,6 +82,7 @@ class UnaryDriver final : public Driver {
     Stub& stub = stubs_[slot.index % stubs_.size()];
     stub.PrepareUnaryCall(&*slot.context, c_.options->method, grpc::StubOptions(),
                           &c_.buffers[c_.NextPayload()], &slot.response, &slot);
+    grpcfe::HandOff(&slot);
     slot.StartCall();
   }
 
