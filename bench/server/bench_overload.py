@@ -225,10 +225,29 @@ async def _open_loop(one, rate, start, stop_at, burst=8, max_lag_s=0.005):
     await asyncio.gather(*pending)
 
 
+def _drive_native(port, spec, payloads, ready, go):
+    """_drive with the native load generator (_core.GrpcLoad: unary calls direct over HTTP/2 where
+    built): the same closed loop (each answer or error resends at once) and open loop (latency from
+    the scheduled time; never dropped, so the offered load is what is asked), the deadline enforced
+    by the client (an OK answer is one that came within it). Returns its result dict."""
+    from inferline import _core
+
+    load = _core.GrpcLoad(f"127.0.0.1:{port}", METHOD, list(payloads), channels=4,
+                          concurrency=max(1, spec["concurrency"]), rate=spec["rate"] or 0.0, warmup_s=0.0,
+                          duration_s=spec["seconds"], timeout_s=spec["timeout"], max_outstanding=1_000_000)
+    load.wait_ready(30.0)
+    ready.put("client")
+    go.wait()
+    return load.run(time.monotonic() + 0.05)
+
+
 def _client_proc(port, spec, payloads, ready, go, results):
     if spec["cpus"]:
         os.sched_setaffinity(0, spec["cpus"])
-    results.put(asyncio.run(_drive(port, spec, payloads, ready, go)))
+    if spec["client"] == "native":
+        results.put({"native": _drive_native(port, spec, payloads, ready, go)})
+    else:
+        results.put(asyncio.run(_drive(port, spec, payloads, ready, go)))
 
 
 async def _probe_every(probe, stop, period_s=0.1):
@@ -305,13 +324,33 @@ def _probe_proc(ports, ready, stop, results, cpus):
     results.put(asyncio.run(_probe_both(*ports, ready, stop)))
 
 
+def summarize_native(results, seconds: float) -> dict:
+    """summarize for the native client's results (one per client process): every OK answer came
+    within the deadline the client enforced (late_ok 0); p99 from the merged histograms."""
+    from inferline.loadgen.histogram import Histogram
+
+    latency, lag, codes, sent, ok = Histogram(), Histogram(), Counter(), 0, 0
+    for r in results:
+        latency.merge(Histogram.from_dict(r["latency"]))
+        lag.merge(Histogram.from_dict(r["lag"]))
+        codes.update(r["errors"])
+        sent += r["sent_total"]
+        ok += r["ok"]
+    codes["OK"] = ok
+    codes = {**dict.fromkeys(CODES, 0), **codes}  # as count_outcomes: the main codes first
+    p99, lag99 = latency.quantile(0.99), lag.quantile(0.99)  # lag: the open loop's sends behind schedule
+    return {"sent_rps": sent / seconds, "goodput_rps": ok / seconds, "ok_rps": ok / seconds,
+            "p99_ms": p99 / 1e3 if p99 is not None else float("nan"), "codes": codes, "late_ok": 0,
+            "client_lag_p99_ms": lag99 / 1e3 if lag99 is not None else float("nan")}
+
+
 def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=None, timeout=None,
-             deadline=None, cpus=None, probe_port=None):
+             deadline=None, cpus=None, probe_port=None, client="python"):
     """One run from `procs` client processes, with the prober and RSS readings around it."""
     ctx = mp.get_context("spawn")
     ready, go, stop, results, health_q = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
     spec = {"seconds": seconds, "concurrency": concurrency, "rate": None if rate is None else rate / procs,
-            "timeout": timeout, "deadline": deadline, "cpus": cpus}
+            "timeout": timeout, "deadline": deadline, "cpus": cpus, "client": client}
     prober = ctx.Process(target=_probe_proc, args=((port, probe_port), ready, stop, health_q, cpus))
     clients = [ctx.Process(target=_client_proc, args=(port, spec, payloads, ready, go, results))
                for _ in range(procs)]
@@ -321,9 +360,12 @@ def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=
     for _ in range(procs + 1):
         ready.get(timeout=120)
     go.set()
-    records, lags = [], []
+    records, lags, native = [], [], []
     for _ in clients:
         got = results.get()
+        if isinstance(got, dict):
+            native.append(got["native"])
+            continue
         records += got[0]
         lags += got[1]
     rss_end = process_tree_rss_mb(server_pid)
@@ -331,9 +373,10 @@ def run_load(port, server_pid, payloads, procs, *, seconds, concurrency=0, rate=
     grpc_probes, http_probes = health_q.get(timeout=60)
     for p in [prober, *clients]:
         p.join()
-    return {**summarize(records, seconds), "health": health_summary(*grpc_probes),
+    summary = summarize_native(native, seconds) if native else summarize(records, seconds)
+    return {"health": health_summary(*grpc_probes),
             "probe": health_summary(*http_probes), "rss_start": rss_start, "rss_end": rss_end,
-            "client_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else float("nan")}
+            "client_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else float("nan"), **summary}
 
 
 def measure_server(name, port, probe_port, pid, payloads, args):
@@ -350,7 +393,7 @@ def measure_server(name, port, probe_port, pid, payloads, args):
         print(run_line(row), flush=True)
 
     load = lambda **kw: run_load(port, pid, payloads, args.procs, cpus=args.client_cpus,  # noqa: E731
-                                 probe_port=probe_port, **kw)
+                                 probe_port=probe_port, client=args.client, **kw)
     best = None
     for c in CAPACITY_CONCURRENCY:  # the most it answers OK, below the point where it starts refusing
         result = load(seconds=args.capacity_seconds, concurrency=c, timeout=30.0)
@@ -408,6 +451,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each overload run")
     ap.add_argument("--quick", action="store_true", help="3 s runs, multiples 1 and 10 only")
     ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--client", choices=("native", "python"), default=None,
+                    help="load generator: native (_core.GrpcLoad, the default where built) or python (grpc.aio)")
     ap.add_argument("--kserve-python", help="python of a virtual environment with kserve and onnxruntime")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                     help="server on CPU 0, clients and prober on the others, so that overload cannot take "
@@ -417,6 +462,11 @@ def main() -> int:
     ap.add_argument("--model", choices=("digits-heavy", "digits-mlp"), default="digits-heavy",
                     help="the model both servers run (default digits-heavy: compute sets the capacity)")
     args = ap.parse_args()
+    if args.client is None:
+        from inferline import _core
+
+        args.client = "python" if getattr(_core, "NATIVE_LOADGEN", "unbuilt") else "native"
+    print(f"client: {args.client}", flush=True)
     args.multiples = (1, 10) if args.quick else (1, 2, 3, 10)
     args.seconds = 3.0 if args.quick else args.seconds
     args.capacity_seconds = 3.0 if args.quick else 5.0

@@ -49,6 +49,24 @@ def test_summarize_separates_late_ok_answers_from_goodput():
     assert math.isnan(bo.summarize([(0.0, 0.1, "UNAVAILABLE", D)], 1.0)["p99_ms"])
 
 
+def test_summarize_native_merges_the_client_processes():
+    from inferline.loadgen.histogram import Histogram
+
+    def result(latencies_us, ok, errors, sent, lags_us=()):
+        h, lag = Histogram(), Histogram()
+        h.record_many(latencies_us)
+        lag.record_many(lags_us)
+        return {"latency": h.to_dict(), "lag": lag.to_dict(), "errors": errors, "sent_total": sent, "ok": ok}
+
+    got = bo.summarize_native([result([1000.0] * 98, 98, {"UNAVAILABLE": 2}, 100),
+                               result([150_000.0] * 2, 2, {"DEADLINE_EXCEEDED": 3}, 5, [20.0])], 1.0)
+    assert (got["sent_rps"], got["goodput_rps"], got["ok_rps"], got["late_ok"]) == (105, 100, 100, 0)
+    assert list(got["codes"])[:5] == list(bo.CODES)
+    assert got["codes"]["OK"] == 100 and got["codes"]["UNAVAILABLE"] == 2 and got["codes"]["DEADLINE_EXCEEDED"] == 3
+    assert 148.5 <= got["p99_ms"] <= 151.5  # the 99th of 100 answers is one of the two at 150 ms
+    assert 0.019 <= got["client_lag_p99_ms"] <= 0.0205
+
+
 def test_health_summary():
     h = bo.health_summary([0.001, 0.002, 2.0], timeouts=1, errors=2)
     assert h["max_ms"] == pytest.approx(2000.0)
