@@ -18,6 +18,7 @@
 #include "device_backend.h"
 #include "native_frontend.h"
 #include "native_loadgen.h"
+#include "native_ort.h"
 #include "policy_from_py.h"
 #include "py_histogram.h"
 #include "py_router.h"
@@ -624,6 +625,7 @@ PYBIND11_MODULE(_core, m) {
 
   inferline_py::BindNativeFrontend(m, &Throw);
   inferline_py::BindNativeLoadgen(m, &Throw);
+  inferline_py::BindNativeOrt(m, &Throw);
 
   m.attr("STATUS_NAMES") = [] {
     py::dict d;

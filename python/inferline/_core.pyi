@@ -26,6 +26,29 @@ class Backend:
 def echo_backend(outputs: List[str]) -> Backend:
     """Native backend copying input i to output i (measures the engine's own overhead)."""
 
+NATIVE_ORT: str
+""""" where this build has the native ONNX Runtime backend (OrtBackend), else why not."""
+
+ORT_API_VERSION: int
+"""The ONNX Runtime C API version OrtBackend calls (0 without it); older libraries are refused."""
+
+class OrtBackend(Backend):
+    """ONNX Runtime through its C API on the executor threads (csrc/ort/, inferline/ort_backend.h)."""
+
+    inputs: List[Tuple[str, str, Optional[List[Union[int, str, None]]]]]
+    """The graph's inputs: (name, "tensor(float)", dims: ints, symbolic names or None; None when unknown)."""
+    outputs: List[Tuple[str, str, Optional[List[Union[int, str, None]]]]]
+    """The graph's outputs, as inputs."""
+    library_version: str
+    """The loaded library's version ("1.32.0")."""
+
+def ort_backend(library: str, model_path: str, *, intra_op_threads: int, inter_op_threads: int = 0,
+                parallel: bool = False, graph_optimization: int = 99,
+                config_entries: List[Tuple[str, str]] = [], output_names: List[str]) -> OrtBackend:
+    """Opens model_path on ONNX Runtime's CPU provider from the library at `library` (dlopen'd once).
+    graph_optimization: 0 disable, 1 basic, 2 extended, 99 all. CoreError FAILED_PRECONDITION: the
+    library cannot be loaded or is too old; INVALID_ARGUMENT: the model or an option is refused."""
+
 def python_backend(fn: Callable[[Dict[str, np.ndarray]], Any], outputs: List[str]) -> Backend:
     """Backend calling fn({input: array}) once per batch; returns {output: array} or arrays in order."""
 

@@ -60,6 +60,9 @@ _ONNX_TYPES = {
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
+_OPT_CODES = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
+"""GraphOptimizationLevel's values, for the native backend."""
+
 _CPU = "CPUExecutionProvider"
 
 _SHORT = reprlib.Repr()
@@ -84,7 +87,9 @@ class OnnxRuntimeBackend:
         self.spec = spec
         self.artifact_path = os.fspath(artifact_path)
         self.session = None
-        """The session of the latest create() (for inspection), None before."""
+        """The Python API session of the latest create() (for inspection), None before or when native."""
+        self.native = None
+        """The _core.OrtBackend of the latest create() when it went native, else None."""
 
     @property
     def gpu_device(self) -> Optional[int]:
@@ -103,11 +108,18 @@ class OnnxRuntimeBackend:
             raise InvalidArgument(f"{where}: backend.cuda_graphs is for the torchscript backend (ONNX Runtime has "
                                   f"its own: backend.providers options)")
         providers = _providers(ort, self.spec, where)
+        library = self._native_library(ort, where)
+        if library is not None:
+            backend = _open_native(library, self.artifact_path, self.spec, config, where)
+            check_signature(config, [_Arg(*a) for a in backend.inputs], [_Arg(*a) for a in backend.outputs],
+                            os.path.basename(self.artifact_path))
+            self.session, self.native = None, backend
+            return backend
         options = _session_options(ort, self.spec, where)
         session = _open_session(ort, self.artifact_path, options, providers, where)
         check_signature(config, session.get_inputs(), session.get_outputs(),
                         os.path.basename(self.artifact_path))
-        self.session = session
+        self.session, self.native = session, None
         if self.gpu_device is not None:
             from .ort_cuda import device_backend
             return device_backend(session, config, self.gpu_device)
@@ -119,15 +131,67 @@ class OnnxRuntimeBackend:
 
         return _core.python_backend(run_batch, names)
 
+    def _native_library(self, ort, where: str) -> Optional[str]:
+        """The ONNX Runtime library for the native backend, or None for the Python API (see
+        BackendSpec.native): native needs this build's _core.OrtBackend, the CPU provider alone on
+        the host, and the library inside the onnxruntime package."""
+        wanted = self.spec.native
+        if wanted is False:
+            return None
+        why = None
+        if _core.NATIVE_ORT:
+            why = _core.NATIVE_ORT
+        elif self.gpu_device is not None or self.spec.device != "cpu" or self.spec.providers not in ((), (_CPU,)):
+            why = ("it runs on ONNX Runtime's CPU provider without provider options only (this model sets "
+                   "backend.providers or backend.device)")
+        else:
+            library = ort_library(ort)
+            if library is not None:
+                return library
+            why = f"no libonnxruntime.so inside the onnxruntime {ort.__version__} package"
+        if wanted:
+            raise FailedPrecondition(f"{where}: backend.native is true but the native ONNX Runtime backend cannot "
+                                     f"serve it: {why}")
+        return None
+
     def describe(self) -> dict:
-        """runtime_env facts. providers: those the session uses (requested ones before create())."""
+        """runtime_env facts. providers: those the session uses (requested ones before create());
+        api: "native" (the core calls ONNX Runtime's C API) or "python" (the onnxruntime module)."""
         ort = _import_ort()
         if self.session is not None:
             providers = list(self.session.get_providers())
+        elif self.native is not None:
+            providers = [_CPU]
         else:
             providers = [p if isinstance(p, str) else p[0] for p in _providers(ort, self.spec, "onnxruntime backend")]
         return {"backend": self.name, "onnxruntime": ort.__version__, "providers": providers,
-                "numpy": np.__version__}
+                "api": "native" if self.native is not None else "python", "numpy": np.__version__}
+
+
+def ort_library(ort) -> Optional[str]:
+    """The path of the ONNX Runtime shared library inside the onnxruntime package, None if absent."""
+    capi = os.path.join(os.path.dirname(ort.__file__), "capi")
+    try:
+        names = sorted(n for n in os.listdir(capi) if n.startswith("libonnxruntime.so"))
+    except OSError:
+        return None
+    return os.path.join(capi, names[-1]) if names else None
+
+
+def _open_native(library: str, path: str, spec: BackendSpec, config: ModelConfig, where: str):
+    """A _core.OrtBackend with the session options _session_options gives the Python API."""
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"{where}: ONNX model {path} does not exist")
+    entries = [(key, "0") for key in SPIN_OPTIONS if key not in spec.options]
+    entries += [(str(k), ("1" if v else "0") if isinstance(v, bool) else str(v)) for k, v in dict(spec.options).items()]
+    inter = int(spec.inter_op_threads) if spec.inter_op_threads is not None else 0
+    try:
+        return _core.ort_backend(
+            library, path, intra_op_threads=int(spec.threads) if spec.threads is not None else serving_threads(),
+            inter_op_threads=inter, parallel=inter > 1, graph_optimization=_OPT_CODES[spec.graph_optimization],
+            config_entries=entries, output_names=list(config.output_names))
+    except _core.CoreError as e:
+        raise (FailedPrecondition if e.code == 9 else InvalidArgument)(f"{where}: {e.message}") from e
 
 
 # ---- session ----------------------------------------------------------------------

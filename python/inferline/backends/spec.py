@@ -52,6 +52,11 @@ class BackendSpec:
     other than "off" is refused on the CPU and by runtimes without it (backends/torch_cuda.py)."""
     graph_optimization: str = "all"
     """ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all"."""
+    native: Optional[bool] = None
+    """ONNX Runtime on the CPU through inferline's native backend (its C API from the core's executor
+    threads: no Python and no GIL per batch). None: where this build has it (``_core.NATIVE_ORT``)
+    and the CPU provider is the one used, else the onnxruntime Python API; True: required (refused
+    at load where unavailable); False: the Python API. Both run the same library and kernels."""
     options: dict = field(default_factory=dict)
     """Extra runtime-specific options (ONNX Runtime session config entries): name -> string,
     integer, number or boolean (runtimes pass them on as text)."""

@@ -54,6 +54,7 @@ def _package_schema() -> dict:
             "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
             "cuda_graphs": {"enum": ["off", "buckets", "fixed", None]},
             "graph_optimization": {"enum": ["disable", "basic", "extended", "all"]},
+            "native": {"type": ["boolean", "null"]},
             "options": {"type": "object", "additionalProperties": {"type": _SCALAR}}}},
         "fallback": {"type": ["string", "null"]},
         "golden": {"type": "object", "additionalProperties": False, "required": ["file"], "properties": {

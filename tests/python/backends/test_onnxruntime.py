@@ -200,7 +200,7 @@ def test_missing_and_corrupt_files_are_refused_naming_them(engine, tmp_path):
         engine.load(mlp_config(), make_backend(BackendSpec(), tmp_path / "nope.onnx"))
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
-    with pytest.raises(InvalidArgument, match=r"model 'm' version 1: onnxruntime .* cannot load .*junk.onnx"):
+    with pytest.raises(InvalidArgument, match=r"model 'm' version 1: (onnxruntime|ONNX Runtime) .* cannot load .*junk.onnx"):
         engine.load(mlp_config(), make_backend(BackendSpec(), junk))
 
 
@@ -230,7 +230,9 @@ def test_provider_entries_with_options(mlp):
 
 
 def test_session_options_follow_the_spec(mlp):
-    spec = BackendSpec(threads=2, inter_op_threads=3, graph_optimization="basic",
+    """Through the onnxruntime Python API, whose session shows its options (the native backend gets
+    the same ones: test_onnxruntime_native.py)."""
+    spec = BackendSpec(threads=2, inter_op_threads=3, graph_optimization="basic", native=False,
                        options={"session.intra_op.allow_spinning": "0", "session.use_env_allocators": False})
     backend = make_backend(spec, mlp[0])
     assert isinstance(backend, OnnxRuntimeBackend)
@@ -242,7 +244,7 @@ def test_session_options_follow_the_spec(mlp):
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert so.get_session_config_entry("session.use_env_allocators") == "0"
-    default = make_backend(BackendSpec(), mlp[0])
+    default = make_backend(BackendSpec(native=False), mlp[0])
     default.create(mlp_config())
     assert default.session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
@@ -250,12 +252,13 @@ def test_session_options_follow_the_spec(mlp):
 def test_unset_threads_and_spinning_get_serving_defaults(mlp):
     """A spec that leaves them unset (a bare .onnx) gets serving_threads() intra-op threads and no
     spinning, not ONNX Runtime's every-core spinning pool; what a spec sets wins."""
-    default = make_backend(BackendSpec(), mlp[0])
+    default = make_backend(BackendSpec(native=False), mlp[0])
     default.create(mlp_config())
     so = default.session.get_session_options()
     assert so.intra_op_num_threads == serving_threads()
     assert [so.get_session_config_entry(k) for k in SPIN_OPTIONS] == ["0", "0"]
-    spinning = make_backend(BackendSpec(threads=2, options={"session.intra_op.allow_spinning": True}), mlp[0])
+    spinning = make_backend(BackendSpec(threads=2, native=False, options={"session.intra_op.allow_spinning": True}),
+                            mlp[0])
     spinning.create(mlp_config())
     so = spinning.session.get_session_options()
     assert so.intra_op_num_threads == 2 and so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
@@ -272,14 +275,14 @@ def test_bad_thread_counts_are_refused():
         BackendSpec(inter_op_threads=0)
 
 
-def test_describe_reports_runtime_env(mlp):
-    backend = make_backend(BackendSpec(), mlp[0])
-    before = backend.describe()
+@pytest.mark.parametrize("native", [False, None])
+def test_describe_reports_runtime_env(mlp, native):
+    backend = make_backend(BackendSpec(native=native), mlp[0])
     backend.create(mlp_config())
     env = backend.describe()
+    api = "python" if native is False or il._core.NATIVE_ORT else "native"
     assert env == {"backend": "onnxruntime", "onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"],
-                   "numpy": np.__version__}
-    assert before == env
+                   "api": api, "numpy": np.__version__}
 
 
 def test_missing_onnxruntime_is_a_failed_precondition(monkeypatch, mlp):

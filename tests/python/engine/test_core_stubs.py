@@ -11,6 +11,8 @@ from inferline import _core
 STUB = pathlib.Path(inferline.__file__).with_name("_core.pyi")
 NATIVE_ONLY = {"NativeFrontend", "ControlReply", "GrpcLoad"}
 """Stubbed always, defined only by a build with the native gRPC frontend (_core.NATIVE_FRONTEND == "")."""
+ORT_ONLY = {"OrtBackend", "ort_backend"}
+"""Stubbed always, defined only by a build with the native ONNX Runtime backend (_core.NATIVE_ORT == "")."""
 
 
 def _public(names) -> set:
@@ -45,7 +47,8 @@ def _raised_core_error() -> _core.CoreError:
 
 
 def _built(names) -> set:
-    return names - NATIVE_ONLY if _core.NATIVE_FRONTEND else names
+    names = names - NATIVE_ONLY if _core.NATIVE_FRONTEND else names
+    return names - ORT_ONLY if _core.NATIVE_ORT else names
 
 
 def test_module_names_match():
