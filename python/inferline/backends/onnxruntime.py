@@ -6,8 +6,14 @@
 At ``create`` the session is built from the BackendSpec (threads, graph
 optimisation level, session config entries, execution providers) and the
 declared signature is checked against the graph, so a wrong config is refused
-at load instead of failing every batch. Each batch is one ``session.run``,
-which releases the GIL while it computes.
+at load instead of failing every batch.
+
+Two ways to run a batch, the same library and kernels (results bit for bit equal):
+- native (the default where this build has ``_core.OrtBackend``, for the CPU provider without
+  provider options): the core's executor threads call ONNX Runtime's C API, the library inside
+  this onnxruntime package loaded with dlopen; no Python and no GIL per batch.
+- the Python API (``native: false``, other providers, a CUDA device, or a build without the C API
+  header): one ``session.run`` per batch, called with the GIL (released while it computes).
 
 Serving defaults (a spec that leaves them unset, e.g. a bare ``.onnx``): ONNX Runtime's own
 defaults (intra-op threads = every core, idle threads spinning) suit one big batch on an idle
