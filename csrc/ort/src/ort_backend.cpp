@@ -112,7 +112,9 @@ bool FromOrtType(ONNXTensorElementDataType t, DataType* out) {
 
 }  // namespace
 
-// The session and the runtime it belongs to. `Check` turns an OrtStatus into a Status (and frees it).
+// The session and the runtime it belongs to. `Check` turns an OrtStatus into a Status of `code`
+// (and frees it): a batch that ONNX Runtime refuses is INTERNAL whatever ONNX Runtime's own code,
+// as with the Python API, so fallbacks and breakers see a model failure, not the caller's.
 struct OrtBackend::Session {
   const Runtime* rt = nullptr;
   OrtSession* session = nullptr;
@@ -124,9 +126,7 @@ struct OrtBackend::Session {
   Status Check(OrtStatus* st, StatusCode code, const std::string& what) const {
     if (st == nullptr) return Status::Ok();
     std::string msg = what + ": " + rt->api->GetErrorMessage(st);
-    OrtErrorCode ort_code = rt->api->GetErrorCode(st);
     rt->api->ReleaseStatus(st);
-    if (ort_code == ORT_INVALID_ARGUMENT) code = StatusCode::kInvalidArgument;
     return Status(code, std::move(msg));
   }
 
