@@ -33,6 +33,9 @@ from bench_grpc import noop_server, wait_port  # noqa: E402
 from overload_servers import stop_server, wait_and_check  # noqa: E402
 
 MODEL = "digits-mlp"
+INFERLINE_BATCHING = None
+"""None: inferline serves the .onnx pushed bare (its serving defaults); else a package of it with
+this `batching` section (compare_servers.py sets it for heavy-mlp)."""
 VENVS = {  # name -> what pip installs there (MLServer 1.7 breaks with uvloop 0.22)
     "kserve": ["kserve>=0.21,<1", "onnxruntime>=1.17,<2"],
     "mlserver": ["mlserver>=1.7,<1.8", "uvloop<0.22", "onnxruntime>=1.17,<2"],
@@ -193,8 +196,34 @@ def _popen(cmd, log_path, env, cwd):
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
+def package_of(model_path: str, workdir: str) -> str:
+    """A package of the digits-signature graph at model_path: the bare push's serving defaults
+    (onnxruntime, 1 thread, no spinning) with INFERLINE_BATCHING."""
+    import shutil
+
+    folder = os.path.join(workdir, "inferline-package")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(model_path, os.path.join(folder, "model.onnx"))
+    config = {"name": MODEL, "inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, 64]}],
+              "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]},
+                          {"name": "label", "dtype": "int64", "shape": [-1, 1]}],
+              "backend": {"name": "onnxruntime", "threads": 1}, "batching": INFERLINE_BATCHING}
+    with open(os.path.join(folder, "model.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return folder
+
+
+STREAM = "-stream"
+"""A server name ending so ("inferline-stream", "noop-stream") is that server driven over
+ModelStreamInfer instead of unary ModelInfer."""
+
+
 def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
     """Starts server `name` (see the module docstring) on free ports; returns at once."""
+    if name.endswith(STREAM):
+        server = start(name[:-len(STREAM)], workdir, model_path, pythons)
+        server.name = name
+        return server
     grpc_port, http_port, metrics_port = free_ports(3)
     log_path = os.path.join(workdir, f"{name}.log")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -207,7 +236,7 @@ def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
 
         repo = os.path.join(workdir, "inferline-repo")
         registry = open_registry(repo)
-        push(registry, model_path, name=MODEL)  # bare .onnx: the serving defaults apply
+        push(registry, package_of(model_path, workdir) if INFERLINE_BATCHING else model_path, name=MODEL)
         registry.close()
         cmd = [sys.executable, "-m", "inferline", "serve", "--repository", repo, "--http-port", str(http_port),
                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--drain-seconds", "0"]
@@ -244,7 +273,7 @@ def start(name: str, workdir: str, model_path: str, pythons: dict) -> Server:
 
 def wait_ready(server: Server, payloads, logits) -> None:
     """Until the server answers ModelInfer; then its logits on every golden row (not for noop)."""
-    if server.name == "noop":
+    if server.name.startswith("noop"):
         wait_port(server.grpc_port)
         return
     wait_and_check(server.name, server.grpc_port, server.proc, payloads, logits, server.log_path)
