@@ -154,7 +154,10 @@ def test_mlp_onnxruntime(benchmark, engine, loop, report, mlp_path, callers, bac
     payloads = rows(callers, 512, seed=1)
     # Bit-identical answers: each caller's row through the engine (in batches of whatever size
     # formed) equals the session's answer for all of them at once.
-    together = loop.run_until_complete(asyncio.gather(*(handle.infer_async({"x": x}) for x in payloads)))
+    async def all_rows():
+        return await asyncio.gather(*(handle.infer_async({"x": x}) for x in payloads))
+
+    together = loop.run_until_complete(all_rows())
     want = sess.run(["y"], {"x": np.concatenate(payloads)})[0]
     identical = all(np.array_equal(r["y"], want[i:i + 1]) for i, r in enumerate(together))
 
