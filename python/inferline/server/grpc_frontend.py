@@ -40,6 +40,8 @@ from .settings import ServerSettings
 log = logging.getLogger("inferline.server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+PYTHON_MAX_CONCURRENT_STREAMS = 128
+"""--max-concurrent-streams 0 here: calls beyond it wait in the client and never reach the event loop."""
 FEW_OUTPUTS = 16
 """A request naming more outputs than this is checked against the model's output count before decoding."""
 MAX_STATUS_BYTES = 1024
@@ -378,7 +380,7 @@ async def start_grpc(dataplane: DataPlane, settings: ServerSettings) -> GrpcFron
         ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED from grpc
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", int(settings.workers > 1)),  # only a server's own workers share its port
-        ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams)),  # more wait in the client
+        ("grpc.max_concurrent_streams", int(settings.max_concurrent_streams or PYTHON_MAX_CONCURRENT_STREAMS)),
     ])
     server.add_generic_rpc_handlers((InferenceService(dataplane, settings).generic_handler(),))
     health_service = HealthService(dataplane)

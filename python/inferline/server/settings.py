@@ -71,8 +71,10 @@ class ServerSettings:
         3.0, "on SIGTERM/SIGINT: seconds to keep accepting with readiness false, so load balancers "
              "move traffic away before the listeners close (default 3; a second signal skips it)")
     max_concurrent_streams: int = _setting(
-        128, "gRPC calls one connection may have open at once; clients hold more on their side, so they "
-             "never reach the event loop (default 128)")
+        0, "gRPC calls one connection may have open at once; clients hold more on their side, oldest first. "
+           "0 = the frontend's own: 128 on the Python frontend (more never reach its event loop), 1024 on "
+           "the native one, whose admission lobby serves the newest waiter first, so it should see the "
+           "calls rather than leave them to go stale in the client (default 0)")
     max_streams: int = _setting(
         1024, "ModelStreamInfer streams one worker may have open at once; more are refused at once "
               "(UNAVAILABLE) (default 1024)")
@@ -152,8 +154,9 @@ class ServerSettings:
         for name in ("poll_interval_s", "drain_seconds", "shutdown_grace_s", "stream_idle_timeout_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must not be negative")
-        if self.max_concurrent_streams < 1:
-            raise SettingsError(f"--max-concurrent-streams {self.max_concurrent_streams}: at least 1")
+        if self.max_concurrent_streams < 0:
+            raise SettingsError(f"--max-concurrent-streams {self.max_concurrent_streams}: 0 (the frontend's "
+                                f"default) or at least 1")
         if self.max_streams < 1:
             raise SettingsError(f"--max-streams {self.max_streams}: at least 1")
         if self.admission_limit < 0:

@@ -229,3 +229,19 @@ def test_a_flood_on_loopback_keeps_health_answering_and_refuses_with_retryable_c
     assert codes["OK"] > 0, codes
     assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
     assert health and all(isinstance(h, float) for h in health), health  # every probe answered
+
+
+def test_the_transport_cap_per_connection_follows_the_frontend():
+    """--max-concurrent-streams 0 (the default): 1024 per connection on the native frontend, whose
+    lobby serves the newest waiter first and should see the calls, 128 on the Python one, where more
+    would only queue on the event loop; a value given is used as given by both."""
+    from inferline.server import grpc_frontend
+    from inferline.server.native import NATIVE_MAX_CONCURRENT_STREAMS, native_options
+    from inferline.server.settings import SettingsError
+
+    assert ServerSettings().max_concurrent_streams == 0
+    assert native_options(ServerSettings())["max_concurrent_streams"] == NATIVE_MAX_CONCURRENT_STREAMS == 1024
+    assert native_options(ServerSettings(max_concurrent_streams=64))["max_concurrent_streams"] == 64
+    assert grpc_frontend.PYTHON_MAX_CONCURRENT_STREAMS == 128
+    with pytest.raises(SettingsError, match="--max-concurrent-streams -1"):
+        ServerSettings(max_concurrent_streams=-1).check()
