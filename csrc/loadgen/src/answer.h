@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <vector>
 
 namespace inferline::loadgen {
 
@@ -44,6 +45,23 @@ struct StreamAnswer {
   bool has_id = false;
   uint64_t id = 0;                    // infer_response.id as a decimal number
 };
+
+// The entry of a stream's table (entries[slot], ids = seq * capacity + slot, as IdSuffix writes
+// them) that answer `a` is for: the live one its id names, else the oldest live one (an answer
+// without a usable id); nullptr when none is live. Entry: `live` and `seq` members.
+template <typename Entry>
+Entry* AnsweredEntry(std::vector<Entry>& entries, uint32_t capacity, const StreamAnswer& a) {
+  Entry* e = nullptr;
+  if (a.has_id) {
+    Entry& candidate = entries[a.id % capacity];
+    if (candidate.live && candidate.seq == a.id / capacity) e = &candidate;
+  }
+  for (uint32_t i = 0; e == nullptr && i < capacity; ++i) {  // no id: the oldest outstanding
+    Entry* other = &entries[i];
+    if (other->live && (e == nullptr || other->seq < e->seq)) e = other;
+  }
+  return e;
+}
 
 namespace wire {
 

@@ -1,10 +1,12 @@
 // Private to inferline_grpc_load: what sends the calls. A Driver is unary (a reactor per call
-// slot, or direct HTTP/2 with nghttp2: h2_driver.cpp) or streaming (a reactor per bidi stream); grpc_load.cpp runs either in a closed loop
+// slot, or direct HTTP/2 with nghttp2: h2_driver.cpp) or streaming (a reactor per bidi stream,
+// or direct HTTP/2: h2_stream_driver.cpp); grpc_load.cpp runs either in a closed loop
 // (StartClosed: every answer in the window starts the next request) or an open loop (TrySend from
 // the one scheduler thread), then Finish waits for what is still owed.
 //
 // Threads. Reactions run on gRPC's callback threads, sometimes inline at the end of a Start*
-// call made by this code: so no Start* call is ever made while holding one of our mutexes.
+// call made by this code: so no Start* call is ever made while holding one of our mutexes. The
+// direct drivers run on their connections' threads instead (h2_link.h).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -23,7 +25,7 @@ namespace inferline::loadgen {
 using Stub = grpc::TemplatedGenericStub<grpc::ByteBuffer, grpc::ByteBuffer>;
 
 // What every driver shares; outlives the driver and every call it made.
-class H2Link;  // one HTTP/2 connection of the direct unary driver (h2_driver.cpp)
+class H2Link;  // one HTTP/2 connection of the direct drivers (h2_link.h)
 struct H2LinkDeleter {
   void operator()(H2Link* link) const;
 };
@@ -35,7 +37,7 @@ struct LoadContext {
   std::vector<grpc::Slice> payloads;          // static slices over options->payloads
   std::vector<grpc::ByteBuffer> buffers;      // one per payload (unary requests)
   std::vector<std::shared_ptr<grpc::Channel>> channels;       // gRPC C-core drivers
-  std::vector<std::string> framed;                           // direct: each payload, 5-byte prefixed
+  std::vector<std::string> framed;                           // direct unary: each payload, 5-byte prefixed
   std::vector<std::unique_ptr<H2Link, H2LinkDeleter>> h2_links;  // direct: one per connection
   std::atomic<uint64_t> next_payload{0};
 
@@ -61,10 +63,12 @@ class Driver {
 std::unique_ptr<Driver> MakeUnaryDriver(LoadContext& context);
 std::unique_ptr<Driver> MakeStreamDriver(LoadContext& context);
 #ifdef INFERLINE_HAVE_NGHTTP2
-// Direct unary calls over HTTP/2 (nghttp2): ConnectH2 opens options->channels connections (once;
-// UNAVAILABLE "... not connected: why" on failure), then the driver runs over them.
+// Direct calls over HTTP/2 (nghttp2): ConnectH2 opens options->channels connections (once;
+// UNAVAILABLE "... not connected: why" on failure), then a driver runs over them: unary calls
+// or ModelStreamInfer streams (the stream driver's semantics, stream_driver.cpp's).
 Status ConnectH2(LoadContext& c, double timeout_s);
 std::unique_ptr<Driver> MakeH2UnaryDriver(LoadContext& context);
+std::unique_ptr<Driver> MakeH2StreamDriver(LoadContext& context);
 #endif
 
 }  // namespace inferline::loadgen

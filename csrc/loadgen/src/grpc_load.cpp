@@ -120,7 +120,7 @@ class GrpcLoadImpl final : public GrpcLoad {
     if (direct_) {
       Status connected = ConnectH2(context_, options_.timeout_s);
       if (!connected.ok()) return connected;
-      driver = MakeH2UnaryDriver(context_);
+      driver = options_.stream ? MakeH2StreamDriver(context_) : MakeH2UnaryDriver(context_);
     }
 #endif
     if (!driver) driver = options_.stream ? MakeStreamDriver(context_) : MakeUnaryDriver(context_);
@@ -172,7 +172,7 @@ class GrpcLoadImpl final : public GrpcLoad {
 
   GrpcLoadOptions options_;
 #ifdef INFERLINE_HAVE_NGHTTP2
-  const bool direct_ = !options_.stream && options_.direct;
+  const bool direct_ = options_.direct;
 #else
   const bool direct_ = false;
 #endif

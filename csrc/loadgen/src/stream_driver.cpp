@@ -196,15 +196,7 @@ void Stream::Close() {
 }
 
 bool Stream::Take(const StreamAnswer& a, int64_t& scheduled_ns) {
-  Entry* e = nullptr;
-  if (a.has_id) {
-    Entry& candidate = entries_[a.id % capacity_];
-    if (candidate.live && candidate.seq == a.id / capacity_) e = &candidate;
-  }
-  for (uint32_t i = 0; e == nullptr && i < capacity_; ++i) {  // no id: the oldest outstanding
-    Entry* other = &entries_[i];
-    if (other->live && (e == nullptr || other->seq < e->seq)) e = other;
-  }
+  Entry* e = AnsweredEntry(entries_, capacity_, a);
   if (e == nullptr) return false;
   e->live = false;
   free_.push_back(static_cast<uint32_t>(e - entries_.data()));
@@ -247,6 +239,7 @@ void Stream::OnDone(const grpc::Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     closing_ = true;
+    broken_ = true;  // the call is gone: Close must not start a WritesDone on it
     for (Entry& e : entries_) {
       if (e.live) owed.push_back(e.scheduled_ns);
       e.live = false;

@@ -9,10 +9,11 @@
 // Pre-encoded request bytes (sent round-robin, never copied: static slices over the stored bytes)
 // go to `method` over `channels` channels, each its own TCP connection (a local subchannel pool
 // per channel). Calls use the callback API (grpc::TemplatedGenericStub<ByteBuffer, ByteBuffer>),
-// so the only threads are gRPC's own, plus one scheduler thread in an open loop. Unary calls are
+// so the only threads are gRPC's own, plus one scheduler thread in an open loop. Calls are
 // instead sent directly over HTTP/2 with nghttp2 (`direct`, where built with libnghttp2): gRPC's
-// wire format without C-core's call machinery, a connection per channel with a thread each, every
-// call's deadline enforced by the client; a fraction of C-core's CPU per call.
+// wire format without C-core's call machinery, a connection per channel (unary: a thread each,
+// every call's deadline enforced by the client; streams: a thread per 4 connections); a fraction
+// of C-core's CPU per call. `client` in the result says which sent them.
 //
 // Load. Closed loop: `concurrency` calls always in flight; each answer starts the next call
 // while the run lasts, and a request is timed from its send. Open loop (`rate_rps` > 0): request k
@@ -67,7 +68,7 @@ struct GrpcLoadOptions {
   double interval_s = 1.0;            // latency-over-time resolution
   double precision = 0.01;            // histogram buckets (python loadgen.histogram.DEFAULT_PRECISION)
   uint64_t seed = 0;                  // Poisson gaps
-  bool direct = true;                 // unary: speak HTTP/2 directly (nghttp2), where built with it
+  bool direct = true;                 // speak HTTP/2 directly (nghttp2), where built with it
 };
 
 // A histogram in python/inferline/loadgen/histogram.py's scheme (Histogram.to_dict's fields).
