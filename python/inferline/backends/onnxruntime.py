@@ -41,6 +41,7 @@ imported when needed, so this module imports without them.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import reprlib
@@ -70,6 +71,8 @@ _OPT_CODES = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 """GraphOptimizationLevel's values, for the native backend."""
 
 _CPU = "CPUExecutionProvider"
+
+log = logging.getLogger(__name__)
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = 80
@@ -116,11 +119,17 @@ class OnnxRuntimeBackend:
         providers = _providers(ort, self.spec, where)
         library = self._native_library(ort, where)
         if library is not None:
-            backend = _open_native(library, self.artifact_path, self.spec, config, where)
-            check_signature(config, [_Arg(*a) for a in backend.inputs], [_Arg(*a) for a in backend.outputs],
-                            os.path.basename(self.artifact_path))
-            self.session, self.native = None, backend
-            return backend
+            try:
+                backend = _open_native(library, self.artifact_path, self.spec, config, where)
+            except FailedPrecondition as e:  # the library cannot be loaded (too old, say)
+                if self.spec.native:
+                    raise
+                log.warning("%s; serving through the onnxruntime Python API instead", e)
+            else:
+                check_signature(config, [_Arg(*a) for a in backend.inputs], [_Arg(*a) for a in backend.outputs],
+                                os.path.basename(self.artifact_path))
+                self.session, self.native = None, backend
+                return backend
         options = _session_options(ort, self.spec, where)
         session = _open_session(ort, self.artifact_path, options, providers, where)
         check_signature(config, session.get_inputs(), session.get_outputs(),

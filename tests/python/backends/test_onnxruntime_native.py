@@ -182,3 +182,19 @@ def test_package_setting_native_false_uses_the_python_api(tmp_path, mlp):
     factory = make_backend(package.backend, package.artifact_path)
     factory.create(package.config)
     assert factory.native is None and factory.describe()["api"] == "python"
+
+
+def test_a_library_that_cannot_be_loaded_falls_back_to_the_python_api(monkeypatch, engine, rng, mlp, caplog):
+    """native unset: an onnxruntime whose library the core cannot load (older than its C API, say)
+    still serves, through the Python API, saying why; native: true refuses instead."""
+    from inferline.backends import onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "ort_library", lambda _ort: "/nonexistent/libonnxruntime.so.1.0.0")
+    factory = make_backend(BackendSpec(), mlp)
+    engine.load(mlp_config(), factory)
+    assert factory.native is None and factory.session is not None
+    assert "cannot load ONNX Runtime library /nonexistent" in caplog.text
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(engine.infer("m", {"x": x})["y"], factory.session.run(["y"], {"x": x})[0])
+    with pytest.raises(FailedPrecondition, match="cannot load ONNX Runtime library"):
+        make_backend(BackendSpec(native=True), mlp).create(mlp_config())
