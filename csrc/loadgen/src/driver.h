@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -59,6 +60,19 @@ class Driver {
   // timeout_s after the end is cancelled).
   virtual void Finish() = 0;
 };
+
+// The streams of a stream driver, as the slots each has: `streams` of them (0: min(concurrency, 8)
+// in a closed loop, 4 in an open one; never more than the closed loop's calls), sharing
+// `concurrency` (closed loop) or max_outstanding (open loop) slots as evenly as they divide.
+inline std::vector<uint32_t> StreamCapacities(const LoadContext& c) {
+  const GrpcLoadOptions& o = *c.options;
+  int n = o.streams > 0 ? o.streams : (c.closed_loop() ? std::min(o.concurrency, 8) : 4);
+  if (c.closed_loop()) n = std::min(n, o.concurrency);
+  const int total = c.closed_loop() ? o.concurrency : std::max(o.max_outstanding, n);
+  std::vector<uint32_t> capacities;
+  for (int i = 0; i < n; ++i) capacities.push_back(static_cast<uint32_t>(total / n + (i < total % n)));
+  return capacities;
+}
 
 std::unique_ptr<Driver> MakeUnaryDriver(LoadContext& context);
 std::unique_ptr<Driver> MakeStreamDriver(LoadContext& context);

@@ -64,13 +64,9 @@ class Stream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byte
 class StreamDriver final : public Driver {
  public:
   explicit StreamDriver(LoadContext& c) : c_(c) {
-    const GrpcLoadOptions& o = *c.options;
-    int n = o.streams > 0 ? o.streams : (c.closed_loop() ? std::min(o.concurrency, 8) : 4);
-    if (c.closed_loop()) n = std::min(n, o.concurrency);
-    const int total = c.closed_loop() ? o.concurrency : std::max(o.max_outstanding, n);
-    for (int i = 0; i < n; ++i) {
-      const auto capacity = static_cast<uint32_t>(total / n + (i < total % n));
-      streams_.push_back(std::make_unique<Stream>(*this, c, static_cast<uint32_t>(i), capacity));
+    const std::vector<uint32_t> capacities = StreamCapacities(c);
+    for (size_t i = 0; i < capacities.size(); ++i) {
+      streams_.push_back(std::make_unique<Stream>(*this, c, static_cast<uint32_t>(i), capacities[i]));
     }
     for (const auto& channel : c.channels) stubs_.emplace_back(channel);
     for (auto& s : streams_) s->Open(stubs_[(&s - &streams_[0]) % stubs_.size()]);
