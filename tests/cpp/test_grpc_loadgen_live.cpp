@@ -12,6 +12,17 @@
 namespace inferline::grpctest {
 namespace {
 
+// "primary" fails every request; its policy falls back to "backup", which answers.
+void StartPrimaryFallingBack(Frontend& f) {
+  f.Load("primary", 1).fail = true;
+  f.Load("backup", 1);
+  ModelPolicy p;
+  p.route = SingleVersionPolicy(1, 1);
+  p.route.fallback = {{"backup", 0}};
+  ASSERT_TRUE(f.router.Publish("primary", p).ok());
+  f.Start();
+}
+
 GrpcLoadOptions Options(const Frontend& f, const std::string& model, bool direct) {
   GrpcLoadOptions o;
   o.target = "127.0.0.1:" + std::to_string(f.fe->port());
@@ -89,13 +100,7 @@ TEST_P(LiveLoad, OpenLoopSendsEveryScheduledRequest) {
 
 TEST_P(LiveLoad, ErrorsByStatusAndFallbacksFromTheBytes) {
   Frontend f;
-  f.Load("primary", 1).fail = true;
-  f.Load("backup", 1);
-  ModelPolicy p;
-  p.route = SingleVersionPolicy(1, 1);
-  p.route.fallback = {{"backup", 0}};
-  ASSERT_TRUE(f.router.Publish("primary", p).ok());
-  f.Start();
+  ASSERT_NO_FATAL_FAILURE(StartPrimaryFallingBack(f));
   GrpcLoadResult r = RunLoad(Options(f, "primary", GetParam()));
   EXPECT_TRUE(r.errors.empty());
   EXPECT_GT(r.ok, 0u);
@@ -156,13 +161,7 @@ TEST_P(LiveLoad, StreamsOpenLoopSendEveryScheduledRequest) {
 
 TEST_P(LiveLoad, StreamErrorAnswersAndFallbacksFromTheBytes) {
   Frontend f;
-  f.Load("primary", 1).fail = true;
-  f.Load("backup", 1);
-  ModelPolicy p;
-  p.route = SingleVersionPolicy(1, 1);
-  p.route.fallback = {{"backup", 0}};
-  ASSERT_TRUE(f.router.Publish("primary", p).ok());
-  f.Start();
+  ASSERT_NO_FATAL_FAILURE(StartPrimaryFallingBack(f));
   GrpcLoadResult r = RunLoad(StreamOptions(f, "primary", GetParam()));
   EXPECT_TRUE(r.errors.empty());
   EXPECT_GT(r.ok, 0u);

@@ -46,11 +46,13 @@ struct StreamAnswer {
   uint64_t id = 0;                    // infer_response.id as a decimal number
 };
 
-// The entry of a stream's table (entries[slot], ids = seq * capacity + slot, as IdSuffix writes
-// them) that answer `a` is for: the live one its id names, else the oldest live one (an answer
-// without a usable id); nullptr when none is live. Entry: `live` and `seq` members.
+// Takes the entry of a stream's table (entries[slot], ids = seq * capacity + slot, as IdSuffix
+// writes them) that answer `a` is for: the live one its id names, else the oldest live one (an
+// answer without a usable id). It is marked free (its slot back on `free_slots`) and its
+// scheduled time returned; false when none is live. Entry: `live`, `seq`, `scheduled_ns`.
 template <typename Entry>
-Entry* AnsweredEntry(std::vector<Entry>& entries, uint32_t capacity, const StreamAnswer& a) {
+bool TakeAnswered(std::vector<Entry>& entries, std::vector<uint32_t>& free_slots, uint32_t capacity,
+                  const StreamAnswer& a, int64_t& scheduled_ns) {
   Entry* e = nullptr;
   if (a.has_id) {
     Entry& candidate = entries[a.id % capacity];
@@ -60,7 +62,11 @@ Entry* AnsweredEntry(std::vector<Entry>& entries, uint32_t capacity, const Strea
     Entry* other = &entries[i];
     if (other->live && (e == nullptr || other->seq < e->seq)) e = other;
   }
-  return e;
+  if (e == nullptr) return false;
+  e->live = false;
+  free_slots.push_back(static_cast<uint32_t>(e - entries.data()));
+  scheduled_ns = e->scheduled_ns;
+  return true;
 }
 
 namespace wire {

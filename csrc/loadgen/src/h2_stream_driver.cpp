@@ -352,12 +352,7 @@ size_t BidiStream::Messages(std::string_view bytes, int64_t now) {
 }
 
 bool BidiStream::Take(const StreamAnswer& a, int64_t& scheduled_ns) {
-  Entry* e = AnsweredEntry(entries_, capacity_, a);
-  if (e == nullptr) return false;
-  e->live = false;
-  free_.push_back(static_cast<uint32_t>(e - entries_.data()));
-  scheduled_ns = e->scheduled_ns;
-  return true;
+  return TakeAnswered(entries_, free_, capacity_, a, scheduled_ns);
 }
 
 void BidiStream::Answered(std::string_view message, int64_t now) {

@@ -192,12 +192,7 @@ void Stream::Close() {
 }
 
 bool Stream::Take(const StreamAnswer& a, int64_t& scheduled_ns) {
-  Entry* e = AnsweredEntry(entries_, capacity_, a);
-  if (e == nullptr) return false;
-  e->live = false;
-  free_.push_back(static_cast<uint32_t>(e - entries_.data()));
-  scheduled_ns = e->scheduled_ns;
-  return true;
+  return TakeAnswered(entries_, free_, capacity_, a, scheduled_ns);
 }
 
 void Stream::OnReadDone(bool ok) {
