@@ -220,6 +220,7 @@ const std::pair<const char*, OptionSetter> kOptionSetters[] = {
   {"admission_lobby", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby = OptionAs<int64_t>(k, v); }},
   {"admission_lobby_bytes", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_bytes = OptionAs<uint64_t>(k, v); }},
   {"admission_lobby_wait_ms", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_wait_ms = OptionAs<double>(k, v); }},
+  {"overload_batch_sched", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.overload_batch_sched = OptionAs<bool>(k, v); }},
 };
 // clang-format on
 
@@ -255,7 +256,7 @@ py::dict StatsToPy(const GrpcFrontendStats& s) {
                                   py::arg("lobby_expired") = a.lobby_expired, py::arg("lobby_shed") = a.lobby_shed,
                                   py::arg("lobby_timed_out") = a.lobby_timed_out);
   admission["lobby"] = py::dict(py::arg("size") = a.lobby, py::arg("parked") = a.parked,
-                                py::arg("admitted") = a.lobby_admitted, py::arg("cancelled") = a.lobby_cancelled);
+                                py::arg("held") = a.held, py::arg("admitted") = a.lobby_admitted, py::arg("cancelled") = a.lobby_cancelled);
   py::dict errors;
   for (const auto& [key, count] : s.errors) {
     const auto& [protocol, code, model] = key;

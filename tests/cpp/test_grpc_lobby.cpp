@@ -7,7 +7,15 @@
 #include <string>
 #include <vector>
 
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
 #include "admission.h"
+#include "io_sched.h"
 #include "test_grpc_fixture.h"
 
 namespace inferline::grpctest {
@@ -86,33 +94,125 @@ TEST(GrpcLobbyTest, TheNewestWaiterTakesEachFreedSlot) {
   EXPECT_EQ(s.refused_overload, 0u);
 }
 
-TEST(GrpcLobbyTest, AWaiterThatCanNoLongerMeetItsDeadlineIsAnsweredDeadlineExceeded) {
-  Lobby l;
-  for (int i = 0; i < 40; ++i) {  // latency 20 ms, nothing ahead: predicted = 2 x latency with one in flight
+// Latency 20 ms with nothing ahead, so that one in flight predicts 40 ms.
+void Warm(Lobby& l) {
+  for (int i = 0; i < 40; ++i) {
     AdmissionToken t = l.Take();
     l.now += 0.02;
     Admission::RunReleased(l.a.Done(t));
   }
+}
+
+TEST(GrpcLobbyTest, AHopelessWaiterIsHeldAndAnsweredDeadlineExceededJustBeforeItsDeadline) {
+  Lobby l;
+  Warm(l);
   const double predicted = 2 * l.a.Snapshot().latency_ms / 1000;
   AdmissionToken held = l.Take();
-  AdmissionToken t;
-  AdmissionRefusal r;
-  EXPECT_EQ(l.a.Enter(predicted * 0.4, nullptr, 10, &t, &r), Entry::kRefused);  // hopeless already
-  EXPECT_EQ(r.code, StatusCode::kDeadlineExceeded);
-  TestWaiter w("w", &l.log);
-  ASSERT_EQ(l.Park(w, 0.1), Entry::kParked);
-  l.now += 0.1 - predicted - 0.001;  // still just in time
+  TestWaiter early("early", &l.log), w("w", &l.log);
+  const double t0 = l.now;
+  ASSERT_EQ(l.Park(early, predicted * 0.4), Entry::kParked);  // hopeless on arrival: held, not answered
+  EXPECT_EQ(l.a.Snapshot().held, 1u);
+  const double early_release = t0 + predicted * 0.4 - Admission::kHeldAnswerEarlyS;
+  l.now = early_release - 0.001;
   Admission::RunReleased(l.a.Sweep());
   EXPECT_TRUE(l.log.empty());
+  l.now = early_release + 0.001;
+  Admission::RunReleased(l.a.Sweep());
+  ASSERT_EQ(l.log, (std::vector<std::string>{"-early"}));
+  EXPECT_EQ(early.refusal.code, StatusCode::kDeadlineExceeded);
+
+  const double t1 = l.now;
+  ASSERT_EQ(l.Park(w, 0.1), Entry::kParked);
+  l.now = t1 + 0.1 - predicted - 0.001;  // still just in time
+  Admission::RunReleased(l.a.Sweep());
+  EXPECT_EQ(l.a.Snapshot().held, 0u);
+  l.now += 0.002;  // no longer: held until 10 ms before its deadline
+  Admission::RunReleased(l.a.Sweep());
+  EXPECT_EQ(l.log.size(), 1u);
+  EXPECT_EQ(l.a.Snapshot().held, 1u);
+  l.now = t1 + 0.1 - Admission::kHeldAnswerEarlyS - 0.001;
+  Admission::RunReleased(l.a.Done(held));  // a free slot does not admit it
+  EXPECT_EQ(l.a.Snapshot().in_flight, 0u);
+  EXPECT_EQ(l.log.size(), 1u);
   l.now += 0.002;
   Admission::RunReleased(l.a.Sweep());
-  ASSERT_EQ(l.log, (std::vector<std::string>{"-w"}));
+  ASSERT_EQ(l.log, (std::vector<std::string>{"-early", "-w"}));
   EXPECT_EQ(w.refusal.code, StatusCode::kDeadlineExceeded);
   EXPECT_EQ(w.refusal.retry_after_ms, -1);
   EXPECT_TRUE(Contains(w.refusal.message, "refused before decoding, after waiting")) << w.refusal.message;
-  EXPECT_EQ(l.a.Snapshot().lobby_expired, 1u);
-  EXPECT_EQ(l.a.Snapshot().refused_deadline, 1u);  // the immediate one
+  GrpcFrontendStats::Admission s = l.a.Snapshot();
+  EXPECT_EQ(s.lobby_expired, 2u);
+  EXPECT_EQ(s.refused_deadline, 0u);
+  EXPECT_EQ(s.parked, 0u);
+  EXPECT_EQ(s.held, 0u);
+
+  AdmissionToken t;  // under the limit, a hopeless request is refused at once
+  AdmissionRefusal r;
+  EXPECT_EQ(l.a.Enter(0.001, nullptr, 10, &t, &r), Entry::kRefused);
+  EXPECT_EQ(r.code, StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(l.a.Snapshot().refused_deadline, 1u);
+}
+
+TEST(GrpcLobbyTest, AHeldWaiterWithALongDeadlineIsAnsweredAfterTheWaitBound) {
+  Lobby l;  // target 50 ms: 200 ms
+  Warm(l);
+  AdmissionToken held = l.Take();
+  TestWaiter w("w", &l.log);
+  const double t0 = l.now;
+  ASSERT_EQ(l.Park(w, 0.03), Entry::kParked);  // 30 ms left, 40 ms predicted
+  l.now = t0 + 0.019;
+  Admission::RunReleased(l.a.Sweep());
+  EXPECT_TRUE(l.log.empty());
+  l.now = t0 + 0.021;
+  Admission::RunReleased(l.a.Sweep());
+  EXPECT_EQ(l.log, (std::vector<std::string>{"-w"}));
   Admission::RunReleased(l.a.Done(held));
+
+  Lobby m;
+  Warm(m);
+  held = m.Take();
+  m.now += 1000;  // `held` will report 1,000 s of latency
+  TestWaiter v("v", &m.log);
+  const double t1 = m.now;
+  ASSERT_EQ(m.Park(v, 10.0), Entry::kParked);
+  m.now += 0.001;
+  Admission::RunReleased(m.a.Done(held));  // the predicted latency jumps past v's 10 s: held, not admitted
+  EXPECT_EQ(m.a.Snapshot().held, 1u);
+  m.now = t1 + 0.199;
+  Admission::RunReleased(m.a.Sweep());
+  EXPECT_TRUE(m.log.empty());
+  m.now = t1 + 0.201;
+  Admission::RunReleased(m.a.Sweep());
+  EXPECT_EQ(m.log, (std::vector<std::string>{"-v"})) << "held for the wait bound, not until its deadline";
+  EXPECT_EQ(v.refusal.code, StatusCode::kDeadlineExceeded);
+}
+
+TEST(GrpcLobbyTest, AFullLobbyShedsTheHopelessFirstAndAHeldWaiterCanBeCancelled) {
+  AdmissionOptions o = Lobby::Static(1);
+  o.lobby = 2;
+  Lobby l(o);
+  Warm(l);
+  AdmissionToken held = l.Take();
+  TestWaiter live("live", &l.log), hopeless("hopeless", &l.log), third("third", &l.log), gone("gone", &l.log);
+  ASSERT_EQ(l.Park(live, 5.0), Entry::kParked);
+  ASSERT_EQ(l.Park(hopeless, 0.015), Entry::kParked);
+  ASSERT_EQ(l.Park(third, 5.0), Entry::kParked);  // full: the hopeless one goes, not the oldest
+  ASSERT_EQ(l.log, (std::vector<std::string>{"-hopeless"}));
+  EXPECT_EQ(hopeless.refusal.code, StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(l.a.Snapshot().lobby_shed, 0u);
+  EXPECT_EQ(l.a.Snapshot().lobby_expired, 1u);
+  Admission::RunReleased(l.a.Done(held));
+  ASSERT_EQ(l.log.back(), "+third");
+  ASSERT_EQ(l.Park(gone, 0.015), Entry::kParked);
+  EXPECT_EQ(l.a.Snapshot().held, 1u);
+  gone.gone = true;
+  Admission::RunReleased(l.a.Sweep());
+  EXPECT_EQ(l.log.back(), "-gone");
+  EXPECT_EQ(gone.refusal.code, StatusCode::kCancelled);
+  EXPECT_EQ(l.a.Snapshot().held, 0u);
+  Admission::RunReleased(l.a.Done(third.token));
+  EXPECT_EQ(l.log.back(), "+live");
+  Admission::RunReleased(l.a.Done(live.token));
 }
 
 TEST(GrpcLobbyTest, AWaiterWithoutADeadlineWaitsAtMostTheBound) {
@@ -202,6 +302,68 @@ TEST(GrpcLobbyTest, NoLobbyRefusesAtOnce) {
   EXPECT_EQ(l.a.Enter(std::nullopt, nullptr, 10, &t, &r), Entry::kRefused);
   EXPECT_EQ(r.code, StatusCode::kUnavailable);
   EXPECT_FALSE(l.a.has_lobby());
+}
+
+// A thread named `name` that waits until told to end; tid() once started.
+class NamedThread {
+ public:
+  explicit NamedThread(const char* name)
+      : thread_([this, name] {
+          grpcfe::NameThisThread(name);
+          tid_.store(static_cast<pid_t>(syscall(SYS_gettid)));
+          while (!stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }) {
+    while (tid_.load() == 0) std::this_thread::yield();
+  }
+  ~NamedThread() {
+    stop_.store(true);
+    thread_.join();
+  }
+  int policy() const { return sched_getscheduler(tid_.load()); }
+
+ private:
+  std::atomic<pid_t> tid_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST(GrpcOverloadScheduleTest, TheFrontendsThreadsRunBatchWhileRequestsWaitAndNormalOnceCalm) {
+  EXPECT_TRUE(grpcfe::IsFrontendThreadName("nexting_thread"));
+  EXPECT_TRUE(grpcfe::IsFrontendThreadName("default-executo"));  // as /proc cuts it
+  EXPECT_TRUE(grpcfe::IsFrontendThreadName("grpc_global_tim"));
+  EXPECT_TRUE(grpcfe::IsFrontendThreadName("il-lobby"));
+  EXPECT_FALSE(grpcfe::IsFrontendThreadName("python"));
+  EXPECT_FALSE(grpcfe::IsFrontendThreadName("il"));
+  NamedThread io("il-test-io"), model("model-exec");
+  ASSERT_EQ(io.policy(), SCHED_OTHER);
+  grpcfe::OverloadSchedule off(/*enabled=*/false);
+  off.Tick(0, true);
+  EXPECT_EQ(io.policy(), SCHED_OTHER);
+  {
+    grpcfe::OverloadSchedule s(/*enabled=*/true);
+    s.Tick(10.0, false);
+    EXPECT_EQ(io.policy(), SCHED_OTHER);
+    s.Tick(10.1, true);  // requests wait
+    EXPECT_TRUE(s.batched());
+    EXPECT_EQ(io.policy(), SCHED_BATCH);
+    EXPECT_EQ(model.policy(), SCHED_OTHER) << "only the frontend's threads";
+    NamedThread late("il-test-late");  // started while batched: caught within a second
+    s.Tick(10.5, true);
+    EXPECT_EQ(late.policy(), SCHED_OTHER);
+    s.Tick(10.1 + grpcfe::OverloadSchedule::kReapplyS, true);
+    EXPECT_EQ(late.policy(), SCHED_BATCH);
+    const double last = 10.1 + grpcfe::OverloadSchedule::kReapplyS;
+    s.Tick(last + 0.5, false);  // calm, but not for long enough
+    EXPECT_EQ(io.policy(), SCHED_BATCH);
+    s.Tick(last + grpcfe::OverloadSchedule::kCalmS, false);
+    EXPECT_FALSE(s.batched());
+    EXPECT_EQ(io.policy(), SCHED_OTHER);
+    EXPECT_EQ(late.policy(), SCHED_OTHER);
+    s.Tick(20.0, true);
+    EXPECT_EQ(io.policy(), SCHED_BATCH);
+    s.Restore();  // shutdown
+    EXPECT_EQ(io.policy(), SCHED_OTHER);
+  }
 }
 
 TEST(GrpcLobbyTest, AReleaseDuringAReleaseIsQueuedNotNested) {

@@ -73,18 +73,20 @@ Admission::Entry Admission::EnterImpl(std::optional<double> deadline_left_s, Lob
                        std::to_string(limit) + "); retry after ~" + std::to_string(retry_ms) + " ms";
     return Entry::kRefused;
   }
+  double hopeless_predicted = -1;  // >= 0: the deadline is shorter than this predicted latency
   if (deadline_left_s && *deadline_left_s < latency_s_) {
     const double predicted = PredictedLocked();
-    if (*deadline_left_s < predicted) {
-      ++refused_deadline_;
-      lock.unlock();
-      refusal->code = StatusCode::kDeadlineExceeded;
-      refusal->retry_after_ms = -1;
-      refusal->message = "the deadline (" + Format1(*deadline_left_s * 1000) +
-                         " ms left) is shorter than the predicted latency (" + Format1(predicted * 1000) +
-                         " ms); refused before decoding";
-      return Entry::kRefused;
-    }
+    if (*deadline_left_s < predicted) hopeless_predicted = predicted;
+  }
+  if (hopeless_predicted >= 0 && !lobby) {
+    ++refused_deadline_;
+    lock.unlock();
+    refusal->code = StatusCode::kDeadlineExceeded;
+    refusal->retry_after_ms = -1;
+    refusal->message = "the deadline (" + Format1(*deadline_left_s * 1000) +
+                       " ms left) is shorter than the predicted latency (" + Format1(hopeless_predicted * 1000) +
+                       " ms); refused before decoding";
+    return Entry::kRefused;
   }
   if (lobby) {
     hit_limit_ = true;
@@ -94,11 +96,17 @@ Admission::Entry Admission::EnterImpl(std::optional<double> deadline_left_s, Lob
     waiter->parked_s_ = now;
     waiter->bytes_ = bytes;
     LobbyWaiter* shed = nullptr;
-    while (oldest_ != nullptr && (parked_ >= lobby_max_ || parked_bytes_ + bytes > lobby_bytes_max_)) {
-      ReleaseLocked(oldest_, LobbyWaiter::Exit::kShed, &shed);
+    while (parked_ > 0 && (parked_ >= lobby_max_ || parked_bytes_ + bytes > lobby_bytes_max_)) {
+      // The hopeless first, answered now what they would be answered later; then the oldest.
+      if (held_oldest_ != nullptr) {
+        ReleaseLocked(held_oldest_, LobbyWaiter::Exit::kExpired, &shed);
+      } else {
+        ReleaseLocked(oldest_, LobbyWaiter::Exit::kShed, &shed);
+      }
     }
     const bool first = parked_ == 0;
-    LinkLocked(waiter);
+    LinkLocked(waiter, /*held=*/false);
+    if (hopeless_predicted >= 0) HoldLocked(waiter, now, hopeless_predicted);  // counted as it leaves
     lock.unlock();
     if (first) sweep_cv_.notify_one();
     RunReleased(shed);
@@ -161,9 +169,8 @@ bool Admission::HopelessLocked(LobbyWaiter* w, double now, bool admitting, Lobby
   if (w->deadline_s_ >= 0) {
     const double predicted = PredictedLocked();
     if (w->deadline_s_ - now >= predicted) return false;
-    w->left_s_ = w->deadline_s_ - now;
-    w->predicted_s_ = predicted;
-    ReleaseLocked(w, LobbyWaiter::Exit::kExpired, out);
+    HoldLocked(w, now, predicted);
+    if (now >= w->release_s_) ReleaseLocked(w, LobbyWaiter::Exit::kExpired, out);
     return true;
   }
   if (admitting || now - w->parked_s_ < lobby_wait_s_) return false;
@@ -179,10 +186,29 @@ bool Admission::Withdraw(LobbyWaiter* waiter) {
   return true;
 }
 
+// Moves `w` from the lobby to the held list: it can no longer meet its deadline (`predicted`
+// is the latency that said so). Requires mu_.
+void Admission::HoldLocked(LobbyWaiter* w, double now, double predicted) {
+  UnlinkLocked(w);
+  w->left_s_ = w->deadline_s_ - now;
+  w->predicted_s_ = predicted;
+  w->release_s_ = std::min(w->deadline_s_ - kHeldAnswerEarlyS, w->parked_s_ + lobby_wait_s_);
+  LinkLocked(w, /*held=*/true);
+}
+
 LobbyWaiter* Admission::Sweep() {
   const double now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
   LobbyWaiter* out = nullptr;
+  for (LobbyWaiter* w = held_oldest_; w != nullptr;) {
+    LobbyWaiter* newer = w->newer_;
+    if (w->Abandoned()) {
+      ReleaseLocked(w, LobbyWaiter::Exit::kCancelled, &out);
+    } else if (now >= w->release_s_) {
+      ReleaseLocked(w, LobbyWaiter::Exit::kExpired, &out);
+    }
+    w = newer;
+  }
   for (LobbyWaiter* w = oldest_; w != nullptr;) {
     LobbyWaiter* newer = w->newer_;
     HopelessLocked(w, now, /*admitting=*/false, &out);
@@ -196,33 +222,52 @@ LobbyWaiter* Admission::Close() {
   std::lock_guard<std::mutex> lock(mu_);
   closed_ = true;
   LobbyWaiter* out = nullptr;
+  while (held_oldest_ != nullptr) ReleaseLocked(held_oldest_, LobbyWaiter::Exit::kClosed, &out);
   while (oldest_ != nullptr) ReleaseLocked(oldest_, LobbyWaiter::Exit::kClosed, &out);
   sweep_cv_.notify_all();
   return out;
 }
 
-bool Admission::WaitToSweep() {
+bool Admission::WaitToSweep(double idle_s) {
   std::unique_lock<std::mutex> lock(mu_);
-  sweep_cv_.wait(lock, [this] { return closed_ || oldest_ != nullptr; });
+  const auto something = [this] { return closed_ || parked_ > 0; };
+  if (idle_s < 0) {
+    sweep_cv_.wait(lock, something);
+  } else if (!sweep_cv_.wait_for(lock, std::chrono::duration<double>(idle_s), something)) {
+    return true;  // nothing waited for idle_s
+  }
   if (!closed_) sweep_cv_.wait_for(lock, kSweepPeriod, [this] { return closed_; });
   return !closed_;
 }
 
-void Admission::LinkLocked(LobbyWaiter* w) {
-  w->older_ = newest_;
+bool Admission::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return parked_ > 0;
+}
+
+void Admission::LinkLocked(LobbyWaiter* w, bool held) {
+  LobbyWaiter*& oldest = held ? held_oldest_ : oldest_;
+  LobbyWaiter*& newest = held ? held_newest_ : newest_;
+  w->older_ = newest;
   w->newer_ = nullptr;
-  (newest_ != nullptr ? newest_->newer_ : oldest_) = w;
-  newest_ = w;
+  (newest != nullptr ? newest->newer_ : oldest) = w;
+  newest = w;
   w->linked_ = true;
+  w->held_ = held;
+  held_ += held;
   ++parked_;
   parked_bytes_ += w->bytes_;
 }
 
 void Admission::UnlinkLocked(LobbyWaiter* w) {
-  (w->older_ != nullptr ? w->older_->newer_ : oldest_) = w->newer_;
-  (w->newer_ != nullptr ? w->newer_->older_ : newest_) = w->older_;
+  LobbyWaiter*& oldest = w->held_ ? held_oldest_ : oldest_;
+  LobbyWaiter*& newest = w->held_ ? held_newest_ : newest_;
+  (w->older_ != nullptr ? w->older_->newer_ : oldest) = w->newer_;
+  (w->newer_ != nullptr ? w->newer_->older_ : newest) = w->older_;
   w->older_ = w->newer_ = nullptr;
   w->linked_ = false;
+  held_ -= w->held_;
+  w->held_ = false;
   --parked_;
   parked_bytes_ -= w->bytes_;
 }
@@ -312,6 +357,7 @@ GrpcFrontendStats::Admission Admission::Snapshot() const {
   a.refused_deadline = refused_deadline_;
   a.lobby = lobby_max_;
   a.parked = parked_;
+  a.held = held_;
   a.lobby_admitted = lobby_admitted_;
   a.lobby_expired = lobby_expired_;
   a.lobby_shed = lobby_shed_;

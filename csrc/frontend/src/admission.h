@@ -14,7 +14,11 @@
 //    When an admitted request is Done, its slot goes to the NEWEST waiter that can still meet
 //    its deadline (a standing queue served newest-first, as CoDel-style servers do, so that the
 //    admitted ones meet theirs). Waiters leave refused: DEADLINE_EXCEEDED once their deadline
-//    is shorter than the predicted latency (expired), UNAVAILABLE + retry hint when they have no
+//    is shorter than the predicted latency (expired; such a waiter, or a request over the limit
+//    that arrives hopeless, is held, never to be admitted, until just before its deadline or
+//    for lobby_wait, whichever comes first: a closed-loop client resends each answer at once,
+//    so answering early only makes it cycle faster, each cycle a gRPC call the model pays for),
+//    UNAVAILABLE + retry hint when they have no
 //    deadline and waited `lobby_wait_ms` (timed out) or are the oldest when the lobby is full of
 //    requests or bytes (shed), UNAVAILABLE at Close (shutdown), CANCELLED when their client is
 //    gone. Done checks from the oldest end; a sweeper thread (WaitToSweep/Sweep, frontend.cpp)
@@ -74,8 +78,10 @@ class LobbyWaiter {
   LobbyWaiter* older_ = nullptr;
   LobbyWaiter* newer_ = nullptr;  // after release: the next one released
   bool linked_ = false;
+  bool held_ = false;             // hopeless: on the held list, answered at release_s_
   Exit exit_ = Exit::kAdmitted;
   double deadline_s_ = 0;         // on Admission's clock; < 0: none
+  double release_s_ = 0;          // held_: when it is answered DEADLINE_EXCEEDED
   double parked_s_ = 0;
   size_t bytes_ = 0;
   AdmissionToken token_;          // kAdmitted
@@ -110,11 +116,17 @@ class Admission {
   bool Withdraw(LobbyWaiter* waiter);
   // Every waiter that can no longer be served (and any a free slot admits). For RunReleased.
   LobbyWaiter* Sweep();
+  // A held waiter is answered this long before its deadline, so that the answer is the server's
+  // rather than the client's own timer (the sweep runs every 5 ms).
+  static constexpr double kHeldAnswerEarlyS = 0.01;
   // Shutdown: every waiter is refused UNAVAILABLE, later requests over the limit at once, and
   // WaitToSweep returns false. For RunReleased.
   LobbyWaiter* Close();
-  // The sweeper's wait: until something waits, then 5 ms; false once closed.
-  bool WaitToSweep();
+  // The sweeper's wait: until something waits (at most `idle_s` when >= 0), then 5 ms; false
+  // once closed.
+  bool WaitToSweep(double idle_s = -1);
+  // Whether any request waits in the lobby (held ones included).
+  bool waiting() const;
   bool has_lobby() const noexcept { return lobby_max_ > 0; }
 
   // Calls each released waiter's Admitted or Refused (see the file comment).
@@ -129,8 +141,9 @@ class Admission {
                   AdmissionRefusal* refusal, bool use_lobby);
   // All require mu_.
   double PredictedLocked() const noexcept { return latency_s_ * (in_flight_ + 1) / (load_ + 1); }
-  void LinkLocked(LobbyWaiter* w);
+  void LinkLocked(LobbyWaiter* w, bool held);
   void UnlinkLocked(LobbyWaiter* w);
+  void HoldLocked(LobbyWaiter* w, double now, double predicted);
   void ReleaseLocked(LobbyWaiter* w, LobbyWaiter::Exit exit, LobbyWaiter** out);
   bool HopelessLocked(LobbyWaiter* w, double now, bool admitting, LobbyWaiter** out);
   void AdmitWaitersLocked(double now, LobbyWaiter** out);
@@ -152,13 +165,17 @@ class Admission {
   uint64_t admitted_ = 0, refused_overload_ = 0, refused_deadline_ = 0;  // require mu_
   double window_end_s_;      // requires mu_
   bool hit_limit_ = false;   // requires mu_
-  // The lobby, a list from oldest_ to newest_; all require mu_.
+  // The lobby, a list from oldest_ to newest_, and the hopeless held apart from it (oldest
+  // first); parked_ and parked_bytes_ count both. All require mu_.
   LobbyWaiter* oldest_ = nullptr;
   LobbyWaiter* newest_ = nullptr;
+  LobbyWaiter* held_oldest_ = nullptr;
+  LobbyWaiter* held_newest_ = nullptr;
   uint32_t parked_ = 0;
   uint64_t parked_bytes_ = 0;
   bool closed_ = false;
   uint64_t lobby_admitted_ = 0, lobby_expired_ = 0, lobby_shed_ = 0, lobby_timed_out_ = 0, lobby_cancelled_ = 0;
+  uint32_t held_ = 0;        // requires mu_
 };
 
 }  // namespace inferline::grpcfe

@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <thread>
 
+#include "io_sched.h"
 #include "services.h"
 
 namespace inferline {
@@ -125,6 +126,7 @@ class FrontendImpl final : public GrpcFrontend {
 
   // Ends idle streams (options.stream_idle_timeout_s), checking ten times per idle period.
   void Watchdog() {
+    grpcfe::NameThisThread("il-watchdog");
     const double period_s = std::max(shared_->options.stream_idle_timeout_s / 10, 0.002);
     const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(period_s));
     std::unique_lock<std::mutex> lock(watchdog_mu_);
@@ -136,8 +138,17 @@ class FrontendImpl final : public GrpcFrontend {
   }
 
   // Answers the lobby's waiters that can no longer be served (admission.h) until Shutdown.
+  // While requests wait, the frontend's threads run SCHED_BATCH (io_sched.h).
   void Sweeper() {
-    while (shared_->admission.WaitToSweep()) grpcfe::Admission::RunReleased(shared_->admission.Sweep());
+    grpcfe::NameThisThread("il-lobby");
+    grpcfe::OverloadSchedule schedule(shared_->options.admission.overload_batch_sched);
+    grpcfe::Admission& admission = shared_->admission;
+    while (admission.WaitToSweep(schedule.batched() ? grpcfe::OverloadSchedule::kCalmS : -1)) {
+      grpcfe::Admission::RunReleased(admission.Sweep());
+      schedule.Tick(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+                    admission.waiting());
+    }
+    schedule.Restore();
   }
 
   const std::shared_ptr<Shared> shared_;

@@ -93,6 +93,11 @@ class ServerSettings:
             "deadline, the rest are answered DEADLINE_EXCEEDED when they can no longer meet it, UNAVAILABLE after "
             "4 x --admission-target-ms without a deadline, or the oldest UNAVAILABLE when the lobby is full. "
             "-1 = 8 x the limit's maximum, 0 = none: refused at once (the Python frontend's way) (default -1)")
+    overload_sched: str = _setting(
+        "batch", "native gRPC frontend: how its threads (gRPC's and its own) are scheduled while requests wait in "
+                 "the admission lobby: 'batch' (Linux SCHED_BATCH: they keep their share of the CPU but no longer "
+                 "preempt the model's threads at every arriving call; back to normal a second after the lobby "
+                 "empties) or 'normal' (default batch)", metavar="{batch,normal}")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
     gpu_memory_budget: Optional[int] = _setting(
@@ -163,6 +168,8 @@ class ServerSettings:
             raise SettingsError(f"--admission-limit {self.admission_limit}: 0 (adaptive) or a positive cap")
         if self.admission_lobby < -1:
             raise SettingsError(f"--admission-lobby {self.admission_lobby}: -1 (8 x the limit), 0 (none) or a size")
+        if self.overload_sched not in ("batch", "normal"):
+            raise SettingsError(f"--overload-sched {self.overload_sched!r}: 'batch' or 'normal'")
         if not self.admission_target_ms > 0:
             raise SettingsError(f"--admission-target-ms {self.admission_target_ms}: must be above 0")
         if self.max_message_bytes < 1024:

@@ -3,7 +3,10 @@ refusals counted by reason; through the gRPC and REST frontends; and a bounded f
 during which health keeps answering and every refusal has a retryable code."""
 
 import asyncio
+import collections
 import json
+import os
+import sys
 import threading
 import time
 import urllib.request
@@ -245,3 +248,48 @@ def test_the_transport_cap_per_connection_follows_the_frontend():
     assert grpc_frontend.PYTHON_MAX_CONCURRENT_STREAMS == 128
     with pytest.raises(SettingsError, match="--max-concurrent-streams -1"):
         ServerSettings(max_concurrent_streams=-1).check()
+
+
+def _frontend_thread_policies() -> dict:
+    """{thread name: set of scheduling policies} for this process's gRPC threads."""
+    policies = collections.defaultdict(set)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if name.startswith(("nexting_thread", "il-lobby")):
+                policies[name].add(os.sched_getscheduler(int(tid)))
+        except OSError:  # the thread ended
+            pass
+    return dict(policies)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("overload_sched", ["batch", "normal"])
+def test_while_requests_wait_the_native_frontends_threads_give_way_to_the_model(tmp_path, overload_sched):
+    """--overload-sched batch (the default): while requests wait in the lobby, gRPC's threads and the
+    lobby's run SCHED_BATCH, and SCHED_OTHER again a second after it empties; 'normal' leaves them."""
+    from server_fixtures import require_native_frontend
+
+    require_native_frontend()
+    repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=300_000, queue_capacity=8)])
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1,
+                              overload_sched=overload_sched)
+    with ServerThread(repo, frontends=[grpc_starter("native")], settings=settings) as srv:
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
+        assert _frontend_thread_policies().get("nexting_thread") == {os.SCHED_OTHER}
+        answers = []
+        for _ in range(4):  # one admitted, three wait
+            g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error),
+                          client_timeout=60)  # with a deadline: they wait for a slot
+        wait_until(lambda: srv.grpc_admission()["lobby"]["parked"] >= 1)
+        if overload_sched == "batch":
+            wait_until(lambda: _frontend_thread_policies() == {"nexting_thread": {os.SCHED_BATCH},
+                                                               "il-lobby": {os.SCHED_BATCH}})
+            assert srv.grpc_admission()["lobby"]["parked"] >= 1  # while they wait, not after
+        else:
+            assert all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values())
+        wait_until(lambda: len(answers) == 4, timeout=60)
+        assert answers == [None] * 4, [str(a) for a in answers]  # every one answered
+        # a second after the lobby empties, back to normal
+        wait_until(lambda: all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values()), timeout=5)

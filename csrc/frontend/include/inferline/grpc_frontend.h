@@ -90,6 +90,10 @@ struct AdmissionOptions {
                               // 0 = no lobby: refused at once (UNAVAILABLE), as before
   uint64_t lobby_bytes = 256ull << 20;  // and their request bytes at most this (oldest shed first)
   double lobby_wait_ms = 0;   // a request without a deadline waits at most this; 0 = 4 x target_ms
+  // While requests wait in the lobby, the frontend's threads (gRPC's and its own) run SCHED_BATCH,
+  // so that calls arriving by the thousand do not preempt the model's threads mid-batch; back to
+  // SCHED_OTHER once none has waited for a second (csrc/frontend/src/io_sched.h). Linux only.
+  bool overload_batch_sched = true;
 };
 
 struct GrpcFrontendOptions {
@@ -192,6 +196,7 @@ struct GrpcFrontendStats {
     uint64_t refused_deadline = 0;
     uint32_t lobby = 0;                // the lobby's bound (0: none)
     uint32_t parked = 0;               // waiting in the lobby now
+    uint32_t held = 0;                 // of those: hopeless, held until just before their deadline
     uint64_t lobby_admitted = 0;       // left the lobby admitted (also counted in `admitted`)
     uint64_t lobby_expired = 0;        // DEADLINE_EXCEEDED: could no longer meet the deadline
     uint64_t lobby_shed = 0;           // UNAVAILABLE: the oldest, the lobby full (or at Shutdown)
