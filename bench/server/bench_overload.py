@@ -11,9 +11,12 @@ that the model sets the capacity and the clients can offer 10x it), or the demo 
 whose capacity is the servers' per-request overhead: the clients here cannot send 10x that. One server runs at a time. For each:
   - capacity: the best of closed loops with 8, 32 and 64 calls in flight per client process, no
     deadline -> answers OK/s;
-  - for each multiple m: an open loop at m x capacity, and a closed loop with m x 100 calls in
-    flight per client process (resent at once after any answer or error), both with a 200 ms
-    gRPC deadline. Goodput = answers OK within their deadline, per second;
+  - for each multiple m: an open loop at m x capacity, and a closed loop (resent at once after
+    any answer or error) with m x capacity x 200 ms calls in flight over all client processes:
+    by Little's law the load that offers m x capacity if each call lasts its whole deadline (what
+    an overloaded server's refusals come to; `--closed-per-process N`: m x N per process instead,
+    whatever the capacity), both with a 200 ms gRPC deadline. Goodput = answers OK within their
+    deadline, per second;
   - after the largest multiple (the spike): 3 s open loop at 0.5 x capacity -> p99 (recovery);
   - during every run a prober process calls ServerLive on the gRPC port and GET /v2/health/live
     on the probe port (inferline: its control listener, --metrics-port; KServe: its REST port)
@@ -109,6 +112,15 @@ TABLE = (("server", "server", "{server}"), ("mode", "mode", "{mode}"), ("x", "x"
 """(table title, key in the per-run line, format) of each column; the refusals by code follow."""
 
 
+def closed_concurrency(multiple, capacity, procs, per_process=0) -> int:
+    """Calls in flight per client process for the closed loop at `multiple`: `multiple` x
+    `per_process` when given, else the load that offers `multiple` x `capacity` (req/s) when every
+    call lasts its whole deadline (Little's law: in flight = rate x time), shared by `procs`."""
+    if per_process > 0:
+        return max(1, int(multiple * per_process))
+    return max(1, int(round(multiple * capacity * DEADLINE_S / procs)))
+
+
 def run_line(row) -> str:
     """The line printed when a run ends: key=value for each column, then the refusals."""
     return " ".join(f"{key}={fmt.format(**row)}" for _, key, fmt in TABLE) + \
@@ -116,7 +128,8 @@ def run_line(row) -> str:
 
 
 LEGEND = """
-x: the multiple of capacity asked for (closed: m x 100 calls in flight per client process);
+x: the multiple of capacity asked for (closed: m x capacity x deadline calls in flight in all, or
+m x --closed-per-process per client process);
 sent/cap: what the clients did send; goodput: answers OK within {deadline_ms:.0f} ms (client-timed), per
 second; good/cap and ok/cap: goodput and every OK answer (however late the client saw it) over
 the capacity row of the same server; p99 ms: of the OK answers; health: ServerLive every 100 ms
@@ -404,7 +417,8 @@ def measure_server(name, port, probe_port, pid, payloads, args):
     capacity = max(rows[0]["goodput_rps"], 1.0)
     for m in args.multiples:
         for mode in ("open", "closed"):
-            shape = {"rate": m * capacity} if mode == "open" else {"concurrency": int(m * 100)}
+            shape = {"rate": m * capacity} if mode == "open" else \
+                {"concurrency": closed_concurrency(m, capacity, args.procs, args.closed_per_process)}
             record(mode, m, shape.get("rate"),
                    load(seconds=args.seconds, timeout=DEADLINE_S, deadline=DEADLINE_S, **shape))
             if m == max(args.multiples):  # after the spike. The 10 s gRPC timeout is a guard: its p99 is
@@ -417,7 +431,7 @@ def measure_server(name, port, probe_port, pid, payloads, args):
 def plot(rows, path, model):
     """goodput / capacity vs offered load, one line per server and mode (matplotlib, if importable).
     Open loop: at the rate the clients did send (sent / capacity), which on a small machine falls
-    short of the target; closed loop: at its nominal multiple (m x 100 calls in flight per client)."""
+    short of the target; closed loop: at its nominal multiple (closed_concurrency)."""
     try:
         import matplotlib
 
@@ -434,8 +448,8 @@ def plot(rows, path, model):
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{server} {mode} loop")
     ax.axhline(1.0, linestyle=":", color="grey", label="capacity")
-    ax.set(xscale="log", xlabel="offered load, x capacity of the same run\n(open: sent rate; closed: m x 100 "
-                                "in flight per client process)",
+    ax.set(xscale="log", xlabel="offered load, x capacity of the same run\n(open: sent rate; closed: "
+                                "m x capacity x deadline in flight)",
            ylabel="goodput / capacity (OK within 200 ms)", title=f"{model}, gRPC, single-row requests")
     ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
     ax.set_ylim(bottom=0)
@@ -451,6 +465,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each overload run")
     ap.add_argument("--quick", action="store_true", help="3 s runs, multiples 1 and 10 only")
     ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--closed-per-process", type=int, default=0,
+                    help="closed loops: m x N calls in flight per client process (the bench before 2026-11-30 "
+                         "used 100); default 0 = m x capacity x deadline in all")
     ap.add_argument("--client", choices=("native", "python"), default=None,
                     help="load generator: native (_core.GrpcLoad, the default where built) or python (grpc.aio)")
     ap.add_argument("--kserve-python", help="python of a virtual environment with kserve and onnxruntime")

@@ -111,3 +111,12 @@ def test_run_line_is_key_value():
 def test_process_tree_rss_of_this_process():
     assert bo.process_tree_rss_mb(os.getpid()) > 1
     assert bo.process_tree_rss_mb(2 ** 22 + 12345) == 0  # above pid_max: no such process
+
+
+def test_closed_loops_offer_their_multiple_when_every_call_lasts_its_deadline():
+    # 673 req/s x 200 ms = 134.6 in flight at 1x, over 2 client processes
+    assert bo.closed_concurrency(1, 673.0, 2) == 67
+    assert bo.closed_concurrency(10, 673.0, 2) == 673
+    assert bo.closed_concurrency(3, 673.0, 1) == 404
+    assert bo.closed_concurrency(0.001, 1.0, 2) == 1  # at least one
+    assert bo.closed_concurrency(10, 673.0, 2, per_process=100) == 1000  # the fixed size, as before
