@@ -207,6 +207,9 @@ TEST(GrpcLobbyTest, AFullLobbyShedsTheHopelessFirstAndAHeldWaiterCanBeCancelled)
   EXPECT_EQ(l.a.Snapshot().held, 1u);
   gone.gone = true;
   Admission::RunReleased(l.a.Sweep());
+  EXPECT_EQ(l.a.Snapshot().held, 1u) << "a held waiter is checked only at its time";
+  l.now += 0.015;
+  Admission::RunReleased(l.a.Sweep());
   EXPECT_EQ(l.log.back(), "-gone");
   EXPECT_EQ(gone.refusal.code, StatusCode::kCancelled);
   EXPECT_EQ(l.a.Snapshot().held, 0u);

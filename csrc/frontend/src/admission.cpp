@@ -200,12 +200,12 @@ LobbyWaiter* Admission::Sweep() {
   const double now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
   LobbyWaiter* out = nullptr;
+  // The held are only checked for their time: one whose client left meanwhile is answered no
+  // later than its deadline anyway, and thousands may be held.
   for (LobbyWaiter* w = held_oldest_; w != nullptr;) {
     LobbyWaiter* newer = w->newer_;
-    if (w->Abandoned()) {
-      ReleaseLocked(w, LobbyWaiter::Exit::kCancelled, &out);
-    } else if (now >= w->release_s_) {
-      ReleaseLocked(w, LobbyWaiter::Exit::kExpired, &out);
+    if (now >= w->release_s_) {
+      ReleaseLocked(w, w->Abandoned() ? LobbyWaiter::Exit::kCancelled : LobbyWaiter::Exit::kExpired, &out);
     }
     w = newer;
   }
