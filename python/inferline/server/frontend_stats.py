@@ -114,6 +114,16 @@ class FrontendStats:
         return out
 
 
+    def lobby(self) -> Dict[str, int]:
+        """The native frontends' admission lobbies summed: waiting now (held: of those, the hopeless),
+        admitted from it so far; all zero without one."""
+        out = {"parked": 0, "held": 0, "admitted": 0}
+        for source in self._sources:
+            lobby = source.admission().get("lobby") or {}
+            for key in out:
+                out[key] += int(lobby.get(key, 0))
+        return out
+
     def tap_dropped(self) -> Optional[int]:
         """Records the native frontend's request tap dropped (its queue full); None without one."""
         counts = [s.tap_dropped() for s in self._sources if hasattr(s, "tap_dropped")]

@@ -40,6 +40,10 @@ Series (labels ``model``, ``version``; names per Prometheus conventions):
     inferline_admission_refused_total    counter    reason, code: refused before decoding (overload,
                                                       deadline; the native frontend's lobby: lobby_expired,
                                                       lobby_shed, lobby_timed_out)
+    inferline_admission_lobby_requests   gauge      state: waiting (all) / held (of those, the hopeless,
+                                                      answered just before their deadline): the native
+                                                      gRPC frontend's lobby now
+    inferline_admission_lobby_admitted_total counter  requests admitted from the lobby
     inferline_canary_weight_percent      gauge      model, version (the canary): its share of traffic
     inferline_canary_requests_total, _errors_total  model, arm, version: this rollout window's counts
     inferline_canary_pairs_total, _agreements_total model, arm (canary: mirrored to stable; shadow)
@@ -136,6 +140,10 @@ def _families() -> dict:
     add("inferline_cache_misses", "counter", "Prediction cache misses.")
     add("inferline_admission_refused", "counter", "Inference requests refused before decoding, by reason.",
         labels=("reason", "code"))
+    add("inferline_admission_lobby_requests", "gauge", "Inference requests waiting in the native gRPC "
+        "frontend's admission lobby (held: the hopeless among them, answered just before their deadline).",
+        labels=("state",))
+    add("inferline_admission_lobby_admitted", "counter", "Inference requests admitted from the lobby.", labels=())
     add("inferline_canary_weight_percent", "gauge", "The canary version's share of the model's traffic (%).",
         combine="max")
     for what in ("requests", "errors"):
@@ -176,6 +184,10 @@ class CoreMetrics:
         for reason, n in self._dp.frontend_stats.admission_refused(self._dp.admission.stats()["refused"]).items():
             code = "DEADLINE_EXCEEDED" if reason in ("deadline", "lobby_expired") else "UNAVAILABLE"
             f["inferline_admission_refused"].add((reason, code), n)
+        lobby = self._dp.frontend_stats.lobby()
+        f["inferline_admission_lobby_requests"].add(("waiting",), lobby["parked"])
+        f["inferline_admission_lobby_requests"].add(("held",), lobby["held"])
+        f["inferline_admission_lobby_admitted"].add((), lobby["admitted"])
         self._canary(f)
         out = [fam for fam in f.values() if fam.series or fam.kind != "gauge"]
         if self._dp.inference_log is not None:

@@ -161,6 +161,35 @@ def test_overload_refusals_count_as_unavailable_and_running_rows_are_queued(tmp_
         assert refused[(("code", "UNAVAILABLE"), ("reason", "overload"))] == 2  # gRPC's and REST's, whichever counted
 
 
+def test_the_native_lobby_is_seen_waiting_and_admitting(tmp_path):
+    from server_fixtures import require_native_frontend
+
+    require_native_frontend()
+    repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=300_000, queue_capacity=8)])
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, admission_limit=1)
+    with ServerThread(repo, [grpc_starter("native"), start_rest, start_control], settings) as srv:
+        grpc_port, _, metrics_port = srv.ports
+        c = tc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inp = tc.InferInput("x", [1, 1], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 1), np.float32))
+        answers = []
+        for _ in range(3):  # one admitted, two wait (with a deadline: until a slot frees)
+            c.async_infer("slow", [inp], lambda result, error: answers.append(error), client_timeout=60)
+        deadline = time.time() + 30
+        while srv.grpc_admission()["lobby"]["parked"] < 2 and time.time() < deadline:
+            time.sleep(0.001)
+        waiting = {dict(k)["state"]: v for k, v in scrape(metrics_port)["inferline_admission_lobby_requests"].items()}
+        assert waiting == {"waiting": 2, "held": 0}
+        while len(answers) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        c.close()
+        assert answers == [None] * 3
+        m = scrape(metrics_port)
+        assert {dict(k)["state"]: v for k, v in m["inferline_admission_lobby_requests"].items()} == \
+            {"waiting": 0, "held": 0}
+        assert sum(m["inferline_admission_lobby_admitted_total"].values()) == 2
+
+
 def test_the_core_counts_rows_queued_or_running_until_answered():
     gate, entered = threading.Event(), threading.Event()
 
