@@ -233,6 +233,20 @@ def start_inferline(workers, repo, python=sys.executable):
     return proc, grpc_port
 
 
+def overload_counters(metrics_port) -> str:
+    """The server's admission refusals and lobby admissions so far (its /metrics): whether the
+    overload machinery acted at all during the runs (none of it does below the admission limit)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError as e:
+        return f"metrics unreadable ({e})"
+    keep = ("inferline_admission_refused_total", "inferline_admission_lobby_admitted_total")
+    found = [line.split(" ", 1) for line in text.splitlines() if line.startswith(keep)]
+    return ", ".join(f"{name.replace('inferline_admission_', '')}={float(v):.0f}" for name, v in found) or "none exported"
+
+
 class Scraper:
     """GETs /metrics on `port` every `interval_s` on a thread of its own, as a Prometheus would."""
 
@@ -352,6 +366,7 @@ def main() -> int:
                 scraper.stop()
                 print(f"scrapes={scraper.count} failed={scraper.failed}", flush=True)
             if isinstance(proc, subprocess.Popen):
+                print(f"server={server} overload machinery: {overload_counters(proc.metrics_port)}", flush=True)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
             else:
