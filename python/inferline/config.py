@@ -268,12 +268,14 @@ class CanaryConfig:
     mirror_share: float = 100.0
     """Percent of canary-routed requests also run on stable (the mirrored pairs), at most what
     keeps the copies within 10% of the model's traffic (``rollout.arms.MIRROR_BUDGET``)."""
-    max_copies_per_s: float = 50.0
+    max_copies_per_s: float = 20.0
     """Mirrored copies (and, for a shadow version, shadow copies) started per second per arm in
     each worker process, at most; beyond it the copies are sampled (0: no cap). A window's pairs are
-    then bounded by time, not traffic: 50/s gives 3,000 pairs a minute per worker (each copy costs a
-    second inference, a comparison and two inference-log records, ~250 us of CPU), while the copies'
-    cost stays flat however fast the model is asked."""
+    then bounded by time, not traffic: 20/s gives 1,200 pairs a minute per worker, 60 x min_pairs,
+    enough to place an agreement near 0.95 within about +-1.2 points (each copy costs a second
+    inference, a comparison and two inference-log records, ~250 us of CPU: at 50/s that was 3% of
+    a worker's CPU at 12,000 req/s), while the copies' cost stays flat however fast the model is
+    asked."""
 
 
 @dataclass(frozen=True)
