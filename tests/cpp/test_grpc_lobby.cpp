@@ -86,6 +86,7 @@ TEST(GrpcLobbyTest, TheNewestWaiterTakesEachFreedSlot) {
   Admission::RunReleased(l.a.Done(first));
   Admission::RunReleased(l.a.Done(w3.token));
   EXPECT_EQ(l.log, (std::vector<std::string>{"+3", "+2"}));
+  EXPECT_FALSE(l.a.refusing()) << "waiting and admitted is no refusal";
   GrpcFrontendStats::Admission s = l.a.Snapshot();
   EXPECT_EQ(s.parked, 1u);
   EXPECT_EQ(s.in_flight, 1u);
@@ -110,8 +111,10 @@ TEST(GrpcLobbyTest, AHopelessWaiterIsHeldAndAnsweredDeadlineExceededJustBeforeIt
   AdmissionToken held = l.Take();
   TestWaiter early("early", &l.log), w("w", &l.log);
   const double t0 = l.now;
+  EXPECT_FALSE(l.a.refusing());
   ASSERT_EQ(l.Park(early, predicted * 0.4), Entry::kParked);  // hopeless on arrival: held, not answered
   EXPECT_EQ(l.a.Snapshot().held, 1u);
+  EXPECT_TRUE(l.a.refusing()) << "one is held";
   const double early_release = t0 + predicted * 0.4 - Admission::kHeldAnswerEarlyS;
   l.now = early_release - 0.001;
   Admission::RunReleased(l.a.Sweep());
@@ -137,6 +140,9 @@ TEST(GrpcLobbyTest, AHopelessWaiterIsHeldAndAnsweredDeadlineExceededJustBeforeIt
   l.now += 0.002;
   Admission::RunReleased(l.a.Sweep());
   ASSERT_EQ(l.log, (std::vector<std::string>{"-early", "-w"}));
+  EXPECT_TRUE(l.a.refusing()) << "refused just now";
+  l.now += Admission::kRefusingS + 0.001;
+  EXPECT_FALSE(l.a.refusing());
   EXPECT_EQ(w.refusal.code, StatusCode::kDeadlineExceeded);
   EXPECT_EQ(w.refusal.retry_after_ms, -1);
   EXPECT_TRUE(Contains(w.refusal.message, "refused before decoding, after waiting")) << w.refusal.message;

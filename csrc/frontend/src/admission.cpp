@@ -64,6 +64,7 @@ Admission::Entry Admission::EnterImpl(std::optional<double> deadline_left_s, Lob
   if (over && !lobby) {
     hit_limit_ = true;
     ++refused_overload_;
+    last_refusal_s_ = clock_();
     const int64_t retry_ms = RetryMsLocked();
     const uint32_t in_flight = in_flight_, limit = limit_;
     lock.unlock();
@@ -80,6 +81,7 @@ Admission::Entry Admission::EnterImpl(std::optional<double> deadline_left_s, Lob
   }
   if (hopeless_predicted >= 0 && !lobby) {
     ++refused_deadline_;
+    last_refusal_s_ = clock_();
     lock.unlock();
     refusal->code = StatusCode::kDeadlineExceeded;
     refusal->retry_after_ms = -1;
@@ -240,9 +242,10 @@ bool Admission::WaitToSweep(double idle_s) {
   return !closed_;
 }
 
-bool Admission::waiting() const {
+bool Admission::refusing() const {
+  const double now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
-  return parked_ > 0;
+  return held_ > 0 || (last_refusal_s_ >= 0 && now - last_refusal_s_ < kRefusingS);
 }
 
 void Admission::LinkLocked(LobbyWaiter* w, bool held) {
@@ -278,7 +281,9 @@ void Admission::ReleaseLocked(LobbyWaiter* w, LobbyWaiter::Exit exit, LobbyWaite
   UnlinkLocked(w);
   w->exit_ = exit;
   w->retry_ms_ = RetryMsLocked();
-  w->waited_s_ = clock_() - w->parked_s_;
+  const double now = clock_();
+  w->waited_s_ = now - w->parked_s_;
+  if (exit != LobbyWaiter::Exit::kAdmitted && exit != LobbyWaiter::Exit::kCancelled) last_refusal_s_ = now;
   switch (exit) {
     case LobbyWaiter::Exit::kAdmitted: break;
     case LobbyWaiter::Exit::kExpired: ++lobby_expired_; break;

@@ -125,8 +125,11 @@ class Admission {
   // The sweeper's wait: until something waits (at most `idle_s` when >= 0), then 5 ms; false
   // once closed.
   bool WaitToSweep(double idle_s = -1);
-  // Whether any request waits in the lobby (held ones included).
-  bool waiting() const;
+  // Whether requests are being refused: some wait hopeless in the lobby (held), or one was
+  // refused (at once or from the lobby) within the last kRefusingS. Requests that wait and are
+  // all admitted (a busy server keeping up) are not refusals.
+  bool refusing() const;
+  static constexpr double kRefusingS = 0.1;
   bool has_lobby() const noexcept { return lobby_max_ > 0; }
 
   // Calls each released waiter's Admitted or Refused (see the file comment).
@@ -176,6 +179,7 @@ class Admission {
   bool closed_ = false;
   uint64_t lobby_admitted_ = 0, lobby_expired_ = 0, lobby_shed_ = 0, lobby_timed_out_ = 0, lobby_cancelled_ = 0;
   uint32_t held_ = 0;        // requires mu_
+  double last_refusal_s_ = -1;  // requires mu_
 };
 
 }  // namespace inferline::grpcfe

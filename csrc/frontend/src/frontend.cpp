@@ -138,7 +138,7 @@ class FrontendImpl final : public GrpcFrontend {
   }
 
   // Answers the lobby's waiters that can no longer be served (admission.h) until Shutdown.
-  // While requests wait, the frontend's threads run SCHED_BATCH (io_sched.h).
+  // While requests are refused, the frontend's threads run SCHED_BATCH (io_sched.h).
   void Sweeper() {
     grpcfe::NameThisThread("il-lobby");
     grpcfe::OverloadSchedule schedule(shared_->options.admission.overload_batch_sched);
@@ -146,7 +146,7 @@ class FrontendImpl final : public GrpcFrontend {
     while (admission.WaitToSweep(schedule.batched() ? grpcfe::OverloadSchedule::kCalmS : -1)) {
       grpcfe::Admission::RunReleased(admission.Sweep());
       schedule.Tick(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
-                    admission.waiting());
+                    admission.refusing());
     }
     schedule.Restore();
   }

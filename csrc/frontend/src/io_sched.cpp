@@ -66,16 +66,16 @@ int SetFrontendThreadsBatch(bool batch) noexcept {
 #endif
 }
 
-void OverloadSchedule::Tick(double now_s, bool waiting) noexcept {
+void OverloadSchedule::Tick(double now_s, bool refusing) noexcept {
   if (!enabled_) return;
-  if (waiting) {
-    last_waiting_s_ = now_s;
+  if (refusing) {
+    last_refusing_s_ = now_s;
     if (!batched_ || now_s - applied_s_ >= kReapplyS) {
       SetFrontendThreadsBatch(true);
       batched_ = true;
       applied_s_ = now_s;
     }
-  } else if (batched_ && now_s - last_waiting_s_ >= kCalmS) {
+  } else if (batched_ && now_s - last_refusing_s_ >= kCalmS) {
     Restore();
   }
 }

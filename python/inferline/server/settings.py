@@ -94,10 +94,10 @@ class ServerSettings:
             "4 x --admission-target-ms without a deadline, or the oldest UNAVAILABLE when the lobby is full. "
             "-1 = 8 x the limit's maximum, 0 = none: refused at once (the Python frontend's way) (default -1)")
     overload_sched: str = _setting(
-        "batch", "native gRPC frontend: how its threads (gRPC's and its own) are scheduled while requests wait in "
-                 "the admission lobby: 'batch' (Linux SCHED_BATCH: they keep their share of the CPU but no longer "
-                 "preempt the model's threads at every arriving call; back to normal a second after the lobby "
-                 "empties) or 'normal' (default batch)", metavar="{batch,normal}")
+        "batch", "native gRPC frontend: how its threads (gRPC's and its own) are scheduled while it refuses "
+                 "requests (overload): 'batch' (Linux SCHED_BATCH: they keep their share of the CPU but no longer "
+                 "preempt the model's threads at every arriving call; back to normal a second after the last "
+                 "refusal) or 'normal' (default batch)", metavar="{batch,normal}")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
     gpu_memory_budget: Optional[int] = _setting(

@@ -266,30 +266,39 @@ def _frontend_thread_policies() -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
 @pytest.mark.parametrize("overload_sched", ["batch", "normal"])
-def test_while_requests_wait_the_native_frontends_threads_give_way_to_the_model(tmp_path, overload_sched):
-    """--overload-sched batch (the default): while requests wait in the lobby, gRPC's threads and the
-    lobby's run SCHED_BATCH, and SCHED_OTHER again a second after it empties; 'normal' leaves them."""
+def test_while_it_refuses_the_native_frontends_threads_give_way_to_the_model(tmp_path, overload_sched):
+    """--overload-sched batch (the default): while the native frontend refuses requests, gRPC's
+    threads and the lobby's run SCHED_BATCH, and SCHED_OTHER again a second after the last refusal.
+    Requests that wait and are all admitted (busy, keeping up) change nothing; nor does 'normal'."""
     from server_fixtures import require_native_frontend
 
     require_native_frontend()
     repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=300_000, queue_capacity=8)])
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1,
                               overload_sched=overload_sched)
+    normal = lambda: all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values())  # noqa: E731
     with ServerThread(repo, frontends=[grpc_starter("native")], settings=settings) as srv:
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
         assert _frontend_thread_policies().get("nexting_thread") == {os.SCHED_OTHER}
         answers = []
-        for _ in range(4):  # one admitted, three wait
+        for _ in range(3):  # one admitted, two wait for a slot (with a deadline) and get it
             g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error),
-                          client_timeout=60)  # with a deadline: they wait for a slot
+                          client_timeout=60)
         wait_until(lambda: srv.grpc_admission()["lobby"]["parked"] >= 1)
-        if overload_sched == "batch":
+        time.sleep(0.05)
+        assert normal()
+        wait_until(lambda: len(answers) == 3, timeout=60)
+        assert answers == [None] * 3, [str(a) for a in answers]
+        assert normal()
+
+        answers.clear()
+        for _ in range(4):  # one admitted; three wait without a deadline and are refused after 200 ms
+            g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error))
+        wait_until(lambda: sum(a is not None for a in answers) >= 1, timeout=30)
+        if overload_sched == "batch":  # within the second that follows a refusal
             wait_until(lambda: _frontend_thread_policies() == {"nexting_thread": {os.SCHED_BATCH},
-                                                               "il-lobby": {os.SCHED_BATCH}})
-            assert srv.grpc_admission()["lobby"]["parked"] >= 1  # while they wait, not after
-        else:
-            assert all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values())
+                                                               "il-lobby": {os.SCHED_BATCH}}, timeout=0.8)
         wait_until(lambda: len(answers) == 4, timeout=60)
-        assert answers == [None] * 4, [str(a) for a in answers]  # every one answered
-        # a second after the lobby empties, back to normal
-        wait_until(lambda: all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values()), timeout=5)
+        refused = [str(a) for a in answers if a is not None]
+        assert len(refused) == 3 and all("UNAVAILABLE] server overloaded: waited" in r for r in refused), refused
+        wait_until(normal, timeout=5)  # a second after the last refusal

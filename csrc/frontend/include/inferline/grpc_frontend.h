@@ -39,8 +39,11 @@
 // bounded lobby, its bytes unparsed and no core queue slot taken: each time an admitted request
 // ends, the newest waiting one that can still meet its deadline is admitted (newest first: under
 // a standing queue the older ones are the ones about to miss theirs). A waiting request that can
-// no longer meet its deadline is answered DEADLINE_EXCEEDED (checked as requests end and every
-// 5 ms); one without a deadline that waited lobby_wait_ms, the oldest when the lobby is full, and
+// no longer meet its deadline (checked as requests end and every 5 ms), or one over the limit that
+// arrives so, is held, never admitted, and answered DEADLINE_EXCEEDED just before its deadline or
+// after lobby_wait_ms, whichever is first (not at once: clients resending every failure at once
+// would cycle faster, each cycle a call for the server to accept and answer); one without a
+// deadline that waited lobby_wait_ms, the oldest when the lobby is full (the held first), and
 // every one at Shutdown are answered UNAVAILABLE (the first two with trailing metadata
 // `retry-after-ms`); a cancelled one leaves. With lobby = 0 a request over the limit is refused
 // UNAVAILABLE with `retry-after-ms` at once. Either way before its message is parsed. A request
@@ -90,9 +93,10 @@ struct AdmissionOptions {
                               // 0 = no lobby: refused at once (UNAVAILABLE), as before
   uint64_t lobby_bytes = 256ull << 20;  // and their request bytes at most this (oldest shed first)
   double lobby_wait_ms = 0;   // a request without a deadline waits at most this; 0 = 4 x target_ms
-  // While requests wait in the lobby, the frontend's threads (gRPC's and its own) run SCHED_BATCH,
-  // so that calls arriving by the thousand do not preempt the model's threads mid-batch; back to
-  // SCHED_OTHER once none has waited for a second (csrc/frontend/src/io_sched.h). Linux only.
+  // While requests are refused (some held hopeless in the lobby, or one refused in the last
+  // 100 ms), the frontend's threads (gRPC's and its own) run SCHED_BATCH, so that calls arriving
+  // by the thousand do not preempt the model's threads mid-batch; back to SCHED_OTHER once none
+  // has been refused for a second (csrc/frontend/src/io_sched.h). Linux only.
   bool overload_batch_sched = true;
 };
 
