@@ -30,7 +30,9 @@ def server(tmp_path_factory, grpc_frontend):
         push(registry, with_config(steady_package(root / "v1", name="rolled"), logging={"sample_rate": 0.0}),
              live=True)
         push(registry, with_config(steady_package(root / "v2", name="rolled", max_batch=4),
-                                   logging={"sample_rate": 0.0}), live=False)
+                                   logging={"sample_rate": 0.0},
+                                   canary={"max_copies_per_s": 0}),  # every canary answer mirrored
+             live=False)
     finally:
         registry.close()
     settings = ServerSettings(host="127.0.0.1", grpc_port=0, inference_log=str(root / "logs"),
