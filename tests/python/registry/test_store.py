@@ -21,7 +21,7 @@ from inferline.registry import (ArtifactMissing, GcReport, Registry, TamperedArt
                                 default_metadata_path, package_sha256)
 from inferline.registry import _metadata, store
 
-from store_helpers import ENV, make_files, push, versions
+from store_helpers import ENV, INTEGRITY_ERRORS, make_files, push, raw_sql, versions
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -87,7 +87,7 @@ def test_promote_and_rollback_walk_the_live_history(reg, src):
         reg.rollback("m")
     reg.promote("m", 2)
     assert reg.rollback("m").version == 1
-    with sqlite3.connect(reg.metadata_path) as db:
+    with raw_sql(reg) as db:
         actions = [a for (a,) in db.execute("SELECT action FROM live_history ORDER BY seq")]
     assert actions == ["add", "promote", "promote", "rollback", "rollback", "promote", "rollback"]
 
@@ -133,9 +133,9 @@ def test_immutable_fields_are_enforced_by_the_database(reg, src):
     push(reg, src, "m", b"1")
     with pytest.raises(TypeError):
         reg.record_load("m", 1, runtime_env={"x": 1})
-    with sqlite3.connect(reg.metadata_path) as db:
+    with raw_sql(reg) as db:
         for column in ("sha256", "model_uri", "runtime_env", "config", "labels", "version"):
-            with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+            with pytest.raises(INTEGRITY_ERRORS, match="immutable"):
                 db.execute(f"UPDATE versions SET {column} = '1' WHERE name = 'm'")
         db.execute("UPDATE versions SET fallback_id = NULL WHERE name = 'm'")  # mutable
 
