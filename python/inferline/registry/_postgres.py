@@ -135,6 +135,7 @@ class PostgresConnection:
         self.IntegrityError = self._pg.IntegrityError
         self.errors = (self._pg.Error,)
         self._conn = None
+        self._closed = False
         self._connect()
 
     def _connect(self) -> None:
@@ -145,6 +146,7 @@ class PostgresConnection:
             raise Unavailable(f"registry metadata {self.where}: cannot connect: {_first_line(e)}") from None
 
     def close(self) -> None:
+        self._closed = True
         if self._conn is not None:
             self._conn.close()
 
@@ -163,8 +165,10 @@ class PostgresConnection:
     # --------------------------------------------------------------------- transactions
 
     def begin(self, write: bool, busy_timeout_s: float) -> "PostgresConnection":
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
+        if self._closed:
+            raise FailedPrecondition(f"registry metadata {self.where}: the registry was closed")
+        if self._conn.closed or self._conn.broken:  # the server went away: a new connection
+            self._conn.close()
             self._connect()
         if not write:
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

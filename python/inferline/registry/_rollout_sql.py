@@ -231,7 +231,7 @@ def insert_unique(db, sql: str, params: tuple, refuse: Callable[[], None]) -> in
     failed statement aborts a whole PostgreSQL transaction)."""
     db.execute("SAVEPOINT insert_unique")
     try:
-        row_id = db.execute(sql, params).fetchone()[0]
+        row_id = db.execute(sql, params).fetchall()[0][0]  # done: SQLite may commit
     except db.IntegrityError:
         db.execute("ROLLBACK TO SAVEPOINT insert_unique")
         refuse()

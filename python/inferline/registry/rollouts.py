@@ -2,7 +2,8 @@
 
 ``Registry.rollouts`` is the registry's one ``RolloutStore``: it shares the registry's metadata (a
 SQLite file or a PostgreSQL database) and its transactions (each method is one transaction; writers
-take turns, across processes and machines). It stores and checks; the policy (when to advance, what counts as worse) is the rollout room's.
+take turns, across processes and machines). It stores and checks; the policy (when to advance,
+what counts as worse) is the rollout room's.
 
 A rollout moves a canary version of a model through increasing weights (``steps``, percent of its
 traffic) while the live version (``base_version``) serves the rest. A model has at most one active
@@ -281,7 +282,7 @@ class RolloutStore(Feeds):
         assert action in EVENT_ACTIONS, action
         return db.execute("INSERT INTO rollout_events (name, rollout_id, at, action, reason, evidence) "
                           "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                          (name, rollout_id, at, action, reason, evidence)).fetchone()[0]
+                          (name, rollout_id, at, action, reason, evidence)).fetchall()[0][0]
 
     def _active(self, db, name: str) -> Optional[Rollout]:
         row = db.execute(f"SELECT {ROLLOUT} FROM rollouts WHERE name = ? AND status = 'canary'",

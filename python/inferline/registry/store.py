@@ -145,13 +145,15 @@ class Registry:
         URL, metadata in ``metadata_path``, else ``$INFERLINE_REGISTRY_DB``, else
         ``default_metadata_path(url)``. A ``postgresql://user:password@host:port/dbname`` URL as
         ``metadata_path`` (or in ``$INFERLINE_REGISTRY_DB``, for local directories too) keeps the
-        metadata in that PostgreSQL database (see the module docstring). ``storage_options`` go to the fsspec filesystem (for s3:
-        ``endpoint_url``, ``key``, ``secret``, ``config_kwargs={"connect_timeout": ...}``);
-        ``$INFERLINE_S3_ENDPOINT_URL`` is the default s3 endpoint.
+        metadata in that PostgreSQL database (see the module docstring). ``storage_options`` go
+        to the fsspec filesystem (for s3: ``endpoint_url``, ``key``, ``secret``,
+        ``config_kwargs={"connect_timeout": ...}``); ``$INFERLINE_S3_ENDPOINT_URL`` is the default
+        s3 endpoint.
 
         Raises InvalidArgument for a malformed repository or options, Unavailable when the
         repository (bucket, endpoint) or the metadata (file or database) cannot be reached,
-        FailedPrecondition when a needed package (s3fs, psycopg) is missing or the metadata belongs to another repository.
+        FailedPrecondition when a needed package (s3fs, psycopg) is missing or the metadata belongs
+        to another repository.
         """
         if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
             raise InvalidArgument(f"keep_versions: expected a positive integer, got {keep_versions!r}")

@@ -9,7 +9,7 @@ import pytest
 
 from inferline.registry import Registry
 
-from pg_fixtures import pg_server  # noqa: F401  (the session's PostgreSQL server)
+from pg_fixtures import pg_server, pg_url  # noqa: F401  (the session's server, a fresh database)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

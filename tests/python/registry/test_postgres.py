@@ -20,7 +20,7 @@ from inferline.cli import main
 from inferline.demo_models import demo_package_path
 from inferline.registry import Registry, _metadata, _postgres
 
-from pg_fixtures import PASSWORD, free_port, pg_url, require_postgres  # noqa: F401  (pg_url: a fixture)
+from pg_fixtures import PASSWORD, free_port, require_postgres
 from store_helpers import push, versions
 
 try:
