@@ -21,6 +21,8 @@ from ._records import check_name, check_version, to_json
 
 TRAFFIC_KEEP_MINUTES = 120
 """``add_traffic`` deletes a model's traffic rows this many minutes older than the one it adds."""
+PREDICTIONS_PER_INSERT = 200
+"""Rows per INSERT of ``add_predictions`` (1000 parameters: far below SQLite's limit of 32766)."""
 
 
 @dataclass(frozen=True)
@@ -353,11 +355,14 @@ class Feeds:
             values.append((name, check_text(rid, f"{field}.request_id"), check_version(version, f"{field}.version"),
                            check_text(predicted, f"{field}.predicted", True),
                            check_real(at, f"{field}.at", f"model {name!r}")))
-        if not values:
-            return 0
-        with self._meta.tx(write=True) as db:
-            return db.executemany("INSERT INTO predictions (name, request_id, version, predicted, at) "
-                                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", values).rowcount
+        new = 0
+        with self._meta.tx(write=True) as db:  # one statement per chunk: its rowcount counts the new rows
+            for start in range(0, len(values), PREDICTIONS_PER_INSERT):
+                chunk = values[start:start + PREDICTIONS_PER_INSERT]
+                new += db.execute("INSERT INTO predictions (name, request_id, version, predicted, at) VALUES "
+                                  + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT DO NOTHING",
+                                  [v for row in chunk for v in row]).rowcount
+        return new
 
     def add_labels(self, name: str, items: Iterable[Tuple[str, str]]) -> Tuple[int, List[str]]:
         """Stores the true labels ``(request_id, label)`` of model ``name`` (a later label of a
