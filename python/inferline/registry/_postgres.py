@@ -142,6 +142,9 @@ class PostgresConnection:
         try:
             self._conn = self._pg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                           application_name="inferline-registry")
+        except self._pg.ProgrammingError as e:  # libpq could not parse the URL
+            raise InvalidArgument(f"registry metadata {self.where}: not a valid PostgreSQL URL: "
+                                  f"{_first_line(e)}") from None
         except self._pg.Error as e:
             raise Unavailable(f"registry metadata {self.where}: cannot connect: {_first_line(e)}") from None
 
