@@ -64,6 +64,13 @@ def _psycopg():
 
 
 def _first_line(e: BaseException) -> str:
+    """The server's message (and its detail) without the PL/pgSQL context, else the client's text
+    on one line."""
+    diag = getattr(e, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary:
+        detail = getattr(diag, "message_detail", None)
+        return f"{primary} ({detail})" if detail else primary
     text = str(e).strip() or type(e).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
