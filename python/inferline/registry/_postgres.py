@@ -43,15 +43,22 @@ def is_postgres_url(target: Any) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in SCHEMES and "://" in target
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password (in the user part or a ``password=`` parameter) replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    user, at, host = netloc.rpartition("@")
-    if at and ":" in user:
-        netloc = f"{user.split(':', 1)[0]}:***@{host}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    url = _USERINFO.sub(r"\1:***@", url, count=1)  # text, not a parse: a malformed URL is masked too
+    return _PASSWORD_PARAM.sub(r"\1***", url)
+
+
+def _secrets(url: str) -> List[str]:
+    """The passwords written in ``url`` (what ``mask_url`` hides)."""
+    found = [m.group(0).rsplit(":", 1)[1][:-1] for m in _USERINFO.finditer(url)]
+    found += [m.group(0).split("=", 1)[1] for m in re.finditer(r"(?i)[?&]password=[^&#]*", url)]
+    found += [urllib.parse.unquote(f) for f in found]  # as libpq decodes them
+    return sorted({f for f in found if f}, key=len, reverse=True)
 
 
 def _psycopg():
@@ -151,9 +158,16 @@ class PostgresConnection:
                                           application_name="inferline-registry")
         except self._pg.ProgrammingError as e:  # libpq could not parse the URL
             raise InvalidArgument(f"registry metadata {self.where}: not a valid PostgreSQL URL: "
-                                  f"{_first_line(e)}") from None
+                                  f"{self._text(e)}") from None
         except self._pg.Error as e:
-            raise Unavailable(f"registry metadata {self.where}: cannot connect: {_first_line(e)}") from None
+            raise Unavailable(f"registry metadata {self.where}: cannot connect: {self._text(e)}") from None
+
+    def _text(self, e: BaseException) -> str:
+        """``_first_line(e)`` without the password (libpq quotes a URL it cannot parse)."""
+        text = _first_line(e).replace(self.url, self.where)
+        for secret in _secrets(self.url):
+            text = text.replace(secret, "***")
+        return text
 
     def close(self) -> None:
         self._closed = True
@@ -224,12 +238,12 @@ class PostgresConnection:
     def error(self, e: BaseException) -> Optional[InferlineError]:
         """The inferline error for a psycopg error (None: a bug, re-raised as is)."""
         if isinstance(e, self._pg.IntegrityError):
-            return FailedPrecondition(f"registry metadata {self.where}: {_first_line(e)}")
+            return FailedPrecondition(f"registry metadata {self.where}: {self._text(e)}")
         if isinstance(e, self._pg.DataError):  # e.g. a NUL character, which text cannot hold here
-            return InvalidArgument(f"registry metadata {self.where}: PostgreSQL refused a value: {_first_line(e)}")
+            return InvalidArgument(f"registry metadata {self.where}: PostgreSQL refused a value: {self._text(e)}")
         if isinstance(e, self._pg.errors.LockNotAvailable):
-            return Unavailable(f"registry metadata {self.where}: {_first_line(e)} (another writer held the "
+            return Unavailable(f"registry metadata {self.where}: {self._text(e)} (another writer held the "
                                "registry's lock longer than the busy timeout)")
         if isinstance(e, (self._pg.OperationalError, self._pg.InterfaceError)):
-            return Unavailable(f"registry metadata {self.where}: {_first_line(e)}")
+            return Unavailable(f"registry metadata {self.where}: {self._text(e)}")
         return None

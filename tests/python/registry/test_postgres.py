@@ -145,6 +145,11 @@ def test_an_unreachable_server_is_unavailable_quickly_with_the_password_masked(t
     assert message.startswith(f"registry metadata postgresql://inferline:***@127.0.0.1:{url.split(':')[3]}")
     assert "cannot connect" in message and PASSWORD not in message
     assert e.value.grpc_code == "UNAVAILABLE"
+    for bad in (f"postgresql://inferline:{PASSWORD}@127.0.0.1:notaport/db", f"postgresql://u:{PASSWORD}@[::1/db"):
+        with pytest.raises((errors.Unavailable, errors.InvalidArgument), match=r"registry metadata postgresql://"
+                                                                                r"\w+:\*\*\*@") as e:
+            Registry.open(str(tmp_path / "repo"), bad)
+        assert PASSWORD not in str(e.value)
 
 
 def test_mask_url_hides_passwords_only():
@@ -153,6 +158,7 @@ def test_mask_url_hides_passwords_only():
     assert _postgres.mask_url("postgresql://u@h/db?password=x&application_name=a") == \
         "postgresql://u@h/db?password=***&application_name=a"
     assert _postgres.mask_url("postgresql://h/db") == "postgresql://h/db"
+    assert _postgres.mask_url("postgresql://u:p:q@[::1/db") == "postgresql://u:***@[::1/db"  # malformed too
     assert _postgres.is_postgres_url("POSTGRES://h/db") and not _postgres.is_postgres_url("/tmp/postgres.db")
 
 
