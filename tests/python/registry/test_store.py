@@ -1,5 +1,6 @@
-"""Registry storage: versions in SQLite, content-addressed packages in a directory, an fsspec
-memory filesystem, or S3 (a real moto server started on 127.0.0.1 by the fixture)."""
+"""Registry storage: versions in SQLite (and, through the ``reg`` and ``metadata`` fixtures, in
+PostgreSQL), content-addressed packages in a directory, an fsspec memory filesystem, or S3 (a real
+moto server started on 127.0.0.1 by the fixture)."""
 
 import hashlib
 import json
@@ -423,9 +424,9 @@ def test_memory_url_is_a_remote_repository(tmp_path, monkeypatch, src):
 
 # -------------------------------------------------------------------- several processes
 
-def _push_worker(repo, name, contents, barrier, out):
+def _push_worker(repo, metadata, name, contents, barrier, out):
     try:
-        reg = Registry.open(repo, keep_versions=100)
+        reg = Registry.open(repo, metadata, keep_versions=100)
         root = tempfile.mkdtemp()
         barrier.wait(60)
         out.put(sorted(push(reg, root, name, c.encode()).version for c in contents))
@@ -433,12 +434,12 @@ def _push_worker(repo, name, contents, barrier, out):
         out.put(f"{type(e).__name__}: {e}")
 
 
-def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path):
+def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path, metadata):
     repo = str(tmp_path / "repo")  # created by the workers, all at once
     ctx = mp.get_context("spawn")
     jobs = [("m", [f"p{i}-{j}" for j in range(3)]) for i in range(4)] + [("same", ["identical"])] * 2
     barrier, out = ctx.Barrier(len(jobs)), ctx.Queue()
-    procs = [ctx.Process(target=_push_worker, args=(repo, name, contents, barrier, out))
+    procs = [ctx.Process(target=_push_worker, args=(repo, metadata, name, contents, barrier, out))
              for name, contents in jobs]
     for p in procs:
         p.start()
@@ -448,14 +449,14 @@ def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path):
     assert not [r for r in results if isinstance(r, str)]
     assert sorted(v for r in results if len(r) == 3 for v in r) == list(range(1, 13))
     assert [r for r in results if len(r) == 1] == [[1], [1]]  # identical content: one version
-    with Registry.open(repo, keep_versions=100) as reg:
+    with Registry.open(repo, metadata, keep_versions=100) as reg:
         assert versions(reg, "m") == list(range(1, 13)) and versions(reg, "same") == [1]
 
 
-def _reader_worker(repo, ready, stop, out):
+def _reader_worker(repo, metadata, ready, stop, out):
     loops, seen, problems, sizes = 0, set(), [], [0]
     try:
-        reg = Registry.open(repo)
+        reg = Registry.open(repo, metadata)
         ready.set()
         while not stop.is_set() or loops == 0:
             loops += 1
@@ -480,12 +481,12 @@ def _reader_worker(repo, ready, stop, out):
     out.put((loops, sorted(seen), problems, sizes))
 
 
-def test_a_reader_process_never_sees_errors_or_partial_versions(tmp_path, src):
+def test_a_reader_process_never_sees_errors_or_partial_versions(tmp_path, src, metadata):
     repo = str(tmp_path / "repo")
-    reg = Registry.open(repo, keep_versions=100)
+    reg = Registry.open(repo, metadata, keep_versions=100)
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    reader = ctx.Process(target=_reader_worker, args=(repo, ready, stop, out))
+    reader = ctx.Process(target=_reader_worker, args=(repo, metadata, ready, stop, out))
     reader.start()
     assert ready.wait(60)
     for i in range(12):
