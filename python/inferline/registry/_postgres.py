@@ -221,8 +221,11 @@ class PostgresConnection:
     # --------------------------------------------------------------------------- schema
 
     def schema_version(self, db) -> int:
-        """0 for a database without the registry's tables."""
-        if db.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+        """0 for a database without the registry's tables. Asks pg_tables with the statement's
+        snapshot: to_regclass would read this session's catalog cache, which can still miss the
+        tables that the writer before us created while we waited for the lock."""
+        if db.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+                      "AND tablename = 'meta'").fetchone() is None:
             return 0
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0

@@ -66,6 +66,22 @@ def test_processes_racing_to_publish_get_distinct_versions_and_one_version_per_p
         assert [r.version for r in reg.list("m") if r.is_live] == [1]
 
 
+def _open_worker(repo, url, barrier, out):
+    try:
+        barrier.wait(60)
+        with Registry.open(repo, url) as reg:
+            out.put(reg.list())
+    except BaseException as e:
+        out.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_opening_a_new_database_at_once_create_the_schema_once(pg_url, tmp_path):
+    results = _run_workers(_open_worker, [(str(tmp_path / "repo"), pg_url)] * 6)
+    assert results == [[]] * 6
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT value FROM meta ORDER BY key").fetchall() == [(str(tmp_path / "repo"),), ("2",)]
+
+
 def _lease_worker(repo, url, holder, barrier, out):
     try:
         reg = Registry.open(repo, url)
