@@ -43,8 +43,8 @@ def is_postgres_url(target: Any) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in SCHEMES and "://" in target
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@")
-_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):([^@/?#]*)@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)([^&#]*)")
 
 
 def mask_url(url: str) -> str:
@@ -55,8 +55,7 @@ def mask_url(url: str) -> str:
 
 def _secrets(url: str) -> List[str]:
     """The passwords written in ``url`` (what ``mask_url`` hides)."""
-    found = [m.group(0).rsplit(":", 1)[1][:-1] for m in _USERINFO.finditer(url)]
-    found += [m.group(0).split("=", 1)[1] for m in re.finditer(r"(?i)[?&]password=[^&#]*", url)]
+    found = [m.group(2) for m in _USERINFO.finditer(url)] + [m.group(2) for m in _PASSWORD_PARAM.finditer(url)]
     found += [urllib.parse.unquote(f) for f in found]  # as libpq decodes them
     return sorted({f for f in found if f}, key=len, reverse=True)
 
