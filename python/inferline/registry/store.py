@@ -13,9 +13,9 @@ file: ``metadata_path`` if given, else ``$INFERLINE_REGISTRY_DB``, else
 ``~/.inferline/registries/<sha256(URL)[:16]>.db``. There is one metadata store per repository, and
 it is the only owner of that repository's artifacts (``gc`` deletes packages that it does not
 reference), so do not point metadata files on two machines at one remote URL: machines that share a
-repository share its metadata in PostgreSQL instead (below). S3 settings come from ``storage_options`` (passed to s3fs:
-``endpoint_url``, ``key``, ``secret``, ``config_kwargs``, ...), then ``$INFERLINE_S3_ENDPOINT_URL``,
-then botocore's usual ``AWS_*`` variables and files.
+repository share its metadata in PostgreSQL instead (below). S3 settings come from
+``storage_options`` (passed to s3fs: ``endpoint_url``, ``key``, ``secret``, ``config_kwargs``, ...),
+then ``$INFERLINE_S3_ENDPOINT_URL``, then botocore's usual ``AWS_*`` variables and files.
 
 Metadata on PostgreSQL
 ----------------------
@@ -72,9 +72,8 @@ SQLite in WAL mode with a busy timeout: readers in any number of processes never
 whole transactions; every write is one ``BEGIN IMMEDIATE`` transaction. On PostgreSQL the same
 holds across machines: reads are snapshots, and every write transaction first takes the database's
 registry lock (an advisory lock, waiting at most the busy timeout), so writers take turns exactly
-as SQLite's single writer does. One ``Registry`` object may
-be shared by the threads of a process (calls are serialised); open one per process (never share one
-across ``fork``). Calls block (disk, network): from async code, run them in a thread. Artifact
+as SQLite's single writer does. One ``Registry`` object may be shared by the threads of a process
+(calls are serialised); open one per process (never share one across ``fork``). Calls block (disk, network): from async code, run them in a thread. Artifact
 deletion re-checks, under the write lock, that no version references the package, and
 ``add_version`` checks the package under that lock, so the two cannot race.
 """
