@@ -73,9 +73,10 @@ whole transactions; every write is one ``BEGIN IMMEDIATE`` transaction. On Postg
 holds across machines: reads are snapshots, and every write transaction first takes the database's
 registry lock (an advisory lock, waiting at most the busy timeout), so writers take turns exactly
 as SQLite's single writer does. One ``Registry`` object may be shared by the threads of a process
-(calls are serialised); open one per process (never share one across ``fork``). Calls block (disk, network): from async code, run them in a thread. Artifact
-deletion re-checks, under the write lock, that no version references the package, and
-``add_version`` checks the package under that lock, so the two cannot race.
+(calls are serialised); open one per process (never share one across ``fork``). Calls block
+(disk, network): from async code, run them in a thread. Artifact deletion re-checks, under the
+write lock, that no version references the package, and ``add_version`` checks the package under
+that lock, so the two cannot race.
 """
 
 from __future__ import annotations
