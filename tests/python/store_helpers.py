@@ -1,10 +1,20 @@
-"""Helpers of the registry storage tests: package files, a push through the store API."""
+"""Helpers of the registry storage tests: package files, a push through the store API, raw SQL."""
 
+import contextlib
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 
 ENV = {"backend": "onnxruntime", "onnxruntime": "1.17.0", "python": "3.11"}
+
+try:
+    import psycopg
+except ImportError:  # the PostgreSQL tests skip without it
+    psycopg = None
+
+INTEGRITY_ERRORS = (sqlite3.IntegrityError,) + ((psycopg.IntegrityError,) if psycopg else ())
+"""What the database raises past the registry when a constraint or trigger refuses a change."""
 
 
 def make_files(root, content: bytes, extra: bytes = b"") -> dict:
@@ -26,3 +36,27 @@ def push(reg, root, name, content: bytes, **kw):
 
 def versions(reg, name):
     return [r.version for r in reg.list(name)]
+
+
+class _Qmark:
+    """A psycopg connection that takes ``?`` placeholders, as sqlite3 does."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def execute(self, sql, params=()):
+        return self._conn.execute(sql.replace("?", "%s"), params or None)
+
+
+@contextlib.contextmanager
+def raw_sql(reg):
+    """A plain autocommit connection to ``reg``'s metadata that bypasses the registry (SQLite file or
+    PostgreSQL database), with ``execute(sql, params)`` and ``?`` placeholders."""
+    if reg._meta.dialect == "sqlite":
+        db = sqlite3.connect(reg.metadata_path, isolation_level=None)
+    else:
+        db = psycopg.connect(reg._meta.target, autocommit=True)
+    try:
+        yield db if reg._meta.dialect == "sqlite" else _Qmark(db)
+    finally:
+        db.close()

@@ -1,11 +1,15 @@
 """SQL access for the registry: the connection, the schema, transactions, rows <-> records.
 
-``Metadata`` owns one SQLite connection in WAL mode. Every call of the registry runs in one
-``tx``: ``BEGIN IMMEDIATE`` for writes (one writer at a time across processes, waiting up to
-``BUSY_TIMEOUT_S``), a snapshot for reads. SQLite errors become inferline errors here and
-nowhere else (busy or unreachable: Unavailable; a broken constraint: FailedPrecondition). The
-query helpers take the transaction's connection (``db``) so that a caller composes several of
-them atomically; every state change goes through ``move`` (the checked transition table).
+``Metadata`` owns one connection: a SQLite file in WAL mode (``SqliteConnection``), or a
+PostgreSQL database named by a ``postgresql://`` URL (``_postgres.PostgresConnection``, the same
+methods). The queries are written once, in the SQL both understand (``?`` placeholders, which the
+PostgreSQL connection translates). Every call of the registry runs in one ``tx``: one writer at a
+time across processes and machines for writes (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an
+advisory lock), waiting up to ``BUSY_TIMEOUT_S``, a snapshot for reads. Database errors become
+inferline errors here and nowhere else (busy or unreachable: Unavailable; a broken constraint:
+FailedPrecondition). The query helpers take the transaction's connection (``db``) so that a caller
+composes several of them atomically; every state change goes through ``move`` (the checked
+transition table).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import threading
 import time
 from typing import Iterator, List, Optional, Tuple
 
-from ..errors import FailedPrecondition, ModelNotFound, Unavailable
+from ..errors import FailedPrecondition, InferlineError, ModelNotFound, Unavailable
 from ._artifacts import cause
+from ._postgres import PostgresConnection, is_postgres_url
 from ._records import (COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION, VersionNotFound, VersionRecord,
                        record_from_row)
 from ._states import check_transition
@@ -66,72 +71,124 @@ def _open_wal(path: str):
     return db, mode
 
 
+class SqliteConnection:
+    """The SQLite dialect: one WAL-mode connection; ``begin`` hands out the sqlite3 connection
+    itself (it has ``execute``, ``executemany`` and ``IntegrityError``)."""
+
+    dialect = "sqlite"
+    errors = (sqlite3.OperationalError, sqlite3.IntegrityError)
+
+    def __init__(self, path: str):
+        self.where = path
+        self._db = connect(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def begin(self, write: bool, busy_timeout_s: float) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        return self._db
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def schema_version(self, db) -> int:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+    def set_schema_version(self, db, version: int) -> None:
+        db.execute(f"PRAGMA user_version = {int(version)}")
+
+    def ddl(self, statement: str) -> List[str]:
+        return [statement]
+
+    def error(self, e: BaseException) -> Optional[InferlineError]:
+        if isinstance(e, sqlite3.IntegrityError):
+            return FailedPrecondition(f"registry metadata {self.where}: {e}")
+        busy = " (another writer held it longer than the busy timeout)" if "locked" in str(e) else ""
+        return Unavailable(f"registry metadata {self.where}: {cause(e)}{busy}")
+
+
 class Metadata:
-    """The metadata file of one repository: transactions and the queries the registry composes.
+    """The metadata of one repository: transactions and the queries the registry composes.
 
     Locking: ``_lock`` serialises this process's threads on the one connection (held for a whole
-    ``tx``); SQLite's own locks order processes. Methods that take ``db`` require a ``tx``.
+    ``tx``); the database orders processes. Methods that take ``db`` require a ``tx``.
     """
 
-    def __init__(self, path: str, repository: str, check_owner: bool):
-        """``check_owner``: refuse a file made for another repository (remote repositories; a
-        local directory may be moved with its metadata inside)."""
-        self.path = path
+    def __init__(self, target: str, repository: str, check_owner: bool):
+        """``target``: a SQLite file path or a ``postgresql://`` URL. ``check_owner``: refuse
+        metadata made for another repository (remote repositories; a local directory may be moved
+        with its metadata inside)."""
         self.repository = repository
         self._lock = threading.RLock()
-        self._db = connect(path)
+        self._conn = PostgresConnection(target) if is_postgres_url(target) else SqliteConnection(target)
+        self.path = self._conn.where
+        """The metadata file, or the PostgreSQL URL with its password masked (for messages)."""
+        self.target = target
+        """What was opened: the file path or the full URL."""
         try:
             self._init_schema(check_owner)
         except BaseException:
-            self._db.close()
+            self._conn.close()
             raise
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._conn.dialect
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._conn.close()
 
     @contextlib.contextmanager
     def _sql_errors(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.OperationalError as e:
-            busy = " (another writer held it longer than the busy timeout)" if "locked" in str(e) else ""
-            raise Unavailable(f"registry metadata {self.path}: {cause(e)}{busy}") from None
-        except sqlite3.IntegrityError as e:
-            raise FailedPrecondition(f"registry metadata {self.path}: {e}") from None
+        except self._conn.errors as e:
+            mapped = self._conn.error(e)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     @contextlib.contextmanager
     def tx(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction: BEGIN IMMEDIATE for writes (one writer at a time), a snapshot for reads.
-        Takes ``_lock`` for its whole length."""
+        """One transaction: one writer at a time for writes, a snapshot for reads. Takes
+        ``_lock`` for its whole length."""
         with self._lock, self._sql_errors():
-            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            db = self._conn.begin(write, BUSY_TIMEOUT_S)
             try:
-                yield self._db
+                yield db
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._conn.rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._conn.commit()
 
     def _init_schema(self, check_owner: bool) -> None:
-        """Creates the schema in a new file, migrates an older one (``MIGRATIONS``, all steps in
-        one write transaction), refuses a newer schema or another repository's file."""
+        """Creates the schema in a new database, migrates an older one (``MIGRATIONS``, all steps
+        in one write transaction), refuses a newer schema or another repository's metadata."""
+        conn = self._conn
         with self.tx(write=False) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version = conn.schema_version(db)
         if version < SCHEMA_VERSION:
             with self.tx(write=True) as db:  # another process may have done it meanwhile
-                version = db.execute("PRAGMA user_version").fetchone()[0]
+                version = conn.schema_version(db)
                 if version == 0:
                     for stmt in SCHEMA:
-                        db.execute(stmt)
+                        for part in conn.ddl(stmt):
+                            db.execute(part)
                     db.execute("INSERT INTO meta VALUES ('repository', ?)", (self.repository,))
                 elif version < SCHEMA_VERSION:
                     for step in range(version + 1, SCHEMA_VERSION + 1):
                         for stmt in MIGRATIONS[step]:
-                            db.execute(stmt)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                version = db.execute("PRAGMA user_version").fetchone()[0]
+                            for part in conn.ddl(stmt):
+                                db.execute(part)
+                    conn.set_schema_version(db, SCHEMA_VERSION)
+                version = conn.schema_version(db)
         if version > SCHEMA_VERSION:
             raise FailedPrecondition(f"registry metadata {self.path}: schema version {version} "
                                      f"is newer than this inferline's ({SCHEMA_VERSION}); upgrade inferline")
@@ -189,7 +246,7 @@ class Metadata:
 
     def next_version(self, db, name: str, now: float) -> int:
         """Reserves the model's next version number (consumed only if the transaction commits)."""
-        db.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", (name, now))
+        db.execute("INSERT INTO models (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, now))
         db.execute("UPDATE models SET last_version = last_version + 1 WHERE name = ?", (name,))
         return db.execute("SELECT last_version FROM models WHERE name = ?", (name,)).fetchone()[0]
 
@@ -250,8 +307,9 @@ class Metadata:
             "SELECT version FROM rollouts WHERE name = ? AND status = 'canary'", (name, name))}
         victims = [(v, sha) for v, sha, state in rows[keep:]
                    if state not in ("live", "canary") and f"{name}:{v}" not in pinned and v not in in_use]
-        db.executemany("DELETE FROM versions WHERE name = ? AND version = ?",
-                       [(name, v) for v, _ in victims])
+        if victims:
+            db.executemany("DELETE FROM versions WHERE name = ? AND version = ?",
+                           [(name, v) for v, _ in victims])
         return victims
 
     def referenced(self, db, name: str, sha256: str) -> bool:

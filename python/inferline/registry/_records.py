@@ -1,4 +1,4 @@
-"""Registry records and their rules: names, refs, version records, the SQLite schema.
+"""Registry records and their rules: names, refs, version records, the metadata schema.
 
 Plain data and checks with no I/O; ``store.Registry`` applies them inside its transactions.
 """
@@ -16,8 +16,9 @@ from ..errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from ._states import STATES
 
 SCHEMA_VERSION = 2
-"""``PRAGMA user_version`` of the metadata file; older files are migrated (``MIGRATIONS``), newer
-ones refused. 1: versions and live history; 2: rollouts, shadows and their feeds."""
+"""``PRAGMA user_version`` of the metadata file (PostgreSQL: the ``schema_version`` row of ``meta``);
+older schemas are migrated (``MIGRATIONS``), newer ones refused. 1: versions and live history;
+2: rollouts, shadows and their feeds."""
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -298,6 +299,17 @@ def record_from_row(row: tuple) -> VersionRecord:
                          fingerprint=json.loads(fp) if fp is not None else None, failure=failure)
 
 
+IMMUTABLE_COLUMNS = ("name", "version", "model_uri", "sha256", "runtime_env", "config", "labels", "created_at")
+"""The columns of ``versions`` that no UPDATE may name once a version is written."""
+IMMUTABLE_MESSAGE = (f"registry versions: {', '.join(IMMUTABLE_COLUMNS[:-1])} and {IMMUTABLE_COLUMNS[-1]} "
+                     "are immutable")
+VERSIONS_TRIGGER = f"""CREATE TRIGGER versions_immutable
+BEFORE UPDATE OF {', '.join(IMMUTABLE_COLUMNS)} ON versions
+BEGIN
+  SELECT RAISE(ABORT, '{IMMUTABLE_MESSAGE}');
+END"""
+"""SQLite's trigger that refuses an UPDATE naming an immutable column (``_postgres`` has its twin)."""
+
 ROLLOUT_STATUSES = ("canary", "promoted", "rolled_back", "aborted", "gate_failed")
 """A rollout's status: canary while active, then how it ended (gate_failed: never active)."""
 EVENT_ACTIONS = ("start", "gate_failed", "advance", "promoted", "rolled_back", "aborted", "hold", "takeover",
@@ -405,15 +417,12 @@ SCHEMA = (
   active INTEGER NOT NULL DEFAULT 1
 )""",
     "CREATE INDEX live_history_name ON live_history(name, seq)",
-    """CREATE TRIGGER versions_immutable
-BEFORE UPDATE OF name, version, model_uri, sha256, runtime_env, config, labels, created_at ON versions
-BEGIN
-  SELECT RAISE(ABORT, 'registry versions: name, version, model_uri, sha256, runtime_env, config, labels and created_at are immutable');
-END""",
+    VERSIONS_TRIGGER,
     *ROLLOUT_SCHEMA,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
-"""The metadata schema, applied in one transaction to a new file."""
+"""The metadata schema in SQLite's dialect, applied in one transaction to a new file (``_postgres``
+translates each statement for PostgreSQL)."""
 
 MIGRATIONS = {2: ROLLOUT_SCHEMA}
 """user_version N -> the statements that take a file of version N - 1 to N; ``Metadata`` runs them

@@ -4,7 +4,7 @@ rollout controller reads.
 ``Rollout``, ``RolloutEvent`` and ``Shadow`` are what the store returns (``rollouts`` exports them).
 ``Feeds`` is the store's base (``RolloutStore`` adds rollouts, shadows and their events): controller
 leases, per-worker window counts, recorded predictions and labels, traffic per minute. Each method
-is one transaction of the registry's ``Metadata`` (writes: BEGIN IMMEDIATE).
+is one transaction of the registry's ``Metadata`` (writes: one writer at a time).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from ._records import check_name, check_version, to_json
 
 TRAFFIC_KEEP_MINUTES = 120
 """``add_traffic`` deletes a model's traffic rows this many minutes older than the one it adds."""
+PREDICTIONS_PER_INSERT = 200
+"""Rows per INSERT of ``add_predictions`` (1000 parameters: far below SQLite's limit of 32766)."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,22 @@ def evidence_json(evidence: Any, field: str = "evidence") -> str:
     return to_json({} if evidence is None else evidence, field)
 
 
+def insert_unique(db, sql: str, params: tuple, refuse: Callable[[], None]) -> int:
+    """Runs ``sql`` (an INSERT ... RETURNING id) and returns the id. When a unique index refuses the
+    row (another process won a race that the caller's check missed), ``refuse()`` raises the
+    caller's FailedPrecondition; the savepoint keeps the transaction usable for its query (a
+    failed statement aborts a whole PostgreSQL transaction)."""
+    db.execute("SAVEPOINT insert_unique")
+    try:
+        row_id = db.execute(sql, params).fetchall()[0][0]  # done: SQLite may commit
+    except db.IntegrityError:
+        db.execute("ROLLBACK TO SAVEPOINT insert_unique")
+        refuse()
+        raise
+    db.execute("RELEASE SAVEPOINT insert_unique")
+    return row_id
+
+
 def require_model(meta: Metadata, db, name: str, field: str = "name") -> None:
     """ModelNotFound unless the repository has a model ``name``."""
     if not db.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone():
@@ -298,8 +316,8 @@ class Feeds:
                 for arm, counts in arms.items()]
         with self._meta.tx(write=True) as db:
             now = self.clock()
-            db.executemany("INSERT INTO window_counts (window, worker, arm, counts, updated_at) "
-                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT(window, worker, arm) DO UPDATE SET "
+            db.executemany('INSERT INTO window_counts ("window", worker, arm, counts, updated_at) '
+                           'VALUES (?, ?, ?, ?, ?) ON CONFLICT("window", worker, arm) DO UPDATE SET '
                            "counts = excluded.counts, updated_at = excluded.updated_at",
                            [r + (now,) for r in rows])
 
@@ -308,7 +326,7 @@ class Feeds:
         caller sums them."""
         check_text(window, "window")
         with self._meta.tx(write=False) as db:
-            rows = db.execute("SELECT arm, counts FROM window_counts WHERE window = ? ORDER BY arm, worker",
+            rows = db.execute('SELECT arm, counts FROM window_counts WHERE "window" = ? ORDER BY arm, worker',
                               (window,)).fetchall()
         out: Dict[str, List[dict]] = {}
         for arm, counts in rows:
@@ -321,7 +339,7 @@ class Feeds:
         number of rows deleted."""
         check_text(prefix, "prefix")
         with self._meta.tx(write=True) as db:
-            return db.execute("DELETE FROM window_counts WHERE substr(window, 1, ?) = ?",
+            return db.execute('DELETE FROM window_counts WHERE substr("window", 1, CAST(? AS INTEGER)) = ?',
                               (len(prefix), prefix)).rowcount
 
     # ------------------------------------------------------------- predictions and labels
@@ -337,11 +355,14 @@ class Feeds:
             values.append((name, check_text(rid, f"{field}.request_id"), check_version(version, f"{field}.version"),
                            check_text(predicted, f"{field}.predicted", True),
                            check_real(at, f"{field}.at", f"model {name!r}")))
-        with self._meta.tx(write=True) as db:
-            before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO predictions (name, request_id, version, predicted, at) "
-                           "VALUES (?, ?, ?, ?, ?)", values)
-            return db.total_changes - before
+        new = 0
+        with self._meta.tx(write=True) as db:  # one statement per chunk: its rowcount counts the new rows
+            for start in range(0, len(values), PREDICTIONS_PER_INSERT):
+                chunk = values[start:start + PREDICTIONS_PER_INSERT]
+                new += db.execute("INSERT INTO predictions (name, request_id, version, predicted, at) VALUES "
+                                  + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT DO NOTHING",
+                                  [v for row in chunk for v in row]).rowcount
+        return new
 
     def add_labels(self, name: str, items: Iterable[Tuple[str, str]]) -> Tuple[int, List[str]]:
         """Stores the true labels ``(request_id, label)`` of model ``name`` (a later label of a
@@ -375,7 +396,8 @@ class Feeds:
             return out
         with self._meta.tx(write=False) as db:
             rows = db.execute(
-                "SELECT p.version, SUM(p.predicted = l.label), COUNT(*) FROM predictions p JOIN labels l "
+                "SELECT p.version, SUM(CASE WHEN p.predicted = l.label THEN 1 ELSE 0 END), COUNT(*) "
+                "FROM predictions p JOIN labels l "
                 "ON l.name = p.name AND l.request_id = p.request_id WHERE p.name = ? AND p.at >= ? "
                 f"AND p.version IN ({', '.join('?' * len(set(wanted)))}) GROUP BY p.version",
                 (name, since, *set(wanted))).fetchall()
@@ -401,7 +423,7 @@ class Feeds:
         count = check_count(count, "count")
         with self._meta.tx(write=True) as db:
             db.execute("INSERT INTO traffic (name, minute, worker, count) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT(name, minute, worker) DO UPDATE SET count = count + excluded.count",
+                       "ON CONFLICT(name, minute, worker) DO UPDATE SET count = traffic.count + excluded.count",
                        (name, minute, worker, count))
             db.execute("DELETE FROM traffic WHERE name = ? AND minute < ?", (name, minute - TRAFFIC_KEEP_MINUTES))
 
@@ -412,6 +434,6 @@ class Feeds:
         since_minute = check_count(since_minute, "since_minute")
         with self._meta.tx(write=False) as db:
             row = db.execute("SELECT MAX(total) FROM (SELECT SUM(count) AS total FROM traffic WHERE name = ? "
-                             "AND minute >= ? GROUP BY minute)", (name, since_minute)).fetchone()
-        return None if row[0] is None else row[0] / 60.0
+                             "AND minute >= ? GROUP BY minute) AS per_minute", (name, since_minute)).fetchone()
+        return None if row[0] is None else float(row[0]) / 60.0
 

@@ -1,8 +1,9 @@
 """Storage of canary rollouts and shadows, and of the feeds their controller reads.
 
-``Registry.rollouts`` is the registry's one ``RolloutStore``: it shares the registry's metadata file
-and its transactions (each method is one transaction; writes are BEGIN IMMEDIATE, so processes take
-turns). It stores and checks; the policy (when to advance, what counts as worse) is the rollout room's.
+``Registry.rollouts`` is the registry's one ``RolloutStore``: it shares the registry's metadata (a
+SQLite file or a PostgreSQL database) and its transactions (each method is one transaction; writers
+take turns, across processes and machines). It stores and checks; the policy (when to advance,
+what counts as worse) is the rollout room's.
 
 A rollout moves a canary version of a model through increasing weights (``steps``, percent of its
 traffic) while the live version (``base_version``) serves the rest. A model has at most one active
@@ -20,7 +21,6 @@ are in ``_rollout_sql.Feeds``.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
@@ -29,7 +29,7 @@ from ._metadata import Metadata
 from ._records import EVENT_ACTIONS, VersionRecord, check_name, check_version
 from ._rollout_sql import (EVENT, ROLLOUT, SHADOW, Feeds, Rollout, RolloutEvent, Shadow, check_count, check_flag,
                            check_id, check_percent, check_real, check_steps, check_text, event_from_row,
-                           evidence_json, require_model, rollout_from_row)
+                           evidence_json, insert_unique, require_model, rollout_from_row)
 
 __all__ = ["NOTE_ACTIONS", "OUTCOMES", "Rollout", "RolloutEvent", "RolloutStore", "Shadow"]
 
@@ -212,12 +212,8 @@ class RolloutStore(Feeds):
             self._candidate(db, name, version, "shadow")
             self._refuse_shadow(db, name)
             now = self.clock()
-            try:
-                sid = db.execute("INSERT INTO shadows (name, version, share, started_at) VALUES (?, ?, ?, ?)",
-                                 (name, version, share, now)).lastrowid
-            except sqlite3.IntegrityError:  # the unique index: another process won
-                self._refuse_shadow(db, name)
-                raise
+            sid = insert_unique(db, "INSERT INTO shadows (name, version, share, started_at) VALUES (?, ?, ?, ?) "
+                                "RETURNING id", (name, version, share, now), lambda: self._refuse_shadow(db, name))
             ev = evidence_json({"shadow_id": sid, "version": version, "share": share})
             self._append(db, name, None, now, "shadow_start", "", ev)
             return self._shadow(db, name)
@@ -277,18 +273,16 @@ class RolloutStore(Feeds):
                                      f"at {s.share:g}%: stop it first")
 
     def _insert(self, db, values: tuple) -> int:
-        try:
-            return db.execute(f"INSERT INTO rollouts ({ROLLOUT.partition(', ')[2]}) VALUES "
-                              f"({', '.join('?' * len(values))})", values).lastrowid
-        except sqlite3.IntegrityError:  # the unique index: another process won
-            self._refuse_active(db, values[0])
-            raise
+        return insert_unique(db, f"INSERT INTO rollouts ({ROLLOUT.partition(', ')[2]}) VALUES "
+                             f"({', '.join('?' * len(values))}) RETURNING id", values,
+                             lambda: self._refuse_active(db, values[0]))
 
     def _append(self, db, name: str, rollout_id: Optional[int], at: float, action: str, reason: str,
                 evidence: str) -> int:
         assert action in EVENT_ACTIONS, action
         return db.execute("INSERT INTO rollout_events (name, rollout_id, at, action, reason, evidence) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (name, rollout_id, at, action, reason, evidence)).lastrowid
+                          "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                          (name, rollout_id, at, action, reason, evidence)).fetchall()[0][0]
 
     def _active(self, db, name: str) -> Optional[Rollout]:
         row = db.execute(f"SELECT {ROLLOUT} FROM rollouts WHERE name = ? AND status = 'canary'",

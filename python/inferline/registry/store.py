@@ -1,4 +1,4 @@
-"""Registry storage: version metadata in SQLite, immutable content-addressed artifacts.
+"""Registry storage: version metadata in SQLite or PostgreSQL, immutable content-addressed artifacts.
 
 Layout
 ------
@@ -10,12 +10,23 @@ A *local* repository (a directory path, or a ``file://`` URL) holds everything::
 A *remote* repository is any fsspec URL (``s3://bucket/prefix`` needs ``inferline[s3]``). The
 artifacts live under the URL itself (``URL/<name>/<sha256>/...``); the metadata is a local SQLite
 file: ``metadata_path`` if given, else ``$INFERLINE_REGISTRY_DB``, else
-``~/.inferline/registries/<sha256(URL)[:16]>.db``. There is one metadata file per repository, and
+``~/.inferline/registries/<sha256(URL)[:16]>.db``. There is one metadata store per repository, and
 it is the only owner of that repository's artifacts (``gc`` deletes packages that it does not
-reference), so do not point metadata files on two machines at one remote URL: sharing metadata
-across machines belongs to scale-out. S3 settings come from ``storage_options`` (passed to s3fs:
-``endpoint_url``, ``key``, ``secret``, ``config_kwargs``, ...), then ``$INFERLINE_S3_ENDPOINT_URL``,
-then botocore's usual ``AWS_*`` variables and files.
+reference), so do not point metadata files on two machines at one remote URL: machines that share a
+repository share its metadata in PostgreSQL instead (below). S3 settings come from
+``storage_options`` (passed to s3fs: ``endpoint_url``, ``key``, ``secret``, ``config_kwargs``, ...),
+then ``$INFERLINE_S3_ENDPOINT_URL``, then botocore's usual ``AWS_*`` variables and files.
+
+Metadata on PostgreSQL
+----------------------
+A ``metadata_path`` (or ``$INFERLINE_REGISTRY_DB``) of the form
+``postgresql://user:password@host:port/dbname`` (or ``postgres://``; psycopg 3, ``pip install
+'inferline[postgres]'``) keeps the metadata in that database instead of a file, with the same
+schema, rules and errors (``_postgres``), so that the servers and CLIs of many machines share one
+registry (its artifacts under one URL, e.g. ``s3://``). A PostgreSQL URL in
+``$INFERLINE_REGISTRY_DB`` applies to local repository directories too (their artifacts stay in
+``DIR/artifacts``); a file path there applies to remote repositories only. A database holds one
+registry. ``metadata_path`` and messages show the URL with its password masked.
 
 Packages
 --------
@@ -58,11 +69,14 @@ metadata file is migrated when it is opened.
 Concurrency
 -----------
 SQLite in WAL mode with a busy timeout: readers in any number of processes never block and see
-whole transactions; every write is one ``BEGIN IMMEDIATE`` transaction. One ``Registry`` object may
-be shared by the threads of a process (calls are serialised); open one per process (never share one
-across ``fork``). Calls block (disk, network): from async code, run them in a thread. Artifact
-deletion re-checks, under the write lock, that no version references the package, and
-``add_version`` checks the package under that lock, so the two cannot race.
+whole transactions; every write is one ``BEGIN IMMEDIATE`` transaction. On PostgreSQL the same
+holds across machines: reads are snapshots, and every write transaction first takes the database's
+registry lock (an advisory lock, waiting at most the busy timeout), so writers take turns exactly
+as SQLite's single writer does. One ``Registry`` object may be shared by the threads of a process
+(calls are serialised); open one per process (never share one across ``fork``). Calls block
+(disk, network): from async code, run them in a thread. Artifact deletion re-checks, under the
+write lock, that no version references the package, and ``add_version`` checks the package under
+that lock, so the two cannot race.
 """
 
 from __future__ import annotations
@@ -96,7 +110,8 @@ GC_MIN_AGE_S = 3600.0
 """``gc`` keeps unreferenced packages and temp files younger than this (a push may be running)."""
 
 class Registry:
-    """Versions of models: metadata in SQLite, immutable packages in a directory or object store.
+    """Versions of models: metadata in SQLite or PostgreSQL, immutable packages in a directory or
+    object store.
 
     Create one with ``Registry.open``; see the module docstring for the layout, states and
     concurrency rules. Every method raises ``inferline.errors`` classes naming the model, version
@@ -110,12 +125,12 @@ class Registry:
         """Internal: use ``Registry.open``."""
         self.repository = repository
         """The repository: an absolute directory path, or the URL without a trailing '/'."""
-        self.metadata_path = metadata_path
-        """The SQLite metadata file."""
         self.keep_versions = keep_versions
         """Versions kept per model by retention."""
         self._artifacts = artifacts
         self._meta = Metadata(metadata_path, repository, check_owner=not artifacts.local)
+        self.metadata_path = self._meta.path
+        """The SQLite metadata file, or the PostgreSQL URL with its password masked."""
         self._rollouts = RolloutStore(self._meta)
 
     @classmethod
@@ -128,13 +143,17 @@ class Registry:
         metadata in ``DIR/registry.db`` (unless ``metadata_path``), artifacts in ``DIR/artifacts/``.
         Any other fsspec URL (``s3://bucket/prefix``) is a remote repository: artifacts under the
         URL, metadata in ``metadata_path``, else ``$INFERLINE_REGISTRY_DB``, else
-        ``default_metadata_path(url)``. ``storage_options`` go to the fsspec filesystem (for s3:
-        ``endpoint_url``, ``key``, ``secret``, ``config_kwargs={"connect_timeout": ...}``);
-        ``$INFERLINE_S3_ENDPOINT_URL`` is the default s3 endpoint.
+        ``default_metadata_path(url)``. A ``postgresql://user:password@host:port/dbname`` URL as
+        ``metadata_path`` (or in ``$INFERLINE_REGISTRY_DB``, for local directories too) keeps the
+        metadata in that PostgreSQL database (see the module docstring). ``storage_options`` go
+        to the fsspec filesystem (for s3: ``endpoint_url``, ``key``, ``secret``,
+        ``config_kwargs={"connect_timeout": ...}``); ``$INFERLINE_S3_ENDPOINT_URL`` is the default
+        s3 endpoint.
 
         Raises InvalidArgument for a malformed repository or options, Unavailable when the
-        repository (bucket, endpoint) or the metadata file cannot be reached, FailedPrecondition
-        when a needed package (s3fs) is missing or the metadata belongs to another repository.
+        repository (bucket, endpoint) or the metadata (file or database) cannot be reached,
+        FailedPrecondition when a needed package (s3fs, psycopg) is missing or the metadata belongs
+        to another repository.
         """
         if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
             raise InvalidArgument(f"keep_versions: expected a positive integer, got {keep_versions!r}")
@@ -408,11 +427,12 @@ class Registry:
         record's sha256; any mismatch raises TamperedArtifact, a missing package or file
         ArtifactMissing. A local repository's package is verified in place and its directory
         returned (``dest_dir`` is ignored). A remote one is downloaded into ``dest_dir`` (default:
-        ``<metadata file>-cache/<name>/<sha256>``), keeping files already there that verify.
+        ``<metadata file>-cache/<name>/<sha256>``; with metadata on PostgreSQL, beside the default
+        metadata file, ``default_metadata_path(url)``), keeping files already there that verify.
         """
         name, sha = check_name(record.name, "name"), check_sha(record.sha256)
         dest = None
         if self.is_remote:
-            dest = os.path.abspath(dest_dir or os.path.join(
-                os.path.splitext(self.metadata_path)[0] + "-cache", name, sha))
+            local = self.metadata_path if self._meta.dialect == "sqlite" else default_metadata_path(self.repository)
+            dest = os.path.abspath(dest_dir or os.path.join(os.path.splitext(local)[0] + "-cache", name, sha))
         return self._artifacts.materialize(name, sha, record.where, dest)

@@ -28,6 +28,7 @@ FRONTENDS = ("native", "python")
 # INFERLINE_* variables read elsewhere (registry, build, tests): not server settings, not typos.
 OTHER_ENV = frozenset({
     "INFERLINE_REGISTRY_DB", "INFERLINE_S3_ENDPOINT_URL", "INFERLINE_REQUIRE_GPU", "INFERLINE_CI_VENV",
+    "INFERLINE_PG_BIN",
 })
 
 

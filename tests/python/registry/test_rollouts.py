@@ -16,7 +16,7 @@ from inferline import errors
 from inferline.registry import Registry, RolloutStore, VersionNotFound, _metadata
 from inferline.registry._records import MIGRATIONS, SCHEMA
 
-from store_helpers import push, versions
+from store_helpers import INTEGRITY_ERRORS, push, raw_sql, versions
 
 STEPS = (5, 10, 25, 50, 100)
 
@@ -130,11 +130,9 @@ def test_the_unique_index_refuses_a_second_active_rollout(reg, rs, monkeypatch):
     with pytest.raises(errors.FailedPrecondition, match="active rollout .* of version 2 .*promote or abort it first"):
         rs.begin("m", 3, steps=STEPS, interval_s=60)
     assert len(calls) == 2 and reg.get("m", 3).state == "staged"  # the whole transaction rolled back
-    db = sqlite3.connect(reg.metadata_path)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with raw_sql(reg) as db, pytest.raises(INTEGRITY_ERRORS, match="(?i)unique"):
         db.execute("INSERT INTO rollouts (name, version, steps, interval_s, hold, skip_gate, status, step, "
                    "step_started_at, started_at, reason) VALUES ('m', 3, '[5]', 1, 0, 0, 'canary', 0, 0, 0, '')")
-    db.close()
 
 
 def test_advance_is_compare_and_set(rs, clock):
@@ -241,19 +239,19 @@ def test_get_history_and_note(reg, src, rs):
 
 # ------------------------------------------------------------------------ several processes
 
-def _begin_worker(repo, version, barrier, out):
+def _begin_worker(repo, metadata, version, barrier, out):
     try:
-        reg = Registry.open(repo)
+        reg = Registry.open(repo, metadata)
         barrier.wait(60)
         out.put(("ok", reg.rollouts.begin("m", version, steps=STEPS, interval_s=60).version))
     except BaseException as e:  # reported to the test, which checks it
         out.put((type(e).__name__, str(e)))
 
 
-def test_two_processes_racing_begin_exactly_one_wins(reg, rs, tmp_path):
+def test_two_processes_racing_begin_exactly_one_wins(reg, rs, tmp_path, metadata):
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_begin_worker, args=(reg.repository, v, barrier, out)) for v in (2, 3)]
+    procs = [ctx.Process(target=_begin_worker, args=(reg.repository, metadata, v, barrier, out)) for v in (2, 3)]
     for p in procs:
         p.start()
     results = sorted([out.get(timeout=120) for _ in procs])
@@ -268,8 +266,8 @@ def test_two_processes_racing_begin_exactly_one_wins(reg, rs, tmp_path):
 
 # ---------------------------------------------------------------------------------- leases
 
-def test_leases_expire_and_can_be_taken_over(reg, rs, clock):
-    other = Registry.open(reg.repository)  # another process's view of the same file
+def test_leases_expire_and_can_be_taken_over(reg, rs, clock, metadata):
+    other = Registry.open(reg.repository, metadata)  # another process's view of the same metadata
     other.rollouts.clock = clock
     try:
         assert rs.lease("controller:m") is None
@@ -410,8 +408,8 @@ def test_the_unique_index_refuses_a_second_shadow(rs, monkeypatch):
     assert rs.shadows() == [first] and [e.action for e in rs.history("m")] == ["shadow_start"]
 
 
-def test_retention_keeps_the_versions_of_a_running_shadow_and_an_active_rollout(tmp_path, src):
-    with Registry.open(str(tmp_path / "repo"), keep_versions=2) as reg:
+def test_retention_keeps_the_versions_of_a_running_shadow_and_an_active_rollout(tmp_path, src, metadata):
+    with Registry.open(str(tmp_path / "repo"), metadata, keep_versions=2) as reg:
         for i in range(1, 4):
             push(reg, src, "m", b"w%d" % i)
         reg.rollouts.start_shadow("m", 2, 5)

@@ -1,5 +1,6 @@
-"""Registry storage: versions in SQLite, content-addressed packages in a directory, an fsspec
-memory filesystem, or S3 (a real moto server started on 127.0.0.1 by the fixture)."""
+"""Registry storage: versions in SQLite (and, through the ``reg`` and ``metadata`` fixtures, in
+PostgreSQL), content-addressed packages in a directory, an fsspec memory filesystem, or S3 (a real
+moto server started on 127.0.0.1 by the fixture)."""
 
 import hashlib
 import json
@@ -21,7 +22,7 @@ from inferline.registry import (ArtifactMissing, GcReport, Registry, TamperedArt
                                 default_metadata_path, package_sha256)
 from inferline.registry import _metadata, store
 
-from store_helpers import ENV, make_files, push, versions
+from store_helpers import ENV, INTEGRITY_ERRORS, make_files, push, raw_sql, versions
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -87,7 +88,7 @@ def test_promote_and_rollback_walk_the_live_history(reg, src):
         reg.rollback("m")
     reg.promote("m", 2)
     assert reg.rollback("m").version == 1
-    with sqlite3.connect(reg.metadata_path) as db:
+    with raw_sql(reg) as db:
         actions = [a for (a,) in db.execute("SELECT action FROM live_history ORDER BY seq")]
     assert actions == ["add", "promote", "promote", "rollback", "rollback", "promote", "rollback"]
 
@@ -133,9 +134,9 @@ def test_immutable_fields_are_enforced_by_the_database(reg, src):
     push(reg, src, "m", b"1")
     with pytest.raises(TypeError):
         reg.record_load("m", 1, runtime_env={"x": 1})
-    with sqlite3.connect(reg.metadata_path) as db:
+    with raw_sql(reg) as db:
         for column in ("sha256", "model_uri", "runtime_env", "config", "labels", "version"):
-            with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+            with pytest.raises(INTEGRITY_ERRORS, match="immutable"):
                 db.execute(f"UPDATE versions SET {column} = '1' WHERE name = 'm'")
         db.execute("UPDATE versions SET fallback_id = NULL WHERE name = 'm'")  # mutable
 
@@ -423,9 +424,9 @@ def test_memory_url_is_a_remote_repository(tmp_path, monkeypatch, src):
 
 # -------------------------------------------------------------------- several processes
 
-def _push_worker(repo, name, contents, barrier, out):
+def _push_worker(repo, metadata, name, contents, barrier, out):
     try:
-        reg = Registry.open(repo, keep_versions=100)
+        reg = Registry.open(repo, metadata, keep_versions=100)
         root = tempfile.mkdtemp()
         barrier.wait(60)
         out.put(sorted(push(reg, root, name, c.encode()).version for c in contents))
@@ -433,12 +434,12 @@ def _push_worker(repo, name, contents, barrier, out):
         out.put(f"{type(e).__name__}: {e}")
 
 
-def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path):
+def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path, metadata):
     repo = str(tmp_path / "repo")  # created by the workers, all at once
     ctx = mp.get_context("spawn")
     jobs = [("m", [f"p{i}-{j}" for j in range(3)]) for i in range(4)] + [("same", ["identical"])] * 2
     barrier, out = ctx.Barrier(len(jobs)), ctx.Queue()
-    procs = [ctx.Process(target=_push_worker, args=(repo, name, contents, barrier, out))
+    procs = [ctx.Process(target=_push_worker, args=(repo, metadata, name, contents, barrier, out))
              for name, contents in jobs]
     for p in procs:
         p.start()
@@ -448,14 +449,14 @@ def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path):
     assert not [r for r in results if isinstance(r, str)]
     assert sorted(v for r in results if len(r) == 3 for v in r) == list(range(1, 13))
     assert [r for r in results if len(r) == 1] == [[1], [1]]  # identical content: one version
-    with Registry.open(repo, keep_versions=100) as reg:
+    with Registry.open(repo, metadata, keep_versions=100) as reg:
         assert versions(reg, "m") == list(range(1, 13)) and versions(reg, "same") == [1]
 
 
-def _reader_worker(repo, ready, stop, out):
+def _reader_worker(repo, metadata, ready, stop, out):
     loops, seen, problems, sizes = 0, set(), [], [0]
     try:
-        reg = Registry.open(repo)
+        reg = Registry.open(repo, metadata)
         ready.set()
         while not stop.is_set() or loops == 0:
             loops += 1
@@ -480,12 +481,12 @@ def _reader_worker(repo, ready, stop, out):
     out.put((loops, sorted(seen), problems, sizes))
 
 
-def test_a_reader_process_never_sees_errors_or_partial_versions(tmp_path, src):
+def test_a_reader_process_never_sees_errors_or_partial_versions(tmp_path, src, metadata):
     repo = str(tmp_path / "repo")
-    reg = Registry.open(repo, keep_versions=100)
+    reg = Registry.open(repo, metadata, keep_versions=100)
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    reader = ctx.Process(target=_reader_worker, args=(repo, ready, stop, out))
+    reader = ctx.Process(target=_reader_worker, args=(repo, metadata, ready, stop, out))
     reader.start()
     assert ready.wait(60)
     for i in range(12):
