@@ -178,7 +178,8 @@ def test_stats_count_errors_and_time_the_stages(start):
     assert s["admission"]["adaptive"] is True and s["admission"]["admitted"] >= 2
     assert s["admission"]["refused"] == {"overload": 0, "deadline": 0, "lobby_expired": 0, "lobby_shed": 0,
                                          "lobby_timed_out": 0}
-    assert s["admission"]["lobby"] == {"size": 8 * 4096, "parked": 0, "admitted": 0, "cancelled": 0}
+    assert s["admission"]["lobby"] == {"size": 8 * 4096, "parked": 0, "held": 0, "admitted": 0,
+                                         "cancelled": 0}
     assert s["errors"] == {("grpc", "NOT_FOUND", "_unknown"): 1}
     decode, encode = s["stages"][("a", "1")]
     assert set(decode) == set(encode) == set(_core.StageHistogram().snapshot())
