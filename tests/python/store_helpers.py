@@ -34,6 +34,23 @@ def push(reg, root, name, content: bytes, **kw):
     return reg.add_version(name, sha, uri, **kw)
 
 
+def push_worker(repo, metadata, name, contents, barrier, out):
+    """A process that opens the registry at `repo` (metadata file or URL `metadata`), waits at
+    `barrier` and pushes each of `contents` as a version of `name`: puts the sorted versions it
+    got on `out`, or the error's text (the test fails on it)."""
+    import tempfile
+
+    from inferline.registry import Registry
+
+    try:
+        reg = Registry.open(repo, metadata, keep_versions=100)
+        root = tempfile.mkdtemp()
+        barrier.wait(60)
+        out.put(sorted(push(reg, root, name, c.encode()).version for c in contents))
+    except BaseException as e:  # reported to the test, which fails on it
+        out.put(f"{type(e).__name__}: {e}")
+
+
 def versions(reg, name):
     return [r.version for r in reg.list(name)]
 

@@ -9,7 +9,6 @@ error without psycopg.
 
 import multiprocessing as mp
 import sys
-import tempfile
 import time
 import uuid
 
@@ -21,7 +20,7 @@ from inferline.demo_models import demo_package_path
 from inferline.registry import Registry, _metadata, _postgres
 
 from pg_fixtures import PASSWORD, free_port, require_postgres
-from store_helpers import push, versions
+from store_helpers import push, push_worker, versions
 
 try:
     import psycopg
@@ -30,16 +29,6 @@ except ImportError:  # the tests that need it skip (fail under CI) through pg_ur
 
 
 # -------------------------------------------------------------------- several processes
-
-def _push_worker(repo, url, name, contents, barrier, out):
-    try:
-        reg = Registry.open(repo, url, keep_versions=100)
-        root = tempfile.mkdtemp()
-        barrier.wait(60)
-        out.put(sorted(push(reg, root, name, c.encode()).version for c in contents))
-    except BaseException as e:  # reported to the test, which fails on it
-        out.put(f"{type(e).__name__}: {e}")
-
 
 def _run_workers(target, args_list, timeout_s=120):
     ctx = mp.get_context("spawn")
@@ -57,7 +46,7 @@ def test_processes_racing_to_publish_get_distinct_versions_and_one_version_per_p
     repo = str(tmp_path / "repo")  # artifacts shared as a bucket would be; metadata in one database
     jobs = [(repo, pg_url, "m", [f"p{i}-{j}" for j in range(3)]) for i in range(4)]
     jobs += [(repo, pg_url, "same", ["identical"])] * 3  # the same package, published three times at once
-    results = _run_workers(_push_worker, jobs)
+    results = _run_workers(push_worker, jobs)
     assert not [r for r in results if isinstance(r, str)], results
     assert sorted(v for r in results if len(r) == 3 for v in r) == list(range(1, 13))
     assert [r for r in results if len(r) == 1] == [[1], [1], [1]]  # exactly one version was made

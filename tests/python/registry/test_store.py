@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from inferline.registry import (ArtifactMissing, GcReport, Registry, TamperedArt
                                 default_metadata_path, package_sha256)
 from inferline.registry import _metadata, store
 
-from store_helpers import ENV, INTEGRITY_ERRORS, make_files, push, raw_sql, versions
+from store_helpers import ENV, INTEGRITY_ERRORS, make_files, push, push_worker, raw_sql, versions
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -424,22 +423,12 @@ def test_memory_url_is_a_remote_repository(tmp_path, monkeypatch, src):
 
 # -------------------------------------------------------------------- several processes
 
-def _push_worker(repo, metadata, name, contents, barrier, out):
-    try:
-        reg = Registry.open(repo, metadata, keep_versions=100)
-        root = tempfile.mkdtemp()
-        barrier.wait(60)
-        out.put(sorted(push(reg, root, name, c.encode()).version for c in contents))
-    except BaseException as e:  # reported to the test, which fails on it
-        out.put(f"{type(e).__name__}: {e}")
-
-
 def test_concurrent_pushes_from_processes_get_distinct_versions(tmp_path, metadata):
     repo = str(tmp_path / "repo")  # created by the workers, all at once
     ctx = mp.get_context("spawn")
     jobs = [("m", [f"p{i}-{j}" for j in range(3)]) for i in range(4)] + [("same", ["identical"])] * 2
     barrier, out = ctx.Barrier(len(jobs)), ctx.Queue()
-    procs = [ctx.Process(target=_push_worker, args=(repo, metadata, name, contents, barrier, out))
+    procs = [ctx.Process(target=push_worker, args=(repo, metadata, name, contents, barrier, out))
              for name, contents in jobs]
     for p in procs:
         p.start()
