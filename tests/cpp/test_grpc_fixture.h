@@ -233,4 +233,16 @@ struct Frontend {
   }
 };
 
+// Loads "primary", which fails every request, and "backup", which answers; publishes primary's
+// policy with backup as its fallback; then starts the frontend.
+inline void StartPrimaryFallingBack(Frontend& f) {
+  f.Load("primary", 1).fail = true;
+  f.Load("backup", 1);
+  ModelPolicy p;
+  p.route = SingleVersionPolicy(1, 1);
+  p.route.fallback = {{"backup", 0}};
+  ASSERT_TRUE(f.router.Publish("primary", p).ok());
+  f.Start();
+}
+
 }  // namespace inferline::grpctest

@@ -218,13 +218,7 @@ TEST_F(GrpcUnaryTest, RoutingKeysPickTheSameVersionEveryTime) {
 
 TEST_F(GrpcUnaryTest, AFallbackAnswersWhenThePrimaryFails) {
   Frontend g;
-  g.Load("primary", 1).fail = true;
-  g.Load("backup", 1);
-  ModelPolicy p;
-  p.route = SingleVersionPolicy(1, 1);
-  p.route.fallback = {{"backup", 0}};
-  ASSERT_TRUE(g.router.Publish("primary", p).ok());
-  g.Start();
+  ASSERT_NO_FATAL_FAILURE(StartPrimaryFallingBack(g));
   ModelInferResponse resp;
   grpc::Status st = g.Infer(CalcRequest("primary", 2, true, "fb"), &resp);
   ASSERT_TRUE(st.ok()) << st.error_message();

@@ -12,17 +12,6 @@
 namespace inferline::grpctest {
 namespace {
 
-// "primary" fails every request; its policy falls back to "backup", which answers.
-void StartPrimaryFallingBack(Frontend& f) {
-  f.Load("primary", 1).fail = true;
-  f.Load("backup", 1);
-  ModelPolicy p;
-  p.route = SingleVersionPolicy(1, 1);
-  p.route.fallback = {{"backup", 0}};
-  ASSERT_TRUE(f.router.Publish("primary", p).ok());
-  f.Start();
-}
-
 GrpcLoadOptions Options(const Frontend& f, const std::string& model, bool direct) {
   GrpcLoadOptions o;
   o.target = "127.0.0.1:" + std::to_string(f.fe->port());
