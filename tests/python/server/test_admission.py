@@ -302,3 +302,14 @@ def test_while_it_refuses_the_native_frontends_threads_give_way_to_the_model(tmp
         refused = [str(a) for a in answers if a is not None]
         assert len(refused) == 3 and all("UNAVAILABLE] server overloaded: waited" in r for r in refused), refused
         wait_until(normal, timeout=5)  # a second after the last refusal
+
+
+def test_overload_sched_takes_batch_or_normal_and_says_so_otherwise():
+    from inferline.server.native import native_options
+    from inferline.server.settings import SettingsError
+
+    assert ServerSettings().overload_sched == "batch"
+    assert native_options(ServerSettings())["overload_batch_sched"] is True
+    assert native_options(ServerSettings(overload_sched="normal"))["overload_batch_sched"] is False
+    with pytest.raises(SettingsError, match="--overload-sched 'idle': 'batch' or 'normal'"):
+        ServerSettings(overload_sched="idle").check()
