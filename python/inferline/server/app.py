@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -105,7 +106,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
 
     engine = Engine(gpu_memory_budget=settings.gpu_memory_budget)
     router = Router(engine)  # the manager publishes routing snapshots to it; the data plane routes with it
-    manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router)
+    manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router,
+                           pin=settings.pinned())
     await manager.sync()
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     dataplane.inference_log = inferlog.for_server(settings, worker, manager.recorder)  # None when off
@@ -123,6 +125,8 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
         loop.add_signal_handler(sig, on_signal)
     if ready_message:
         _print_ready(settings, grpc_frontend.port, rest_frontend.port, control.port, manager, worker)
+    if settings.ready_file and worker == 0:
+        _write_ready_file(settings.ready_file, grpc_frontend.port, rest_frontend.port, control.port)
     poller = asyncio.create_task(dataplane.poll(stop))
     await stop.wait()
 
@@ -151,6 +155,15 @@ def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) 
     _say(f"inferline worker {worker} (pid {os.getpid()}): REST {scheme}://{settings.host}:{http_port}/v2  "
          f"gRPC {settings.host}:{grpc_port} ({settings.frontend or 'python'} frontend)  "
          f"health {scheme}://{settings.host}:{control_port}/v2/health  models ready: {served}")
+
+
+def _write_ready_file(path: str, grpc_port: int, http_port: int, control_port: int) -> None:
+    """The bound ports as JSON, written whole (a reader never sees half a file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"grpc_port": grpc_port, "http_port": http_port, "metrics_port": control_port,
+                   "pid": os.getpid()}, f)
+    os.replace(tmp, path)
 
 
 def _say(line: str) -> None:

@@ -117,6 +117,19 @@ class ServerSettings:
     inference_log_flush_s: float = _setting(60.0, "seconds between the inference log's writes: one file per "
                                                   "model and date each time (default 60)", flag="inference-log-flush")
 
+    pin: Optional[str] = _setting(
+        None, "serve only NAME:VERSION, as that model's route, whatever its state in the registry, without its "
+              "rollouts or fallbacks: one replica of a pool behind an inferline gateway (default: every live and "
+              "canary version)", metavar="NAME:VERSION")
+    ready_file: Optional[str] = _setting(
+        None, "once serving, write the bound ports and the pid to this file as JSON (written whole, by rename): "
+              "how a supervisor that asked for port 0 learns the ports", metavar="PATH")
+    ray: Optional[str] = _setting(
+        None, "gateway mode: the Ray cluster (an address such as 127.0.0.1:6379, or 'auto') whose inferline pools "
+              "(`inferline ray deploy`) answer the requests; this server applies the routing policy and forwards "
+              "each batch to a replica of the chosen version's pool instead of loading models itself",
+        metavar="ADDRESS")
+
     # ---- one source for flags and variables ---------------------------------
     @staticmethod
     def flag(f: dataclasses.Field) -> str:
@@ -183,8 +196,25 @@ class ServerSettings:
             raise SettingsError("--inference-log-retention-days and --hardware-log-retention-days: at least 1")
         if self.hardware_log_interval_s < 0 or not self.inference_log_flush_s > 0:
             raise SettingsError("--hardware-log-interval: 0 or more; --inference-log-flush: above 0")
+        if self.pin is not None:
+            self.pinned()  # raises when it does not parse
+            if self.ray:
+                raise SettingsError("--pin and --ray exclude each other: a pool replica is not a gateway")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("--tls-cert and --tls-key go together")
+
+    def pinned(self) -> Optional[tuple]:
+        """(name, version) of ``--pin``, or None."""
+        if self.pin is None:
+            return None
+        name, _, version = self.pin.rpartition(":")
+        try:
+            number = int(version)
+        except ValueError:
+            number = 0
+        if not name or number < 1:
+            raise SettingsError(f"--pin {self.pin!r}: expected NAME:VERSION, e.g. digits-mlp:1")
+        return name, number
 
     @property
     def tls(self) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import socket
@@ -50,8 +51,14 @@ PREDICTIONS_KEPT_S = 7 * 24 * 3600.0
 
 class ModelManager:
     def __init__(self, engine: Engine, repository: Optional[str] = None, poll_interval_s: float = 2.0,
-                 router: Optional[Router] = None):
+                 router: Optional[Router] = None, pin: Optional[tuple] = None, loader=None):
         self.engine = engine
+        self.pin = pin
+        """(name, version): serve that version only, as its model's route, whatever its registry state,
+        without rollouts or fallbacks (a pool replica behind a gateway); None: the registry's choice."""
+        self._load_version = loader or load_version
+        """``(engine, registry, record) -> (handle, LoadReport)``: how a wanted version is loaded (a
+        gateway loads a forwarder to the version's pool instead of the artifact)."""
         self.repository = repository
         self.poll_interval_s = poll_interval_s
         self.router = router if router is not None else Router(engine)
@@ -186,6 +193,8 @@ class ModelManager:
         if self._registry is None:
             self._registry = open_registry(self.repository)
         records = self._registry.list()
+        if self.pin is not None:
+            records = _pinned(records, self.pin)
         by_name: dict = {}
         for r in records:
             by_name.setdefault(r.name, []).append(r)
@@ -209,6 +218,8 @@ class ModelManager:
 
     def _read_rollouts(self) -> None:
         """The registry's active rollouts and shadows (kept as they were when it cannot answer)."""
+        if self.pin is not None:
+            return  # a pinned replica serves its one version; the gateway runs the rollout
         try:
             self._rollouts = {r.name: r for r in self._registry.rollouts.list_active()}
             self._shadows = {s.name: s for s in self._registry.rollouts.shadows()}
@@ -234,6 +245,8 @@ class ModelManager:
     def _after_publish(self) -> None:
         """Shares this process's view with the other workers and controllers, then lets this
         process's controller decide; a failure is logged and retried at the next poll."""
+        if self.pin is not None:
+            return  # the gateway in front of a pinned replica counts the traffic and runs the controller
         try:
             self.recorder.flush(self._registry, self.worker_id)
             minute = int(time.time() // 60)
@@ -335,7 +348,7 @@ class ModelManager:
         if failed and failed[0] == rec.sha256:
             return  # known to fail; not retried every poll
         try:
-            _, report = load_version(self.engine, self._registry, rec)
+            _, report = self._load_version(self.engine, self._registry, rec)
         except Exception as e:  # any failure: recorded, and the working version keeps serving
             with self._lock:
                 self._failed[(rec.name, rec.version)] = (rec.sha256, str(e))
@@ -344,6 +357,14 @@ class ModelManager:
         with self._lock:
             self._failed.pop((rec.name, rec.version), None)
         log.info("loaded %s:%s in %.2f s", rec.name, rec.version, report.model_load_time_s)
+
+
+def _pinned(records: list, pin: tuple) -> list:
+    """The pinned version alone, as its model's live version without a fallback, whatever its state (a
+    retired version keeps serving while a gateway drains its pool)."""
+    name, version = pin
+    return [dataclasses.replace(r, state="live", is_live=True, fallback_id=None)
+            for r in records if r.name == name and r.version == version]
 
 
 def core_policy(routes: ModelRoutes, policy, epoch: int, rollout=None) -> dict:
