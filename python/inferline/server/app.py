@@ -33,6 +33,7 @@ from typing import Optional
 from .. import inferlog
 from ..engine import Engine
 from ..errors import Unavailable
+from ..gateway import remote_loader
 from ..routing import Router
 from .dataplane import DataPlane
 from ..service.sync import ModelManager
@@ -106,8 +107,9 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
 
     engine = Engine(gpu_memory_budget=settings.gpu_memory_budget)
     router = Router(engine)  # the manager publishes routing snapshots to it; the data plane routes with it
+    pools = _gateway_pools(settings)  # None unless --ray: then versions are forwarders to their pools
     manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router,
-                           pin=settings.pinned())
+                           pin=settings.pinned(), loader=remote_loader(pools) if pools is not None else None)
     await manager.sync()
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     dataplane.inference_log = inferlog.for_server(settings, worker, manager.recorder)  # None when off
@@ -145,8 +147,18 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
         dataplane.inference_log.close()  # writes what is buffered
     manager.close()
     engine.close()  # answers anything still queued; on the loop thread (it detaches the loop's reader)
+    if pools is not None:
+        pools.close()
     _say(f"inferline worker {worker} (pid {os.getpid()}) stopped")
     return 0
+
+
+def _gateway_pools(settings: ServerSettings):
+    """The gateway's pools, kept in step with the replicas (``--ray``), or None for a plain server."""
+    if not settings.ray:
+        return None
+    from ..gateway import PoolSet, pool_source
+    return PoolSet(pool_source(settings.ray)).start()
 
 
 def _print_ready(settings, grpc_port, http_port, control_port, manager, worker) -> None:

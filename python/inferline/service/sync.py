@@ -36,6 +36,7 @@ from typing import Optional
 from ..config import CanaryConfig
 from ..engine import Engine, ModelHandle
 from ..errors import ModelNotFound
+from ..gateway.loader import LoadDeferred
 from ..models.service import load_version, open_registry
 from ..rollout.arms import arms as canary_arms, canary_chain, mirror_share, watches as make_watches
 from ..rollout.controller import Controller, thresholds
@@ -349,6 +350,9 @@ class ModelManager:
             return  # known to fail; not retried every poll
         try:
             _, report = self._load_version(self.engine, self._registry, rec)
+        except LoadDeferred as e:  # not a failure: tried again at the next poll
+            log.info("version %s:%s not loaded yet: %s", rec.name, rec.version, e)
+            return
         except Exception as e:  # any failure: recorded, and the working version keeps serving
             with self._lock:
                 self._failed[(rec.name, rec.version)] = (rec.sha256, str(e))
