@@ -1,0 +1,227 @@
+"""The gateway (`inferline serve --ray file:POOLS`) in front of real pinned replicas (`inferline serve --pin`).
+
+Every process is a real server on loopback; the pools come from a JSON file that the tests rewrite,
+the way the Ray directory changes as replicas come and go (tests/python/ray covers Ray itself)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_digits
+
+from inferline.demo_models import demo_package_path
+from inferline.models.service import open_registry, push
+
+from server_fixtures import ServerProcess, with_config
+
+ROWS = load_digits().data.astype(np.float32)[:32]
+
+
+class Replica:
+    """`inferline serve --pin NAME:VERSION` on ports it picks itself (--ready-file tells them)."""
+
+    def __init__(self, repo, pin: str):
+        self.dir = tempfile.mkdtemp(prefix="replica-")
+        ready = os.path.join(self.dir, "ready.json")
+        cmd = [sys.executable, "-m", "inferline", "serve", "--repository", str(repo), "--pin", pin,
+               "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--ready-file", ready,
+               "--drain-seconds", "0", "--inference-log", "off"]
+        with open(os.path.join(self.dir, "log"), "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.time() + 60
+        while not os.path.exists(ready):
+            assert self.proc.poll() is None, open(os.path.join(self.dir, "log")).read()
+            assert time.time() < deadline, "replica did not start"
+            time.sleep(0.05)
+        with open(ready) as f:
+            ports = json.load(f)
+        self.endpoint = f"127.0.0.1:{ports['grpc_port']}"
+        self.metrics_port = ports["metrics_port"]
+
+    def requests(self, model: str, version: int) -> float:
+        """Requests this replica answered for model:version (its own metrics)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "inferline_request_duration_seconds_count" and \
+                        s.labels == {"model": model, "version": str(version)}:
+                    total += s.value
+        return total
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def write_pools(path, pools: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({k: [r.endpoint for r in v] for k, v in pools.items()}, f)
+    os.replace(tmp, path)
+
+
+def infer(port: int, model: str, rows: np.ndarray, key=None):
+    """(logits, response parameters) of one request."""
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        x = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
+        x.set_data_from_numpy(rows)
+        result = client.infer(model, [x], parameters={"routing_key": key} if key is not None else None,
+                              client_timeout=10)
+        params = {k: v.string_param for k, v in result.get_response().parameters.items()}
+        return result.as_numpy("logits"), params
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / "repo"
+    registry = open_registry(str(path))
+    push(registry, demo_package_path("digits-logreg"))
+    push(registry, demo_package_path("digits-mlp"))  # falls back to digits-logreg
+    registry.close()
+    return path
+
+
+@pytest.fixture
+def cluster(repo, tmp_path):
+    """Starts replicas and a gateway on demand; stops them all at the end."""
+    started = []
+
+    class Cluster:
+        pools_file = str(tmp_path / "pools.json")
+        pools: dict = {}
+
+        def replica(self, pin: str) -> Replica:
+            r = Replica(repo, pin)
+            started.append(r)
+            return r
+
+        def publish(self, pools: dict) -> None:
+            self.pools = pools
+            write_pools(self.pools_file, pools)
+
+        def gateway(self) -> ServerProcess:
+            g = ServerProcess(repo, "--ray", f"file:{self.pools_file}", "--inference-log", "off")
+            started.append(g)
+            return g
+
+    yield Cluster()
+    for p in started:
+        p.stop()
+
+
+def test_answers_are_the_replicas_own_and_spread_over_the_pool(cluster):
+    a, b = cluster.replica("digits-logreg:1"), cluster.replica("digits-logreg:1")
+    cluster.publish({"digits-logreg:1": [a, b]})
+    gateway = cluster.gateway()
+    direct, _ = infer(int(a.endpoint.rsplit(":", 1)[1]), "digits-logreg", ROWS)
+    for n in (1, 5, 32):
+        via, params = infer(gateway.grpc, "digits-logreg", ROWS[:n])
+        assert np.array_equal(via, direct[:n])  # bit-identical, whatever the batch
+        assert "fallback_reason" not in params
+    for _ in range(40):
+        infer(gateway.grpc, "digits-logreg", ROWS[:1])
+    served = [a.requests("digits-logreg", 1), b.requests("digits-logreg", 1)]
+    assert min(served) >= 5, served  # both replicas take a share
+
+
+def test_a_replica_killed_under_load_loses_no_request(cluster):
+    a, b = cluster.replica("digits-logreg:1"), cluster.replica("digits-logreg:1")
+    cluster.publish({"digits-logreg:1": [a, b]})
+    gateway = cluster.gateway()
+    expected, _ = infer(gateway.grpc, "digits-logreg", ROWS)
+    outcomes, stop = [], threading.Event()
+
+    def load(i: int) -> None:
+        while not stop.is_set():
+            row = i % len(ROWS)
+            try:
+                got, _ = infer(gateway.grpc, "digits-logreg", ROWS[row:row + 1])
+                outcomes.append(np.array_equal(got, expected[row:row + 1]))
+            except Exception as e:  # counted, not raised: the assertion below names them
+                outcomes.append(repr(e))
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    before = len(outcomes)
+    a.kill()  # the directory still lists it: the gateway finds out by forwarding to it
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    failures = [o for o in outcomes if o is not True]
+    assert before > 20 and len(outcomes) > before + 20, (before, len(outcomes))
+    assert failures == [], failures[:5]
+
+
+def test_a_pool_without_replicas_falls_back_then_serves_once_one_reports(cluster):
+    logreg = cluster.replica("digits-logreg:1")
+    cluster.publish({"digits-logreg:1": [logreg]})
+    gateway = cluster.gateway()
+    stable, _ = infer(gateway.grpc, "digits-logreg", ROWS[:4])
+    got, params = infer(gateway.grpc, "digits-mlp", ROWS[:4])  # no mlp pool: its fallback answers
+    assert np.array_equal(got, stable) and params.get("fallback_reason") == "unavailable", params
+    mlp = cluster.replica("digits-mlp:1")
+    cluster.publish({"digits-logreg:1": [logreg], "digits-mlp:1": [mlp]})
+    own, _ = infer(int(mlp.endpoint.rsplit(":", 1)[1]), "digits-mlp", ROWS[:4])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        got, params = infer(gateway.grpc, "digits-mlp", ROWS[:4])
+        if "fallback_reason" not in params:
+            break
+        time.sleep(0.2)
+    assert np.array_equal(got, own) and not np.array_equal(own, stable)
+
+
+def test_the_canary_split_follows_the_key_and_a_lost_canary_pool_answers_from_stable(cluster, repo, tmp_path):
+    mlp = shutil.copytree(demo_package_path("digits-mlp"), tmp_path / "mlp")
+    with_config(str(mlp), name="digits-logreg", fallback=None)
+    registry = open_registry(str(repo))
+    push(registry, str(mlp), name="digits-logreg", live=False)  # version 2: another model's weights
+    registry.rollouts.begin("digits-logreg", 2, steps=[50], interval_s=3600, hold=True)
+    registry.close()
+    stable, canary = cluster.replica("digits-logreg:1"), cluster.replica("digits-logreg:2")
+    cluster.publish({"digits-logreg:1": [stable], "digits-logreg:2": [canary]})
+    gateway = cluster.gateway()
+    v1, _ = infer(int(stable.endpoint.rsplit(":", 1)[1]), "digits-logreg", ROWS[:1])
+    v2, _ = infer(int(canary.endpoint.rsplit(":", 1)[1]), "digits-logreg", ROWS[:1])
+    assert not np.array_equal(v1, v2)
+    deadline = time.time() + 20
+    while time.time() < deadline:  # the gateway loads the canary's forwarder at its next poll
+        arms = {k: infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")[0] for k in range(24)}
+        on_canary = [k for k, got in arms.items() if np.array_equal(got, v2)]
+        if on_canary:
+            break
+        time.sleep(0.2)
+    assert 0 < len(on_canary) < 24, on_canary
+    again = {k: infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")[0] for k in range(24)}
+    assert [k for k, got in again.items() if np.array_equal(got, v2)] == on_canary  # sticky
+    canary.kill()
+    for k in on_canary:  # the canary's chain starts with stable: answered there, and marked
+        got, params = infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")
+        assert np.array_equal(got, v1) and params.get("fallback_reason"), params
