@@ -76,8 +76,12 @@ class Pool:
         self._lock = threading.Lock()
         self._replicas: Dict[str, _Replica] = {}
         self._turn = itertools.count()
+        self.forwards = 0
+        """Forwards sent (a retried batch counts twice)."""
         self.retries = 0
         """Batches sent a second time, to another replica."""
+        self.failures = 0
+        """Batches no replica answered (the core's fallback chain took them)."""
 
     # ---- endpoints (the refresh thread) -------------------------------------
     def set_endpoints(self, endpoints: Iterable[str]) -> None:
@@ -122,6 +126,7 @@ class Pool:
         while True:
             replica = self._take(tried)
             if replica is None:
+                self._count_failure()
                 if tried:
                     raise ReplicaFailed(f"pool {pool_name(self.name, self.version)}: no other replica to retry on "
                                         f"after {tried[-1]} failed")
@@ -133,8 +138,10 @@ class Pool:
                 self._give_back(replica, failed=code in RETRY_CODES)
                 if code in RETRY_CODES and not tried and deadline - time.monotonic() > 0.005:
                     tried.append(replica.endpoint)
-                    self.retries += 1
+                    with self._lock:
+                        self.retries += 1
                     continue
+                self._count_failure()
                 raise ReplicaFailed(f"pool {pool_name(self.name, self.version)}: replica {replica.endpoint}: "
                                     f"{code.name}: {e.details()}") from None
             self._give_back(replica, failed=False)
@@ -152,7 +159,21 @@ class Pool:
             replica = tied[next(self._turn) % len(tied)]
             replica.inflight += 1
             replica.forwards += 1
+            self.forwards += 1
             return replica
+
+    def _count_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+
+    def stats(self) -> dict:
+        """Counters and the replicas' state, for the metrics endpoint."""
+        now = time.monotonic()
+        with self._lock:
+            down = sum(r.down_until > now for r in self._replicas.values())
+            return {"replicas_up": len(self._replicas) - down, "replicas_down": down, "forwards": self.forwards,
+                    "retries": self.retries, "failures": self.failures,
+                    "inflight": sum(r.inflight for r in self._replicas.values())}
 
     def _give_back(self, replica: _Replica, failed: bool) -> None:
         with self._lock:

@@ -110,6 +110,7 @@ async def run_worker(settings: ServerSettings, worker: int = 0, ready_message: b
     pools = _gateway_pools(settings)  # None unless --ray: then versions are forwarders to their pools
     manager = ModelManager(engine, settings.repository, settings.poll_interval_s, router=router,
                            pin=settings.pinned(), loader=remote_loader(pools) if pools is not None else None)
+    manager.pools = pools  # the metrics endpoint reports them
     await manager.sync()
     dataplane = DataPlane.for_settings(manager, settings, router=router)
     dataplane.inference_log = inferlog.for_server(settings, worker, manager.recorder)  # None when off

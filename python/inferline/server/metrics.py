@@ -144,6 +144,16 @@ def _families() -> dict:
         "frontend's admission lobby (held: the hopeless among them, answered just before their deadline).",
         labels=("state",))
     add("inferline_admission_lobby_admitted", "counter", "Inference requests admitted from the lobby.", labels=())
+    add("inferline_gateway_replicas", "gauge", "Gateway (serve --ray): replicas of each pool it knows, by state "
+        "(down: set aside after a failed forward).", labels=("pool", "state"), combine="max")
+    add("inferline_gateway_forwards", "counter", "Gateway: batches forwarded to a pool's replicas (a retried "
+        "batch counts twice).", labels=("pool",))
+    add("inferline_gateway_retries", "counter", "Gateway: batches sent again to another replica after the first "
+        "failed (UNAVAILABLE, RESOURCE_EXHAUSTED).", labels=("pool",))
+    add("inferline_gateway_forward_failures", "counter", "Gateway: batches no replica of the pool answered (the "
+        "fallback chain took them).", labels=("pool",))
+    add("inferline_gateway_forwards_in_flight", "gauge", "Gateway: forwards awaiting a replica's answer.",
+        labels=("pool",), combine="sum")
     add("inferline_canary_weight_percent", "gauge", "The canary version's share of the model's traffic (%).",
         combine="max")
     for what in ("requests", "errors"):
@@ -189,6 +199,7 @@ class CoreMetrics:
         f["inferline_admission_lobby_requests"].add(("held",), lobby["held"])
         f["inferline_admission_lobby_admitted"].add((), lobby["admitted"])
         self._canary(f)
+        self._gateway(f)
         out = [fam for fam in f.values() if fam.series or fam.kind != "gauge"]
         if self._dp.inference_log is not None:
             out += _inference_log(self._dp.inference_log.stats())
@@ -196,6 +207,19 @@ class CoreMetrics:
         if self._gpu is not None:
             out += self._gpu.families()
         return out
+
+    def _gateway(self, f: dict) -> None:
+        pools = getattr(self._dp.models, "pools", None)
+        if pools is None:
+            return
+        for key, pool in sorted(pools.pools().items()):
+            st = pool.stats()
+            f["inferline_gateway_replicas"].add((key, "up"), st["replicas_up"])
+            f["inferline_gateway_replicas"].add((key, "down"), st["replicas_down"])
+            f["inferline_gateway_forwards"].add((key,), st["forwards"])
+            f["inferline_gateway_retries"].add((key,), st["retries"])
+            f["inferline_gateway_forward_failures"].add((key,), st["failures"])
+            f["inferline_gateway_forwards_in_flight"].add((key,), st["inflight"])
 
     def _version(self, f: dict, key: tuple, s: dict) -> None:
         for fam, hist in (("request", "end_to_end_us"), ("queue", "queue_us"), ("compute", "compute_us")):

@@ -28,6 +28,14 @@ from server_fixtures import ServerProcess, with_config
 ROWS = load_digits().data.astype(np.float32)[:32]
 
 
+def metrics(port: int) -> dict:
+    """{(sample name, sorted label items): value} of one scrape."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 class Replica:
     """`inferline serve --pin NAME:VERSION` on ports it picks itself (--ready-file tells them)."""
 
@@ -51,15 +59,8 @@ class Replica:
 
     def requests(self, model: str, version: int) -> float:
         """Requests this replica answered for model:version (its own metrics)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as r:
-            text = r.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == "inferline_request_duration_seconds_count" and \
-                        s.labels == {"model": model, "version": str(version)}:
-                    total += s.value
-        return total
+        key = ("inferline_request_duration_seconds_count", (("model", model), ("version", str(version))))
+        return metrics(self.metrics_port).get(key, 0.0)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -177,6 +178,11 @@ def test_a_replica_killed_under_load_loses_no_request(cluster):
     failures = [o for o in outcomes if o is not True]
     assert before > 20 and len(outcomes) > before + 20, (before, len(outcomes))
     assert failures == [], failures[:5]
+    seen = metrics(gateway.control)
+    assert seen[("inferline_gateway_retries_total", (("pool", "digits-logreg:1"),))] >= 1
+    assert seen[("inferline_gateway_forward_failures_total", (("pool", "digits-logreg:1"),))] == 0
+    assert sum(seen[("inferline_gateway_replicas", (("pool", "digits-logreg:1"), ("state", s)))]
+               for s in ("up", "down")) == 2  # the file still lists the dead one: set aside, retried later
 
 
 def test_a_pool_without_replicas_falls_back_then_serves_once_one_reports(cluster):
