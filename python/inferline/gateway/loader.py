@@ -16,7 +16,7 @@ import time
 
 from ..backends.python import PythonBackend
 from ..config import GpuConfig, ModelConfig
-from ..errors import InvalidArgument, Unavailable
+from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..models.loader import LoadReport
 from ..models.package import CONFIG_KEYS
 from .pools import PoolSet, pool_name
@@ -68,18 +68,26 @@ def file_source(path: str):
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise InvalidArgument(f"{path}: expected {{\"name:version\": [\"host:port\", ...]}}")
         return data
-    source()  # a missing or broken file is a startup error, not a warning
+    try:
+        source()  # a missing or broken file is a startup error, not a warning
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"--ray file:{path}: {e}") from None
     return source
 
 
 def ray_source(address: str, timeout_s: float = 2.0):
     """A ``PoolSet`` source reading the Ray directory that the replicas report to."""
-    import ray
+    try:
+        import ray
 
-    from ..ray import directory as ray_directory
-
-    ray_directory.connect(address)
-    handle = ray_directory.directory()
+        from ..ray import directory as ray_directory
+    except ImportError as e:
+        raise FailedPrecondition(f"--ray {address}: Ray is not installed ({e}): pip install 'inferline[ray]'") from None
+    try:
+        ray_directory.connect(address)
+        handle = ray_directory.directory()
+    except Exception as e:
+        raise Unavailable(f"--ray {address}: cannot reach the Ray cluster: {str(e).splitlines()[0]}") from None
 
     def source():
         entries = ray.get(handle.endpoints.remote(), timeout=timeout_s)

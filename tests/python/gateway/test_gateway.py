@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 
-from server_fixtures import ServerProcess, with_config
+from server_fixtures import ServerProcess, serve_once, with_config
 
 ROWS = load_digits().data.astype(np.float32)[:32]
 
@@ -231,3 +231,11 @@ def test_the_canary_split_follows_the_key_and_a_lost_canary_pool_answers_from_st
     for k in on_canary:  # the canary's chain starts with stable: answered there, and marked
         got, params = infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")
         assert np.array_equal(got, v1) and params.get("fallback_reason"), params
+
+
+def test_a_missing_or_malformed_pools_file_is_a_one_line_error(repo, tmp_path):
+    bad = tmp_path / "pools.json"
+    bad.write_text('["127.0.0.1:1"]')
+    for source, says in ((tmp_path / "missing.json", "No such file"), (bad, 'expected {"name:version"')):
+        out = serve_once(repo, "--ray", f"file:{source}", "--grpc-port", "0", "--http-port", "0")
+        assert out.returncode != 0 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
