@@ -227,6 +227,14 @@ def test_the_canary_split_follows_the_key_and_a_lost_canary_pool_answers_from_st
     assert 0 < len(on_canary) < 24, on_canary
     again = {k: infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")[0] for k in range(24)}
     assert [k for k, got in again.items() if np.array_equal(got, v2)] == on_canary  # sticky
+    beside = cluster.gateway()  # a second gateway, as behind a TCP balancer: the same key, the same arm
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        other = {k: infer(beside.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")[0] for k in range(24)}
+        if [k for k, got in other.items() if np.array_equal(got, v2)] == on_canary:
+            break
+        time.sleep(0.2)
+    assert [k for k, got in other.items() if np.array_equal(got, v2)] == on_canary
     canary.kill()
     for k in on_canary:  # the canary's chain starts with stable: answered there, and marked
         got, params = infer(gateway.grpc, "digits-logreg", ROWS[:1], key=f"user-{k}")
