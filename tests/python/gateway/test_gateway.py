@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 
-from server_fixtures import ServerProcess, serve_once, with_config
+from server_fixtures import ServerProcess, free_port, serve_once, with_config
 
 ROWS = load_digits().data.astype(np.float32)[:32]
 
@@ -124,8 +124,8 @@ def cluster(repo, tmp_path):
             self.pools = pools
             write_pools(self.pools_file, pools)
 
-        def gateway(self) -> ServerProcess:
-            g = ServerProcess(repo, "--ray", f"file:{self.pools_file}", "--inference-log", "off")
+        def gateway(self, ports=None) -> ServerProcess:
+            g = ServerProcess(repo, "--ray", f"file:{self.pools_file}", "--inference-log", "off", ports=ports)
             started.append(g)
             return g
 
@@ -247,3 +247,27 @@ def test_a_missing_or_malformed_pools_file_is_a_one_line_error(repo, tmp_path):
     for source, says in ((tmp_path / "missing.json", "No such file"), (bad, 'expected {"name:version"')):
         out = serve_once(repo, "--ray", f"file:{source}", "--grpc-port", "0", "--http-port", "0")
         assert out.returncode != 0 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_clients_of_a_killed_gateway_recover_when_it_is_back(cluster):
+    replica = cluster.replica("digits-logreg:1")
+    cluster.publish({"digits-logreg:1": [replica]})
+    ports = (free_port(), free_port())
+    gateway = cluster.gateway(ports=ports)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}")  # one channel, kept throughout
+    x = grpcclient.InferInput("pixels", [1, 64], "FP32")
+    x.set_data_from_numpy(ROWS[:1])
+    expected = client.infer("digits-logreg", [x]).as_numpy("logits")
+    gateway.proc.kill()
+    gateway.proc.wait(10)
+    with pytest.raises(Exception, match="UNAVAILABLE|unavailable|failed to connect|Connection refused"):
+        client.infer("digits-logreg", [x], client_timeout=2)
+    cluster.gateway(ports=ports)  # the same ports, as a restarted pod would have
+    deadline, got = time.time() + 30, None
+    while time.time() < deadline and got is None:
+        try:
+            got = client.infer("digits-logreg", [x], client_timeout=2).as_numpy("logits")
+        except Exception:
+            time.sleep(0.1)
+    client.close()
+    assert got is not None and np.array_equal(got, expected)
