@@ -86,6 +86,11 @@ class Unavailable(InferlineError):
     http_status = 503
 
 
+class LoadDeferred(Unavailable):
+    """A version cannot take traffic yet, and is no failure (a gateway's version whose pool has no
+    replica yet): the model manager tries it again at its next poll."""
+
+
 # gRPC numeric codes -> classes (the core's StatusCode uses the same numbers).
 _BY_CODE = {
     1: Cancelled,

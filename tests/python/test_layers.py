@@ -20,6 +20,7 @@ LEVELS = {
     "models": 4, "routing": 4, "demo": 4,
     "observability": 5, "rollout": 5, "inferlog": 5,
     "service": 6,
+    "ray": 6.5,  # pools on a Ray cluster (`inferline ray`); the gateway (server/gateway) reads their directory
     "server": 7,
     "loadgen": 7.5,  # a client of the server's wire format (server.proto); used by the CLI's `bench`
     "report": 7.5,  # a client of the server's outputs (metrics text, Prometheus, log files): `stats`, `report`

@@ -33,7 +33,7 @@ from typing import Optional
 from .. import inferlog
 from ..engine import Engine
 from ..errors import Unavailable
-from ..gateway import remote_loader
+from .gateway import remote_loader
 from ..routing import Router
 from .dataplane import DataPlane
 from ..service.sync import ModelManager
@@ -158,7 +158,7 @@ def _gateway_pools(settings: ServerSettings):
     """The gateway's pools, kept in step with the replicas (``--ray``), or None for a plain server."""
     if not settings.ray:
         return None
-    from ..gateway import PoolSet, pool_source
+    from .gateway import PoolSet, pool_source
     return PoolSet(pool_source(settings.ray)).start()
 
 

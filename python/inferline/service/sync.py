@@ -35,8 +35,7 @@ from typing import Optional
 
 from ..config import CanaryConfig
 from ..engine import Engine, ModelHandle
-from ..errors import ModelNotFound
-from ..gateway.loader import LoadDeferred
+from ..errors import LoadDeferred, ModelNotFound
 from ..models.service import load_version, open_registry
 from ..rollout.arms import arms as canary_arms, canary_chain, mirror_share, watches as make_watches
 from ..rollout.controller import Controller, thresholds

@@ -31,9 +31,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 import grpc
 import numpy as np
 
-from ..errors import Unavailable
-from ..server.codec import KSERVE_TO_NUMPY, kserve_datatype
-from ..server.proto import inference_pb2
+from ...errors import Unavailable
+from ..codec import KSERVE_TO_NUMPY, kserve_datatype
+from ..proto import inference_pb2
 
 log = logging.getLogger("inferline.gateway")
 

@@ -14,19 +14,15 @@ import dataclasses
 import json
 import time
 
-from ..backends.python import PythonBackend
-from ..config import GpuConfig, ModelConfig
-from ..errors import FailedPrecondition, InvalidArgument, Unavailable
-from ..models.loader import LoadReport
-from ..models.package import CONFIG_KEYS
+from ...backends.python import PythonBackend
+from ...config import GpuConfig, ModelConfig
+from ...errors import FailedPrecondition, InvalidArgument, LoadDeferred, Unavailable
+from ...models.loader import LoadReport
+from ...models.package import CONFIG_KEYS
 from .pools import PoolSet, pool_name
 
 FORWARD_INSTANCES = 8
 """Forwards one version may have in flight from this gateway (each carries a whole batch)."""
-
-
-class LoadDeferred(Unavailable):
-    """The version cannot take traffic yet (its pool has no replica); try again later."""
 
 
 def gateway_config(record) -> ModelConfig:
@@ -80,7 +76,7 @@ def ray_source(address: str, timeout_s: float = 2.0):
     try:
         import ray
 
-        from ..ray import directory as ray_directory
+        from ...ray import directory as ray_directory
     except ImportError as e:
         raise FailedPrecondition(f"--ray {address}: Ray is not installed ({e}): pip install 'inferline[ray]'") from None
     try:

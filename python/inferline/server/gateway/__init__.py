@@ -7,7 +7,7 @@ as for any model and hands each batch to a replica. Ray Serve places, restarts a
 replicas (``inferline.ray``); no request passes through Ray.
 """
 
-from .loader import LoadDeferred, file_source, pool_source, ray_source, remote_loader
+from .loader import file_source, pool_source, ray_source, remote_loader
 from .pools import Pool, PoolSet, ReplicaFailed, pool_name
 
-__all__ = ["LoadDeferred", "Pool", "PoolSet", "ReplicaFailed", "pool_name", "file_source", "pool_source", "ray_source", "remote_loader"]
+__all__ = ["Pool", "PoolSet", "ReplicaFailed", "pool_name", "file_source", "pool_source", "ray_source", "remote_loader"]
