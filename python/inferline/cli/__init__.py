@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
     from .logs import add_parser as add_logs
     from .models import add_parser as add_models
+    from .ray import add_parser as add_ray
     from .rollouts import add_parser as add_rollouts
     from .report import add_parser as add_report
     from .serve import add_parser as add_serve
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_logs(sub)
     add_models(sub)
+    add_ray(sub)
     add_rollouts(sub)
     add_report(sub)
     add_serve(sub)

@@ -129,7 +129,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.accepting
+        """Accepting, and for a pinned server (``--pin``, a pool replica) serving its one version."""
+        pin = getattr(self.models, "pin", None)
+        return self.accepting and (pin is None or self.models.ready(pin[0], str(pin[1])))
 
     def server_metadata(self) -> dict:
         return {"name": self.name, "version": __version__, "extensions": list(EXTENSIONS)}

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -271,3 +272,31 @@ def test_clients_of_a_killed_gateway_recover_when_it_is_back(cluster):
             time.sleep(0.1)
     client.close()
     assert got is not None and np.array_equal(got, expected)
+
+
+def test_a_pinned_server_serves_its_version_whatever_its_state_and_is_ready_only_with_it(repo, tmp_path):
+    mlp = shutil.copytree(demo_package_path("digits-mlp"), tmp_path / "mlp")
+    with_config(str(mlp), name="digits-logreg", fallback=None)
+    registry = open_registry(str(repo))
+    assert push(registry, str(mlp), name="digits-logreg", live=False).state == "staged"  # version 2
+    registry.close()
+    staged, missing = Replica(repo, "digits-logreg:2"), Replica(repo, "digits-logreg:9")
+    try:
+        own, params = infer(int(staged.endpoint.rsplit(":", 1)[1]), "digits-logreg", ROWS[:2])
+        live = ServerProcess(repo, "--inference-log", "off")
+        try:
+            served, _ = infer(live.grpc, "digits-logreg", ROWS[:2])
+        finally:
+            live.stop()
+        assert not np.array_equal(own, served) and "fallback_reason" not in params  # v2, not the live v1
+        for replica, status in ((staged, 200), (missing, 503)):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/v2/health/ready",
+                                            timeout=10) as r:
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+            assert code == status, (replica.endpoint, code)
+    finally:
+        staged.stop()
+        missing.stop()
