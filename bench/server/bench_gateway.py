@@ -6,7 +6,10 @@ Three set-ups, each served from the same registry (digits-mlp, single-row gRPC r
 alternately ``--rounds`` times in the same run (this machine is shared and noisy):
   - direct:      one `inferline serve --pin digits-mlp:1` (a replica, alone): the baseline;
   - gateway->1:  `inferline serve --ray file:POOLS` forwarding to one such replica;
-  - gateway->2:  the same gateway in front of two replicas.
+  - gateway->2:  the same gateway in front of two replicas;
+  - ray:gw->2:   with ``--ray``, also a gateway (`inferline serve --ray ADDRESS`) in front of a pool of two
+                 replicas that `inferline ray deploy` runs on a local Ray cluster started for the run: each
+                 replica its own Ray worker process with its `inferline serve --pin` child.
 Per set-up: saturation (closed loop, ``--procs`` client processes x ``--concurrency`` calls) in
 requests/s, then one open-loop rate (``--rate-share`` of the first direct saturation) with p50/p99
 latency and the CPU each process spent per request there (/proc: gateway, replicas). The summary
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,10 +50,11 @@ def start_replica(repo: str, pin: str):
     return proc
 
 
-def start_gateway(repo: str, pools_file: str):
+def start_gateway(repo: str, pools: str, ray: bool = False):
+    """`pools`: a pools file, or with `ray` the cluster's address."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "inferline", "serve", "--repository", repo, "--ray",
-                             f"file:{pools_file}", "--grpc-port", str(port), "--http-port", str(free_port()),
+                             pools if ray else f"file:{pools}", "--grpc-port", str(port), "--http-port", str(free_port()),
                              "--metrics-port", str(free_port()), "--drain-seconds", "0", "--inference-log", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -58,6 +64,51 @@ def start_gateway(repo: str, pools_file: str):
             break
     proc.grpc_port = port
     return proc
+
+
+class RayHead:
+    """A private local Ray cluster for the run (own ports, temp dir and auth token)."""
+
+    def __init__(self):
+        import secrets
+        self.tmp = tempfile.mkdtemp(prefix="ilbench-ray-", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        self.proc = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus", "8", "--port", str(self.port),
+                                      "--disable-usage-stats", "--include-dashboard=false",
+                                      "--temp-dir", os.path.join(self.tmp, "t")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("ray start failed")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        import ray
+        if ray.is_initialized():
+            from ray import serve
+            serve.shutdown()
+            ray.shutdown()
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def ray_gateway(repo: str, head: RayHead):
+    """A pool of 2 digits-mlp replicas on the cluster and a gateway reading its directory."""
+    from inferline.ray.deploy import deploy
+    deploy(repo, head.address, replicas=2, wait_ready_s=120, grace_s=1)
+    return start_gateway(repo, head.address, ray=True)
 
 
 def stop(procs) -> None:
@@ -83,6 +134,51 @@ def measure(name: str, front, processes: dict, args, rate: float) -> dict:
     return row
 
 
+def run_setup(setup: str, repo: str, pools_file: str, head, args, rows: list, rate):
+    """Measures one set-up (appending its row); returns the open-loop rate (set by the first direct run)."""
+    if setup == "ray:gw->2":
+        front = ray_gateway(repo, head)
+        replicas, procs = [], [front]
+    else:
+        replicas = [start_replica(repo, "digits-mlp:1") for _ in range(2 if setup == "gateway->2" else 1)]
+        procs = list(replicas)
+    try:
+        if setup == "direct":
+            front, processes = replicas[0], {"replica": replicas[0]}
+        elif setup == "ray:gw->2":
+            processes = {"gateway": front, **ray_replica_processes()}
+        else:
+            with open(pools_file, "w") as f:
+                json.dump({"digits-mlp:1": [f"127.0.0.1:{r.grpc_port}" for r in replicas]}, f)
+            front = start_gateway(repo, pools_file)
+            procs.append(front)
+            processes = {"gateway": front, **{f"replica{i}": r for i, r in enumerate(replicas)}}
+        if rate is None:  # the first direct saturation sets the open-loop rate for all
+            probe = load(front.grpc_port, "unary", args.procs, args.concurrency, None, args.seconds)
+            rate = round(probe["rps"] * args.rate_share)
+        rows.append(measure(setup, front, processes, args, rate))
+    finally:
+        stop(procs)
+        if setup == "ray:gw->2":  # the pool goes too: its idle replicas would be noise in the next runs
+            from ray import serve
+            from inferline.ray.directory import app_name
+            serve.delete(app_name("digits-mlp", 1))
+    return rate
+
+
+class _Pid:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+
+def ray_replica_processes() -> dict:
+    """The Ray worker processes of the pool's replicas (their `inferline serve` children included)."""
+    import ray
+    from inferline.ray.directory import directory
+    listed = ray.get(directory().endpoints.remote()).get("digits-mlp:1", [])
+    return {f"replica{i}": _Pid(e["load"]["pid"]) for i, e in enumerate(listed)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -91,6 +187,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight per client process (saturation)")
     ap.add_argument("--rate-share", type=float, default=0.4,
                     help="open-loop rate, as a share of the first direct saturation (default 0.4)")
+    ap.add_argument("--ray", action="store_true",
+                    help="also a gateway in front of 2 replicas run by Ray Serve on a local cluster")
     args = ap.parse_args()
     from inferline.demo_models import demo_package_path
     from inferline.models.service import open_registry, push
@@ -102,30 +200,20 @@ def main() -> int:
     registry.close()
     pools_file = os.path.join(repo, "pools.json")
     rows, rate = [], None
-    for _ in range(args.rounds):
-        for setup in ("direct", "gateway->1", "gateway->2"):
-            replicas = [start_replica(repo, "digits-mlp:1") for _ in range(2 if setup == "gateway->2" else 1)]
-            procs = list(replicas)
-            try:
-                if setup == "direct":
-                    front, processes = replicas[0], {"replica": replicas[0]}
-                else:
-                    with open(pools_file, "w") as f:
-                        json.dump({"digits-mlp:1": [f"127.0.0.1:{r.grpc_port}" for r in replicas]}, f)
-                    front = start_gateway(repo, pools_file)
-                    procs.append(front)
-                    processes = {"gateway": front, **{f"replica{i}": r for i, r in enumerate(replicas)}}
-                if rate is None:  # the first direct saturation sets the open-loop rate for all
-                    probe = load(front.grpc_port, "unary", args.procs, args.concurrency, None, args.seconds)
-                    rate = round(probe["rps"] * args.rate_share)
-                rows.append(measure(setup, front, processes, args, rate))
-            finally:
-                stop(procs)
+    setups = ("direct", "gateway->1", "gateway->2") + (("ray:gw->2",) if args.ray else ())
+    head = RayHead() if args.ray else None
+    try:
+        for _ in range(args.rounds):
+            for setup in setups:
+                rate = run_setup(setup, repo, pools_file, head, args, rows, rate)
+    finally:
+        if head is not None:
+            head.stop()
     print(f"\nmedians of {args.rounds} rounds; open-loop rate {rate}/s; ratios to direct")
     print(f"{'setup':<12} {'sat req/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} "
           f"{'ratio':>6}  {'of which gateway':>16}")
     base = None
-    for setup in ("direct", "gateway->1", "gateway->2"):
+    for setup in setups:
         mine = [r for r in rows if r["setup"] == setup]
         sat = statistics.median(r["sat_rps"] for r in mine)
         cpu = statistics.median(r["cpu_us_total"] for r in mine)
