@@ -32,6 +32,8 @@ from inferline.ray.directory import directory  # noqa: E402
 from inferline.ray.autoscale import desired_replicas  # noqa: E402
 from inferline.ray.deploy import Deployer, PoolOptions, wait_for_replicas, wanted_pools  # noqa: E402
 
+from server_fixtures import ServerProcess  # noqa: E402
+
 POOL = "digits-logreg:1"
 FAST = dict(num_cpus=0.5, drain_seconds=0.5, health_check_period_s=1.0)
 """Short drains and health checks: the tests wait on them."""
@@ -174,26 +176,22 @@ def test_autoscaling_follows_real_load(ray_head, repo, pixels):
     recorder = threading.Thread(target=record, daemon=True)
     recorder.start()
     load_stop = threading.Event()
-    errors = []
+    outcomes = []
+    gateway = ServerProcess(path, "--ray", ray_head.address, "--inference-log", "off")  # reads the directory
 
-    def caller():
-        clients = {}
+    def caller(pause_s: float = 0.0):  # through the gateway, as clients would: it follows the replicas as they come and go
+        client = tc.InferenceServerClient(f"127.0.0.1:{gateway.grpc}")
+        inp = tc.InferInput("pixels", [1, 64], "FP32")
+        inp.set_data_from_numpy(pixels)
         while not load_stop.is_set():
-            for e in endpoints():  # spread over whatever replicas exist now, as a gateway would
-                if load_stop.is_set():
-                    break
-                client = clients.get(e["endpoint"]) or clients.setdefault(
-                    e["endpoint"], tc.InferenceServerClient(e["endpoint"]))
-                inp = tc.InferInput("pixels", [1, 64], "FP32")
-                inp.set_data_from_numpy(pixels)
-                try:
-                    for _ in range(20):
-                        client.infer("digits-logreg", [inp])
-                except Exception as exc:  # a replica going away mid-call: retried on the next round
-                    errors.append(exc)
-                    time.sleep(0.05)  # no tight loop of refusals eating the CPU the replicas need
-        for client in clients.values():
-            client.close()
+            try:
+                client.infer("digits-logreg", [inp], client_timeout=10)
+                outcomes.append(None)
+                time.sleep(pause_s)
+            except Exception as exc:  # counted: the assertion below names them
+                outcomes.append(exc)
+                time.sleep(0.05)
+        client.close()
 
     callers = [threading.Thread(target=caller, daemon=True) for _ in range(16)]
     try:
@@ -202,17 +200,29 @@ def test_autoscaling_follows_real_load(ray_head, repo, pixels):
         wait_until(lambda: max(n for _, n, _ in trace[-1:] or [(0, 0, 0)]) >= 2, 60, "a scale-up under load")
         peak_at = time.monotonic()
         time.sleep(3)
-    finally:
         load_stop.set()
         for c in callers:
             c.join(timeout=30)
-    wait_until(lambda: trace and trace[-1][1] == 1 and len(endpoints()) == 1, 60, "the scale-down to 1")
+        # then a trickle, 20 calls a second, while the pool shrinks: the replicas leaving must not fail it
+        load_stop.clear()
+        trickle = threading.Thread(target=caller, args=(0.05,), daemon=True)
+        trickle.start()
+        wait_until(lambda: trace and trace[-1][1] == 1 and len(endpoints()) == 1, 60, "the scale-down to 1")
+        time.sleep(2)  # the last replica to go drains meanwhile
+    finally:
+        load_stop.set()
+        for c in callers + [locals().get("trickle")]:
+            if c is not None and c.ident is not None:
+                c.join(timeout=30)
+        gateway.stop()
     stop.set()
     recorder.join()
+    failed = [o for o in outcomes if o is not None]
     print(f"\nautoscaling trace (s since load start, replicas listed, sum of inflight): {trace}")
-    print(f"scale-up seen at {peak_at - t0:.1f} s; {len(errors)} calls failed while replicas changed")
+    print(f"scale-up seen at {peak_at - t0:.1f} s; {len(outcomes)} calls through the gateway, {len(failed)} failed")
     counts = [n for _, n, _ in trace]
     assert 1 <= min(counts) and max(counts) <= 3 and max(counts) >= 2
+    assert failed == [], failed[:3]
 
 
 def test_unwanted_pool_removed_only_after_grace(ray_head, repo):
