@@ -144,6 +144,13 @@ def test_answers_are_the_replicas_own_and_spread_over_the_pool(cluster):
         via, params = infer(gateway.grpc, "digits-logreg", ROWS[:n])
         assert np.array_equal(via, direct[:n])  # bit-identical, whatever the batch
         assert "fallback_reason" not in params
+    body = json.dumps({"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32",
+                                   "data": ROWS[:2].ravel().tolist()}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{gateway.http}/v2/models/digits-logreg/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:  # REST through the gateway too
+        outputs = {o["name"]: o for o in json.loads(r.read())["outputs"]}
+    assert np.array_equal(np.array(outputs["logits"]["data"], np.float32).reshape(2, -1), direct[:2])
     for _ in range(40):
         infer(gateway.grpc, "digits-logreg", ROWS[:1])
     served = [a.requests("digits-logreg", 1), b.requests("digits-logreg", 1)]
