@@ -1,9 +1,10 @@
 """Sizing a pool from inferline's own in-flight count (a Serve custom autoscaling policy).
 
 Requests reach the replicas without passing through Serve, so Serve's ongoing-request count stays
-at zero; the only signal is the "inflight" metric each replica returns from
-record_autoscaling_stats (replica.py). The policy wants enough replicas for each to carry
-`target_inflight`. Serve wraps a custom policy with its own delay logic and bounds: a rise must
+at zero; the signals are what each replica returns from record_autoscaling_stats (replica.py):
+"inflight" (requests in the child's core and admission lobby: queue depth included) and "over_slo"
+(its p99 since the last heartbeat above the version's slo.p99_ms). The policy wants enough replicas
+for each to carry `target_inflight`, and one more than now while a replica misses its SLO. Serve wraps a custom policy with its own delay logic and bounds: a rise must
 persist for upscale_delay_s and a fall for downscale_delay_s before the count moves, and the
 result is clipped to min/max replicas, so this function only does the arithmetic.
 """
@@ -14,6 +15,7 @@ import math
 from typing import Dict, Tuple
 
 METRIC = "inflight"
+SLO_METRIC = "over_slo"
 DEFAULT_TARGET_INFLIGHT = 4.0
 
 
@@ -21,6 +23,14 @@ def desired_replicas(total_inflight: float, target_inflight: float, lo: int, hi:
     """ceil(total / target), within [lo, hi]; pure, so that the tests need no cluster."""
     want = math.ceil(total_inflight / target_inflight - 1e-9) if total_inflight > 0 else 0
     return max(lo, min(hi, want))
+
+
+def above_slo(want: int, over_slo, current: int, hi: int) -> int:
+    """At least one replica more than now (within ``hi``) while any replica's p99 was mostly above its
+    SLO over the look-back window (``over_slo``: each replica's mean of 0/1 readings)."""
+    if any(v >= 0.5 for v in over_slo):
+        return max(want, min(hi, current + 1))
+    return want
 
 
 def inflight_policy(ctx) -> Tuple[int, Dict]:
@@ -33,6 +43,8 @@ def inflight_policy(ctx) -> Tuple[int, Dict]:
     total = float(sum(per_replica.values()))
     target = _target(ctx)
     want = desired_replicas(total, target, ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas)
+    want = above_slo(want, metrics.get(SLO_METRIC, {}).values(), ctx.current_num_replicas,
+                     ctx.capacity_adjusted_max_replicas)
     state["inferline_total_inflight"] = total
     return want, state
 

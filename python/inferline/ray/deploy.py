@@ -115,8 +115,10 @@ def _fallback_target(record, live) -> Optional[Tuple[str, int]]:
     return (target.name, target.version) if target is not None else None
 
 
-def _application(name: str, version: int, repository: Optional[str], opts: PoolOptions):
-    """The Serve application of one pool."""
+def _application(name: str, version: int, repository: Optional[str], opts: PoolOptions,
+                 slo_p99_ms: float = 200.0):
+    """The Serve application of one pool (``slo_p99_ms``: the version's ``slo.p99_ms``, which the
+    autoscaler holds its replicas to)."""
     from ray import serve
 
     from .replica import Replica
@@ -128,7 +130,8 @@ def _application(name: str, version: int, repository: Optional[str], opts: PoolO
         warnings.simplefilter("ignore", DeprecationWarning)
         deployment = _deployment(Replica, opts, settings)
     return deployment.bind(name, version, repository=repository, host=opts.host,
-                           ready_timeout_s=opts.ready_timeout_s, drain_seconds=opts.drain_seconds)
+                           ready_timeout_s=opts.ready_timeout_s, drain_seconds=opts.drain_seconds,
+                           slo_p99_ms=slo_p99_ms)
 
 
 def _deployment(cls, opts: PoolOptions, settings: dict):
@@ -221,12 +224,17 @@ class Deployer:
             report["kept"].append(pool)
             return
         try:
-            serve.run(_application(name, version, self.repository, opts), name=app_name(name, version),
+            serve.run(_application(name, version, self.repository, opts, self._slo_p99_ms(name, version)),
+                      name=app_name(name, version),
                       route_prefix=None, blocking=False)
         except RuntimeError as e:  # the replicas failed to start (Serve gave up retrying): say so, go on
             report["failed"][pool] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
             return
         report["started"].append(pool)
+
+    def _slo_p99_ms(self, name: str, version: int) -> float:
+        config = self.registry.get(name, version).config or {}
+        return float((config.get("slo") or {}).get("p99_ms", 200.0))
 
     def watch(self, poll_interval_s: float = 2.0, until=None, on_report=None) -> None:
         """Re-reads the registry every poll_interval_s; stops when `until()` is true (or never)."""

@@ -53,7 +53,7 @@ def scrape_load(host: str, metrics_port: int, timeout_s: float = 1.0) -> dict:
     wanted = {"inferline_requests_in_flight": "in_flight", "inferline_queue_rows": "queue_rows",
               "inferline_request_duration_seconds_sum": "busy_s", "inferline_decode_duration_seconds_sum": "busy_s",
               "inferline_encode_duration_seconds_sum": "busy_s"}
-    out = {"in_flight": 0.0, "queue_rows": 0.0, "lobby": 0.0, "busy_s": 0.0}
+    out = {"in_flight": 0.0, "queue_rows": 0.0, "lobby": 0.0, "busy_s": 0.0, "latency_buckets": {}}
     with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=timeout_s) as r:
         text = r.read().decode()
     for line in text.splitlines():
@@ -62,6 +62,10 @@ def scrape_load(host: str, metrics_port: int, timeout_s: float = 1.0) -> dict:
         head, _, value = line.rpartition(" ")
         family = head.split("{", 1)[0]
         key = wanted.get(family)
+        if family == "inferline_request_duration_seconds_bucket":
+            bound = float(head.split('le="', 1)[1].split('"', 1)[0])
+            out["latency_buckets"][bound] = out["latency_buckets"].get(bound, 0.0) + float(value)
+            continue
         if family == "inferline_admission_lobby_requests" and 'state="waiting"' in head:
             key = "lobby"
         if key:
@@ -77,9 +81,15 @@ class LoadMeter:
     the busy time the child accumulated (core, decode and encode seconds) over the elapsed time
     (Little's law): every answered request counts, however short."""
 
+    P99_MIN_REQUESTS = 20
+    """Fewer answers than this since the last scrape: no p99 (too few to say)."""
+
     def __init__(self):
         self._last: Optional[tuple] = None
+        self._buckets: dict = {}
         self.inflight = 0.0
+        self.p99_s: Optional[float] = None
+        """The p99 of the requests answered since the last scrape (a bucket bound), or None."""
 
     def update(self, scraped: dict, now: float) -> float:
         gauge = scraped["in_flight"] + scraped["lobby"]
@@ -88,7 +98,20 @@ class LoadMeter:
             mean = max(0.0, scraped["busy_s"] - self._last[1]) / (now - self._last[0])
         self._last = (now, scraped["busy_s"])
         self.inflight = max(gauge, mean)
+        self.p99_s = interval_p99(self._buckets, scraped.get("latency_buckets", {}), self.P99_MIN_REQUESTS)
+        self._buckets = dict(scraped.get("latency_buckets", {}))
         return self.inflight
+
+
+def interval_p99(before: dict, after: dict, min_requests: int) -> Optional[float]:
+    """The p99 (the bound of its bucket) of the requests between two readings of a cumulative
+    latency histogram ({bound: count}, +Inf included), or None with fewer than min_requests."""
+    bounds = sorted(after)
+    deltas = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = deltas[-1] if deltas else 0.0
+    if total < min_requests:
+        return None
+    return next(b for b, n in zip(bounds, deltas) if n >= 0.99 * total)
 
 
 class Replica:
@@ -96,8 +119,10 @@ class Replica:
 
     def __init__(self, name: str, version: int, repository: Optional[str] = None, host: str = "127.0.0.1",
                  advertise_host: Optional[str] = None, ready_timeout_s: float = 60.0,
-                 report_interval_s: float = 0.5, drain_seconds: float = 3.0, extra_args: tuple = ()):
+                 report_interval_s: float = 0.5, drain_seconds: float = 3.0, extra_args: tuple = (),
+                 slo_p99_ms: float = 200.0):
         self.pool = pool_name(name, version)
+        self._slo_p99_s = slo_p99_ms / 1000.0
         self._model_path = f"/v2/models/{urllib.parse.quote(name, safe='')}/versions/{int(version)}/ready"
         self.replica_id = _replica_id()
         self._interval_s = report_interval_s
@@ -149,8 +174,11 @@ class Replica:
         self._last_answer = time.monotonic()
 
     def record_autoscaling_stats(self) -> dict:
-        """Serve's custom autoscaling metric: this replica's in-flight requests (autoscale.py reads it)."""
-        return {"inflight": float(self._meter.inflight), "queue_rows": float(self._load.get("queue_rows", 0.0))}
+        """Serve's custom autoscaling metrics (autoscale.py reads them): this replica's in-flight requests,
+        and whether its p99 since the last heartbeat was above the version's ``slo.p99_ms``."""
+        p99 = self._meter.p99_s
+        return {"inflight": float(self._meter.inflight), "queue_rows": float(self._load.get("queue_rows", 0.0)),
+                "over_slo": 1.0 if p99 is not None and p99 > self._slo_p99_s else 0.0}
 
     def __del__(self):
         """Serve's graceful shutdown calls this: leave the directory first, then drain the child."""
