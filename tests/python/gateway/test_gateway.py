@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import load_digits
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 
 from server_fixtures import ServerProcess, free_port, serve_once, with_config
 
-ROWS = load_digits().data.astype(np.float32)[:32]
+ROWS = np.load(os.path.join(demo_package_path("digits-mlp"), "golden.npz"))["inputs/pixels"]  # 16 rows
 
 
 def metrics(port: int) -> dict:
@@ -140,7 +139,7 @@ def test_answers_are_the_replicas_own_and_spread_over_the_pool(cluster):
     cluster.publish({"digits-logreg:1": [a, b]})
     gateway = cluster.gateway()
     direct, _ = infer(int(a.endpoint.rsplit(":", 1)[1]), "digits-logreg", ROWS)
-    for n in (1, 5, 32):
+    for n in (1, 5, 16):
         via, params = infer(gateway.grpc, "digits-logreg", ROWS[:n])
         assert np.array_equal(via, direct[:n])  # bit-identical, whatever the batch
         assert "fallback_reason" not in params
@@ -307,3 +306,47 @@ def test_a_pinned_server_serves_its_version_whatever_its_state_and_is_ready_only
     finally:
         staged.stop()
         missing.stop()
+
+
+KSERVE_SDK = """
+import asyncio, json, sys
+import numpy as np
+import kserve
+
+rest, grpc_target, rows = sys.argv[1], sys.argv[2], np.array(json.loads(sys.argv[3]), np.float32)
+
+async def run():
+    out = {}
+    rest_client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=0, timeout=30))
+    grpc_client = kserve.InferenceGRPCClient(grpc_target, channel_args=[("grpc.enable_retries", 0)], timeout=30)
+    try:
+        for name, call in (("rest", lambda r: rest_client.infer(rest, r, model_name="digits-mlp")),
+                           ("grpc", lambda r: grpc_client.infer(r))):
+            inp = kserve.InferInput("pixels", list(rows.shape), "FP32")
+            inp.set_data_from_numpy(rows, binary_data=False)
+            result = await call(kserve.InferRequest("digits-mlp", [inp], request_id="sdk"))
+            out[name] = {o.name: o.as_numpy().tolist() for o in result.outputs}["logits"]
+    finally:
+        await rest_client.close()
+        await grpc_client.close()
+    print(json.dumps(out))
+
+asyncio.run(run())
+"""
+
+
+def test_the_kserve_sdk_reaches_the_gateway_unchanged(cluster):
+    """In its own interpreter: kserve's protos and tritonclient's both define `inference.*` messages."""
+    if subprocess.run([sys.executable, "-c", "import kserve"], capture_output=True).returncode != 0:
+        pytest.skip("the KServe SDK (pip install kserve) is not installed")
+    logreg, mlp = cluster.replica("digits-logreg:1"), cluster.replica("digits-mlp:1")
+    cluster.publish({"digits-logreg:1": [logreg], "digits-mlp:1": [mlp]})
+    gateway = cluster.gateway()
+    direct, _ = infer(int(mlp.endpoint.rsplit(":", 1)[1]), "digits-mlp", ROWS[:3])
+    out = subprocess.run([sys.executable, "-c", KSERVE_SDK, f"http://127.0.0.1:{gateway.http}",
+                          f"127.0.0.1:{gateway.grpc}", json.dumps(ROWS[:3].tolist())],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for via in ("rest", "grpc"):
+        assert np.array_equal(np.array(got[via], np.float32), direct), via

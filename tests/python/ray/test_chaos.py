@@ -8,6 +8,7 @@ The numbers (availability, replacement times, the gateway's outage) are printed 
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import threading
 import time
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 import ray
 import tritonclient.grpc as grpcclient
-from sklearn.datasets import load_digits
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
@@ -27,7 +27,7 @@ from server_fixtures import ServerProcess, with_config
 
 pytestmark = pytest.mark.ray
 
-ROW = load_digits().data.astype(np.float32)[:1]
+ROW = np.load(os.path.join(demo_package_path("digits-mlp"), "golden.npz"))["inputs/pixels"][:1]  # 16 rows
 KEYS = [f"user-{k}" for k in range(64)]
 REPLACED_WITHIN_S = 30.0  # the design's number
 

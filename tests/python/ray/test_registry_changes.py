@@ -4,6 +4,7 @@ period, and no request fails on the way."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -12,7 +13,6 @@ import numpy as np
 import pytest
 import ray
 import tritonclient.grpc as grpcclient
-from sklearn.datasets import load_digits
 
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
@@ -23,7 +23,7 @@ from server_fixtures import ServerProcess, with_config
 
 pytestmark = pytest.mark.ray
 
-ROW = load_digits().data.astype(np.float32)[:1]
+ROW = np.load(os.path.join(demo_package_path("digits-mlp"), "golden.npz"))["inputs/pixels"][:1]  # 16 rows
 
 
 def listed() -> dict:
