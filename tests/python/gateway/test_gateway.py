@@ -248,6 +248,13 @@ def test_the_canary_split_follows_the_key_and_a_lost_canary_pool_answers_from_st
         assert np.array_equal(got, v1) and params.get("fallback_reason"), params
 
 
+def test_an_unreachable_ray_cluster_is_a_one_line_error(repo):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'inferline[ray]')")
+    out = serve_once(repo, "--ray", f"127.0.0.1:{free_port()}", "--grpc-port", "0", "--http-port", "0")
+    assert out.returncode != 0 and "cannot reach the Ray cluster" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_missing_or_malformed_pools_file_is_a_one_line_error(repo, tmp_path):
     bad = tmp_path / "pools.json"
     bad.write_text('["127.0.0.1:1"]')
