@@ -54,7 +54,8 @@ def start_gateway(repo: str, pools: str, ray: bool = False):
     """`pools`: a pools file, or with `ray` the cluster's address."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "inferline", "serve", "--repository", repo, "--ray",
-                             pools if ray else f"file:{pools}", "--grpc-port", str(port), "--http-port", str(free_port()),
+                             pools if ray else f"file:{pools}", "--grpc-port", str(port),
+                             "--http-port", str(free_port()),
                              "--metrics-port", str(free_port()), "--drain-seconds", "0", "--inference-log", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -76,7 +77,8 @@ class RayHead:
         self.address = f"127.0.0.1:{self.port}"
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-        self.proc = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus", "8", "--port", str(self.port),
+        self.proc = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus", "8",
+                                      "--port", str(self.port),
                                       "--disable-usage-stats", "--include-dashboard=false",
                                       "--temp-dir", os.path.join(self.tmp, "t")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

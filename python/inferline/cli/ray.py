@@ -84,13 +84,14 @@ def run_deploy(args) -> int:
     local = _connect(args.address)  # first: it turns a missing Ray into one line
     from ..ray.deploy import PoolOptions, deploy
 
-    opts = PoolOptions(replicas=args.replicas, canary_replicas=args.canary_replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+    opts = PoolOptions(replicas=args.replicas, canary_replicas=args.canary_replicas,
+                       min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                        target_inflight=args.target_inflight, upscale_delay_s=args.upscale_delay,
                        downscale_delay_s=args.downscale_delay, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                        host=args.host)
     try:
         result = deploy(args.repository, address=args.address or "auto", opts=opts, grace_s=args.grace,
-               watch=args.watch, poll_interval_s=args.poll_interval, on_report=_Reporter())
+                        watch=args.watch, poll_interval_s=args.poll_interval, on_report=_Reporter())
     except KeyboardInterrupt:
         return 130
     if local:

@@ -4,9 +4,10 @@ Requests reach the replicas without passing through Serve, so Serve's ongoing-re
 at zero; the signals are what each replica returns from record_autoscaling_stats (replica.py):
 "inflight" (requests in the child's core and admission lobby: queue depth included) and "over_slo"
 (its p99 since the last heartbeat above the version's slo.p99_ms). The policy wants enough replicas
-for each to carry `target_inflight`, and one more than now while a replica misses its SLO. Serve wraps a custom policy with its own delay logic and bounds: a rise must
-persist for upscale_delay_s and a fall for downscale_delay_s before the count moves, and the
-result is clipped to min/max replicas, so this function only does the arithmetic.
+for each to carry `target_inflight`, and one more than now while a replica misses its SLO. Serve
+wraps a custom policy with its own delay logic and bounds: a rise must persist for upscale_delay_s
+and a fall for downscale_delay_s before the count moves, and the result is clipped to min/max
+replicas, so this function only does the arithmetic.
 """
 
 from __future__ import annotations

@@ -119,8 +119,6 @@ def _application(name: str, version: int, repository: Optional[str], opts: PoolO
                  slo_p99_ms: float = 200.0):
     """The Serve application of one pool (``slo_p99_ms``: the version's ``slo.p99_ms``, which the
     autoscaler holds its replicas to)."""
-    from ray import serve
-
     from .replica import Replica
 
     settings = dict(num_replicas=opts.replicas)
@@ -324,7 +322,6 @@ def wait_for_replicas(want: Dict[str, int], timeout_s: float) -> Dict[str, list]
 def status(address: str = "auto") -> dict:
     """{app: {"status", "message", "replicas": {state: n}, "pool", "endpoints": [directory entries]}}."""
     import ray
-    from ray import serve
 
     connect(address)
     listed = ray.get(directory().endpoints.remote())

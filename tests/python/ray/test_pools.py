@@ -179,7 +179,7 @@ def test_autoscaling_follows_real_load(ray_head, repo, pixels):
     outcomes = []
     gateway = ServerProcess(path, "--ray", ray_head.address, "--inference-log", "off")  # reads the directory
 
-    def caller(pause_s: float = 0.0):  # through the gateway, as clients would: it follows the replicas as they come and go
+    def caller(pause_s: float = 0.0):  # through the gateway, as clients would: it follows the replicas
         client = tc.InferenceServerClient(f"127.0.0.1:{gateway.grpc}")
         inp = tc.InferInput("pixels", [1, 64], "FP32")
         inp.set_data_from_numpy(pixels)

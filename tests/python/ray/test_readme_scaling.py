@@ -37,8 +37,9 @@ def scaling_block() -> list:
 
 def test_the_scaling_out_commands_work_as_written(ray_head, tmp_path):
     commands = scaling_block()
-    assert commands == ["pip install 'inferline[ray]'", "ray start --head", "inferline ray deploy --replicas 2 --watch &",
-                        "inferline serve --ray auto", "inferline ray status"], commands
+    assert commands == ["pip install 'inferline[ray]'", "ray start --head",
+                        "inferline ray deploy --replicas 2 --watch &", "inferline serve --ray auto",
+                        "inferline ray status"], commands
     repo = str(tmp_path / "repo")
     registry = open_registry(repo)
     push(registry, demo_package_path("digits-logreg"))
