@@ -37,7 +37,9 @@ import ray
 from .directory import connect, directory, pool_name
 
 PR_SET_PDEATHSIG = 1
-HEARTBEAT_TTL_S = 2.0
+HEARTBEAT_TTL_S = 3.0
+"""Six heartbeats: a replica busy for a moment stays listed (the gateways learn of a dead one sooner,
+from their failed forwards)."""
 PROBE_SILENCE_S = 30.0
 """How long health probes may time out in a row (a saturated child) before the replica is unhealthy."""
 
