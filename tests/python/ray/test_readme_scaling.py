@@ -40,6 +40,12 @@ def test_the_scaling_out_commands_work_as_written(ray_head, tmp_path):
     assert commands == ["pip install 'inferline[ray]'", "ray start --head",
                         "inferline ray deploy --replicas 2 --watch &", "inferline serve --ray auto",
                         "inferline ray status"], commands
+    from ray import serve
+
+    from inferline.ray.deploy import APP_PREFIX, _serve_status
+    for app in _serve_status().applications:  # the folder's earlier pools (another registry's): gone first
+        if app.startswith(APP_PREFIX):
+            serve.delete(app)
     repo = str(tmp_path / "repo")
     registry = open_registry(repo)
     push(registry, demo_package_path("digits-logreg"))
@@ -65,8 +71,15 @@ def test_the_scaling_out_commands_work_as_written(ray_head, tmp_path):
                 time.sleep(0.5)
         client.close()
         assert label is not None and label.shape == (1, 1)
-        status = subprocess.run(cli + commands[4].split()[1:], capture_output=True, text=True, env=env, timeout=120)
-        assert status.returncode == 0, status.stdout + status.stderr
+        deadline = time.time() + 60
+        while True:  # both replicas listed (the first answer may come while the second still starts)
+            status = subprocess.run(cli + commands[4].split()[1:], capture_output=True, text=True, env=env,
+                                    timeout=120)
+            assert status.returncode == 0, status.stdout + status.stderr
+            if ("digits-logreg:1" in status.stdout and status.stdout.count("127.0.0.1:") >= 2) or \
+                    time.time() > deadline:
+                break
+            time.sleep(1.0)
         assert "digits-logreg:1" in status.stdout and status.stdout.count("127.0.0.1:") >= 2, status.stdout
     finally:
         for p in (gateway, deploy):
