@@ -57,10 +57,10 @@ class ModelManager:
         """(name, version): serve that version only, as its model's route, whatever its registry state,
         without rollouts or fallbacks (a pool replica behind a gateway); None: the registry's choice."""
         self._load_version = loader or load_version
-        self.pools = None
-        """A gateway's ``PoolSet`` (its metrics endpoint reports the pools), else None."""
         """``(engine, registry, record) -> (handle, LoadReport)``: how a wanted version is loaded (a
         gateway loads a forwarder to the version's pool instead of the artifact)."""
+        self.pools = None
+        """A gateway's ``PoolSet`` (its metrics endpoint reports the pools), else None."""
         self.repository = repository
         self.poll_interval_s = poll_interval_s
         self.router = router if router is not None else Router(engine)
