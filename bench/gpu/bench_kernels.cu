@@ -97,6 +97,9 @@ void FillDevice(void* dev, size_t bytes, const void* host, size_t host_bytes) {
   for (size_t at = 0; at < bytes; at += host_bytes) {
     CHECK_CUDA(cudaMemcpy(d + at, host, std::min(host_bytes, bytes - at), cudaMemcpyHostToDevice));
   }
+  // A cudaMemcpy from pageable memory can return before its DMA lands, and the timed work runs on
+  // a non-blocking stream that does not wait for it.
+  CHECK_CUDA(cudaDeviceSynchronize());
 }
 
 // Bit mismatches between `count` device outputs and the CPU twin's float32 `cpu` (converted with

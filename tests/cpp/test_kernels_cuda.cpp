@@ -216,9 +216,11 @@ TEST_F(KernelsCudaDevice, TabularMatchesCpuTwin) {
     ASSERT_TRUE(d_in.ok() && d_out.ok());
     auto* in_ptr = reinterpret_cast<float*>(d_in.get()) + c.in_shift;
     unsigned char* out_ptr = d_out.get() + c.out_shift * out_elem;
-    ASSERT_CUDA(cudaMemcpy(in_ptr, in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice));
     cudaStream_t stream = nullptr;
     ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // On the kernel's stream: a non-blocking stream does not wait for the legacy stream, and a
+    // cudaMemcpy from pageable memory may return before its DMA has landed.
+    ASSERT_CUDA(cudaMemcpyAsync(in_ptr, in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
     const Status st = RunTabular(*plan, in_ptr, c.rows, out_ptr, c.out, stream);
     ASSERT_CUDA(cudaStreamSynchronize(stream));
     ASSERT_CUDA(cudaStreamDestroy(stream));
@@ -334,10 +336,12 @@ std::vector<uint32_t> RunImageCase(const ImageCase& c, const ImageSpec& m, const
   Expected<ImagePlan> plan = PrepareImage(m, c.channels, n + 3, ws.get(), ws.bytes(), nullptr);
   EXPECT_TRUE(plan.ok()) << plan.status().ToString();
   if (!plan.ok()) return {};
-  EXPECT_EQ(cudaMemcpy(d_in.get(), b.bytes.data(), b.bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
   unsigned char* out_ptr = d_out.get() + c.out_shift * out_elem;
   cudaStream_t stream = nullptr;
   EXPECT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  // On the kernel's stream (see RunTabular's test above): a cudaMemcpy here raced the kernel.
+  EXPECT_EQ(cudaMemcpyAsync(d_in.get(), b.bytes.data(), b.bytes.size(), cudaMemcpyHostToDevice, stream),
+            cudaSuccess);
   const Status st = RunImage(*plan, d_in.get(), b.bytes.size(), b.descs.data(), n, out_ptr, c.out, stream);
   EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);

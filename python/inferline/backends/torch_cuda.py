@@ -50,6 +50,21 @@ _CAPTURE_LOCK = threading.Lock()
 torch's cache before it captures, which must not happen while another thread is capturing."""
 
 
+def _release_generator(torch, index: int) -> None:
+    """Takes device `index`'s default CUDA generator out of capture mode after a failed capture.
+
+    Capturing marks the generator as capturing until the capture ends; when ending an invalidated
+    capture raises, torch never unmarks it, and every later random op on that device in the process
+    (``torch.randn(..., device="cuda")`` in the user's own code too) fails with "Offset increment
+    outside graph capture encountered unexpectedly". A clone of the state keeps its seed and offset
+    and is not capturing."""
+    try:
+        gen = torch.cuda.default_generators[index]
+        gen.graphsafe_set_state(gen.clone_state())
+    except Exception as e:  # an older torch without graph-safe states: nothing to release there
+        log.debug("could not reset the CUDA generator of device %d after a failed capture: %s", index, e)
+
+
 class OutputMismatch(ValueError):
     """The module returned something other than the declared outputs."""
 
@@ -160,17 +175,21 @@ class DeviceRunner:
         finally:
             ext.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        try:  # capturing records the work, runs none: the replay that follows computes this batch
-            with _CAPTURE_LOCK, torch.cuda.graph(graph, pool=self._pool(stream), stream=side,
-                                                 capture_error_mode="thread_local"):
-                self.run_into(ins, outs)
-        except Exception as e:
+        failure = None
+        with _CAPTURE_LOCK:
+            try:  # capturing records the work, runs none: the replay that follows computes this batch
+                with torch.cuda.graph(graph, pool=self._pool(stream), stream=side, capture_error_mode="thread_local"):
+                    self.run_into(ins, outs)
+            except Exception as e:
+                failure = e
+                _release_generator(torch, self.index)  # under the lock: no other capture is under way
+        if failure is not None:
             self._sides.pop(stream, None)  # a fresh side stream for the next capture
             with self._lock:
                 self._graphs[key] = None
                 self._counts["capture_failures"] += 1
             self._warn("capture", f"CUDA graph capture of a {bucket}-row batch failed, so such batches run eagerly: "
-                       f"{type(e).__name__}: {str(e).strip()[:300]}")
+                       f"{type(failure).__name__}: {str(failure).strip()[:300]}")
             return None
         with self._lock:
             self._graphs[key] = graph
