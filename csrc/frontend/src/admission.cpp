@@ -9,7 +9,7 @@ namespace inferline::grpcfe {
 
 namespace {
 
-constexpr auto kSweepPeriod = std::chrono::milliseconds(5);
+constexpr auto kSweepPeriod = std::chrono::duration<double>(Admission::kSweepS);
 
 double SteadySeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -108,7 +108,11 @@ Admission::Entry Admission::EnterImpl(std::optional<double> deadline_left_s, Lob
     }
     const bool first = parked_ == 0;
     LinkLocked(waiter, /*held=*/false);
-    if (hopeless_predicted >= 0) HoldLocked(waiter, now, hopeless_predicted);  // counted as it leaves
+    if (hopeless_predicted >= 0) {  // counted as it leaves
+      HoldLocked(waiter, now, hopeless_predicted);
+      // Already due (less than kHeldAnswerEarlyS left): answered now, not up to a sweep later.
+      if (now >= waiter->release_s_) ReleaseLocked(waiter, LobbyWaiter::Exit::kExpired, &shed);
+    }
     lock.unlock();
     if (first) sweep_cv_.notify_one();
     RunReleased(shed);
