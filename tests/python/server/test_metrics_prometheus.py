@@ -71,9 +71,10 @@ class Prometheus:
         path = tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         self.port = free_port()
+        prometheus = binary("prometheus")  # skips (outside CI) before anything is opened
         self.log = open(tmp_path / "prometheus.log", "w+")
         self.proc = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
+            [prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
              "--storage.tsdb.retention.time=30d", f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.wait(lambda: self.get("/-/ready") is not None, 60, "Prometheus ready")
