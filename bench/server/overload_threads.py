@@ -6,11 +6,14 @@ loops with 8 and 32 calls in flight per generator, no deadline), then `--repeat`
 overload shape (open loop at `--multiple` x capacity, or `--closed`: m x capacity x 200 ms calls in
 flight, the bench_overload.py sizing), each with a 200 ms deadline. Prints each run's goodput over
 capacity and the server's RSS before and after it, then, for the last run, each thread group's
-share of the server's core and its context switches per second (/proc/PID/task), e.g.
+share of the server's core and its context switches per second (/proc/PID/task). Each line also
+gives the model's compute per row (wall time of the backend's batches from /metrics, over the rows
+they held): when it rises from capacity to overload, the model is sharing its core, not idle. E.g.
 
     python bench/server/overload_threads.py                   # open 10x, about 40 s
     python bench/server/overload_threads.py --closed --repeat 5
     python bench/server/overload_threads.py --perf            # and `perf record -C 0` of the last run
+    python bench/server/overload_threads.py --syscalls        # and the server's syscalls per call
 
 Threads are grouped by name with trailing digits dropped: `python` holds the model's executor,
 `il-lobby` answers the requests the admission lobby refuses, `nexting_thread` and
@@ -54,6 +57,44 @@ def thread_groups(pid: int) -> collections.Counter:
     return out
 
 
+def model_time(metrics_port: int) -> tuple:
+    """(backend seconds, rows) so far: the sums of the server's compute-duration and batch-size
+    histograms (/metrics on its control listener)."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return total("inferline_compute_duration_seconds_sum"), total("inferline_batch_size_sum")
+
+
+def per_row(before: tuple, after: tuple) -> str:
+    seconds, rows = after[0] - before[0], after[1] - before[1]
+    return f"model {seconds / rows * 1e3:.3f} ms per row" if rows > 0 else "model: no rows"
+
+
+SYSCALLS = ("sendmsg", "recvmsg", "write", "read", "epoll_wait", "futex")
+
+
+def count_syscalls(pid: int, seconds: float) -> subprocess.Popen:
+    """`perf stat` of the server's syscalls in SYSCALLS for `seconds` (its report on stderr)."""
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    return subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-p", str(pid), "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def syscall_counts(report: str) -> dict:
+    """{syscall: count} from `perf stat -x ,` output."""
+    out = {}
+    for line in report.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+            out[fields[2][len("syscalls:sys_enter_"):]] = int(fields[0])
+    return out
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
@@ -91,6 +132,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each overload run")
     ap.add_argument("--repeat", type=int, default=1, help="overload runs, back to back (RSS after each)")
     ap.add_argument("--perf", action="store_true", help="perf record -g -C 0 during the last run")
+    ap.add_argument("--syscalls", action="store_true", help="perf stat of the server's syscalls during the last run")
     ap.add_argument("--server-args", default="", help="more `inferline serve` flags")
     args = ap.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
@@ -108,30 +150,45 @@ def main() -> int:
     push(registry, package)
     registry.close()
     payloads, logits = golden_payloads(package, "digits-heavy")
-    proc, port, _, log_path = start_server("inferline", workdir, package, None, {0}, args.server_args.split())
+    proc, port, metrics_port, log_path = start_server("inferline", workdir, package, None, {0}, args.server_args.split())
     os.sched_setaffinity(0, {1})
     try:
         wait_and_check("inferline", port, proc, payloads, logits, log_path)
-        capacity = max(drive(port, payloads, seconds=4.0, concurrency=c)[0] for c in (8, 32))
-        print(f"capacity {capacity:.0f} OK/s", flush=True)
+        capacity, capacity_model = 0.0, ""
+        for c in (8, 32):
+            model0 = model_time(metrics_port)
+            ok = drive(port, payloads, seconds=4.0, concurrency=c)[0]
+            if ok > capacity:
+                capacity, capacity_model = ok, per_row(model0, model_time(metrics_port))
+        print(f"capacity {capacity:.0f} OK/s; {capacity_model}", flush=True)
         shape = (dict(concurrency=max(1, round(args.multiple * capacity * DEADLINE_S / 2))) if args.closed
                  else dict(rate=args.multiple * capacity))
         name = f"{'closed' if args.closed else 'open'} {args.multiple:g}x"
         for i in range(args.repeat):
             last = i == args.repeat - 1
             before, t0, rss0 = thread_groups(proc.pid), time.monotonic(), rss_mb(proc.pid)
-            perf = None
+            model0 = model_time(metrics_port)
+            perf = stat = None
+            if last and args.syscalls:
+                stat = count_syscalls(proc.pid, args.seconds - 2)
             if last and args.perf:
                 perf = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-C", "0", "-o",
                                          os.path.join(workdir, "perf.data"), "--", "sleep", str(args.seconds - 2)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             good, sent, codes = drive(port, payloads, seconds=args.seconds, timeout=DEADLINE_S, **shape)
             after, elapsed = thread_groups(proc.pid), time.monotonic() - t0
+            model = per_row(model0, model_time(metrics_port))
             if perf is not None:
                 perf.wait()
                 print(f"perf data: {os.path.join(workdir, 'perf.data')}")
             print(f"{name} run {i + 1}: sent {sent:.0f}/s, OK within {DEADLINE_S * 1000:.0f} ms {good:.0f}/s = "
-                  f"{good / capacity:.3f} x capacity; RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB; {codes}", flush=True)
+                  f"{good / capacity:.3f} x capacity; {model}; RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB; {codes}",
+                  flush=True)
+            if stat is not None:
+                counts = syscall_counts(stat.communicate()[1])
+                calls = sent * (args.seconds - 2)
+                print("server syscalls per call sent: " + ", ".join(f"{name} {counts.get(name, 0) / calls:.2f}"
+                                                                    for name in SYSCALLS), flush=True)
         print(f"\nthreads during the last run ({elapsed:.1f} s): share of one core, context switches per second")
         for group in sorted({g for g, _ in after}, key=lambda g: -(after[(g, "cpu")] - before[(g, "cpu")])):
             d = {k: after[(group, k)] - before[(group, k)] for k in ("cpu", "inv", "vol")}
