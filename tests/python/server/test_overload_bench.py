@@ -120,3 +120,15 @@ def test_closed_loops_offer_their_multiple_when_every_call_lasts_its_deadline():
     assert bo.closed_concurrency(3, 673.0, 1) == 404
     assert bo.closed_concurrency(0.001, 1.0, 2) == 1  # at least one
     assert bo.closed_concurrency(10, 673.0, 2, per_process=100) == 1000  # the fixed size, as before
+
+
+def test_overload_threads_reads_perf_stat_syscall_counts_and_model_time():
+    import overload_threads as ot
+
+    report = ("6781,,syscalls:sys_enter_sendmsg,5003,100.00,,\n"
+              "<not counted>,,syscalls:sys_enter_read,0,0.00,,\n"
+              "10160,,syscalls:sys_enter_futex,5003,100.00,,\n"
+              "garbage line\n")
+    assert ot.syscall_counts(report) == {"sendmsg": 6781, "futex": 10160}
+    assert ot.per_row((1.0, 100.0), (1.5, 500.0)) == "model 1.250 ms per row"
+    assert ot.per_row((1.0, 100.0), (1.0, 100.0)) == "model: no rows"
