@@ -5,6 +5,7 @@ that is still there: `ray stop` would also stop other people's clusters on the m
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import signal
@@ -113,6 +114,36 @@ class RayHead:
                 else:
                     os.environ[k] = v
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+LOGS_KEPT = "/tmp/inferline-ray-failures"
+"""Where a failed test's Ray session logs are copied (the head's own temp dir goes at teardown)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def serve_logs_on_failure(request):
+    """When a test here fails, prints the tail of Serve's controller log (shown with the failure)
+    and keeps the session's logs under LOGS_KEPT: a stuck controller or replica leaves no other trace."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed or "ray_head" not in request.fixturenames:
+        return
+    head = request.getfixturevalue("ray_head")
+    logs = os.path.join(head.tmp, "t", "session_latest", "logs")
+    kept = os.path.join(LOGS_KEPT, f"{request.node.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.copytree(logs, kept, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+    print(f"\nRay session logs kept in {kept}")
+    for path in sorted(glob.glob(os.path.join(logs, "serve", "controller_*.log"))):
+        with open(path, errors="replace") as f:
+            tail = f.readlines()[-60:]
+        print(f"--- last {len(tail)} lines of {os.path.basename(path)}\n" + "".join(tail))
 
 
 @pytest.fixture(scope="session")
