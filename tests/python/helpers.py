@@ -31,3 +31,13 @@ def external_tool(name: str, install: str) -> str:
             pytest.fail(message + " -- required in CI")
         pytest.skip(message)
     return path
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child a test stops with SIGINT (Ctrl-C): SIGINT back to its default.
+    A child inherits an ignored SIGINT, and the test run's may be ignored: a shell starts its
+    background jobs (`cmd &`) with SIGINT ignored, and Python then leaves it so, without
+    KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

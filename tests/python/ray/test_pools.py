@@ -32,6 +32,7 @@ from inferline.ray.directory import directory  # noqa: E402
 from inferline.ray.autoscale import desired_replicas  # noqa: E402
 from inferline.ray.deploy import Deployer, PoolOptions, _serve_status, wait_for_replicas, wanted_pools  # noqa: E402,E501
 
+from helpers import interruptible  # noqa: E402
 from server_fixtures import ServerProcess  # noqa: E402
 
 POOL = "digits-logreg:1"
@@ -313,7 +314,7 @@ def test_cli_watch_follows_registry_until_interrupted(ray_head, repo):
     path, registry = repo
     cmd = [sys.executable, "-m", "inferline", "ray", "deploy", "--address", ray_head.address, "--repository", path,
            "--replicas", "1", "--grace", "1", "--watch", "--poll-interval", "0.5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         time.sleep(4)
         registry.set_state("digits-mlp", 1, "canary")  # retired by the grace test: wanted again
@@ -322,7 +323,12 @@ def test_cli_watch_follows_registry_until_interrupted(ray_head, repo):
         wait_until(lambda: not endpoints("digits-mlp:1"), 60, "the watch to remove digits-mlp:1")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a watch left running would redeploy its pools under later tests
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the watch did not stop on SIGINT within 60 s: {out[-2000:]}")
     print(out)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
