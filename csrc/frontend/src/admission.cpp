@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 
 namespace inferline::grpcfe {
@@ -16,19 +15,10 @@ double SteadySeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string Format1(double v) {  // Python's f"{v:.1f}" (but "0.0" for -0.04): in every refusal's message,
-  if (!std::isfinite(v) || std::fabs(v) >= 1e15) {  // where snprintf's "%.1f" was ~1 us of a ~25 us refusal
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.1f", v);
-    return buf;
-  }
-  long long tenths = std::llround(v * 10);
-  std::string out = tenths < 0 ? "-" : "";
-  tenths = tenths < 0 ? -tenths : tenths;
-  out += std::to_string(tenths / 10);
-  out += '.';
-  out += static_cast<char>('0' + tenths % 10);
-  return out;
+std::string Format1(double v) {  // Python's f"{v:.1f}"
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
 }
 
 std::string Ms(double s) { return Format1(s * 1000); }
@@ -331,7 +321,7 @@ void Admission::RunReleased(LobbyWaiter* released) noexcept {
       continue;
     }
     AdmissionRefusal r;
-    const auto retry = [w] { return "retry after ~" + std::to_string(w->retry_ms_) + " ms"; };
+    const std::string retry = "retry after ~" + std::to_string(w->retry_ms_) + " ms";
     switch (w->exit_) {
       case LobbyWaiter::Exit::kAdmitted:  // above
         break;
@@ -344,12 +334,12 @@ void Admission::RunReleased(LobbyWaiter* released) noexcept {
       case LobbyWaiter::Exit::kShed:
         r.retry_after_ms = w->retry_ms_;
         r.message = "server overloaded: " + std::to_string(w->count_) +
-                    " requests waiting for admission, this one the oldest; " + retry();
+                    " requests waiting for admission, this one the oldest; " + retry;
         break;
       case LobbyWaiter::Exit::kTimedOut:
         r.retry_after_ms = w->retry_ms_;
         r.message = "server overloaded: waited " + Ms(w->waited_s_) + " ms for admission (limit " +
-                    std::to_string(w->count_) + " in flight); " + retry();
+                    std::to_string(w->count_) + " in flight); " + retry;
         break;
       case LobbyWaiter::Exit::kClosed:
         r.message = "server shutting down: the request was waiting for admission";
