@@ -31,7 +31,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def build(workdir: str) -> str:
@@ -44,16 +43,10 @@ def build(workdir: str) -> str:
     return binary
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def measure(binary: str, mode: str, core: str, port: int, rate: float, seconds: float) -> dict:
     """One mode on CPU 0 under `core`: "idle", "busy" (a busy loop beside it) or "batch" (that, and
     the server's threads SCHED_BATCH)."""
-    from overload_threads import count_syscalls, drive, syscall_counts
+    from overload_threads import count_syscalls, cpu_seconds, drive, syscall_counts
 
     busy = core != "idle"
     cmd = [binary, mode, f"127.0.0.1:{port}"]

@@ -60,14 +60,11 @@ def thread_groups(pid: int) -> collections.Counter:
 def model_time(metrics_port: int) -> tuple:
     """(backend seconds, rows) so far: the sums of the server's compute-duration and batch-size
     histograms (/metrics on its control listener)."""
-    import re
-    import urllib.request
+    from inferline.report.scrape import fetch_scrape
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-
-    def total(name: str) -> float:
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-    return total("inferline_compute_duration_seconds_sum"), total("inferline_batch_size_sum")
+    scrape = fetch_scrape(f"http://127.0.0.1:{metrics_port}")
+    return (scrape.total("inferline_compute_duration_seconds_sum") or 0.0,
+            scrape.total("inferline_batch_size_sum") or 0.0)
 
 
 def per_row(before: tuple, after: tuple) -> str:
@@ -93,6 +90,13 @@ def syscall_counts(report: str) -> dict:
         if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
             out[fields[2][len("syscalls:sys_enter_"):]] = int(fields[0])
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (utime + stime, every thread, ended ones included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss_mb(pid: int) -> float:
