@@ -1,38 +1,22 @@
-// Calls the frontend does not answer itself, handed to the ControlHandler (grpc_frontend.h):
-// every inference-service RPC other than ModelInfer/ModelStreamInfer/ServerLive/ServerReady
-// (registered as generic methods, so they arrive here as bytes) and health Check of other names.
+// Calls the frontend does not answer itself: every inference-service RPC other than ModelInfer,
+// ModelStreamInfer, ServerLive and ServerReady (registered as generic methods, so they arrive
+// here as bytes) and health Check of other names (health.cpp) go to the ControlHandler
+// (grpc_frontend.h), on the frontend's ControlThread; server reflection is answered here
+// (reflection.cpp); any other method is UNIMPLEMENTED.
 //
-// A forwarded call and its `done` share a Link: `done` finishes the call only while the Link
-// still names it. Cancellation (client gone, Shutdown's grace over) finishes the call at once,
-// CANCELLED, and unlinks it, so Shutdown never waits for the control plane; a later `done` finds
-// no call and is ignored. OnDone unlinks under the same mutex before the reactor is deleted, and
-// a `done` that is finishing the call holds that mutex, so the reactor outlives it.
+// A generic call lives until its status is sent (the finish event): a control call until the
+// control plane's reply went out, a reflection stream until the client half-closes. A cancelled
+// call needs nothing more: its pending operation completes, failed, and a late reply is sent
+// into a call that is over, harmlessly.
 #include <chrono>
 
+#include "io_sched.h"
 #include "pytext.h"
 #include "services.h"
-#include "tsan.h"
 
 namespace inferline::grpcfe {
 
 namespace {
-
-class Finisher {
- public:
-  virtual ~Finisher() = default;
-  virtual void Complete(ControlReply reply) = 0;  // requires Link::mu
-  virtual void Cancelled() = 0;                   // requires Link::mu
-};
-
-struct Link {
-  std::mutex mu;
-  Finisher* call = nullptr;  // requires mu; null once finished or done
-};
-
-grpc::Status StatusOf(const ControlReply& reply) {
-  if (reply.code == StatusCode::kOk) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(reply.code)), ClipMessage(reply.message));
-}
 
 ControlCall CallOf(const grpc::ServerContextBase& ctx, std::string method, std::string request) {
   ControlCall call;
@@ -49,170 +33,149 @@ ControlCall CallOf(const grpc::ServerContextBase& ctx, std::string method, std::
   return call;
 }
 
-// Hands `call` to the control plane; its reply reaches `link`'s call, if still linked.
-void Forward(Shared& shared, ControlCall call, const std::shared_ptr<Link>& link) {
-  shared.control->Handle(std::move(call), [link](ControlReply reply) {
-    std::lock_guard<std::mutex> lock(link->mu);
-    if (Finisher* f = link->call) {
-      link->call = nullptr;
-      f->Complete(std::move(reply));
-    }
-  });
-}
-
-// A unary call (health Check of a model name).
-class ForwardedUnary final : public grpc::ServerUnaryReactor, public Finisher {
+class GenericCall final {
  public:
-  ForwardedUnary(grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response)
-      : ctx_(ctx), response_(response), link_(std::make_shared<Link>()) {
-    link_->call = this;
-  }
-  const std::shared_ptr<Link>& link() const { return link_; }
+  explicit GenericCall(Lane* lane) : shared_(lane->shared), lane_(lane) {}
 
-  void Complete(ControlReply reply) override {
-    for (auto& [key, value] : reply.trailers) ctx_->AddTrailingMetadata(key, value);
-    if (reply.code == StatusCode::kOk) *response_ = BufferOf(std::move(reply.response));
-    HandOff(this);
-    Finish(StatusOf(reply));
-  }
-  void Cancelled() override {
-    HandOff(this);
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-  }
-  void OnCancel() override {
-    Reaction reaction(this);
-    std::lock_guard<std::mutex> lock(link_->mu);
-    if (link_->call != nullptr) {
-      link_->call = nullptr;
-      Cancelled();
+  void Request() {
+    Lane* lane = lane_;
+    if (!shared_->gate.Run([&] { lane->generic->RequestCall(&ctx_, &stream_, lane->cq, lane->cq, requested_.tag()); })) {
+      delete this;
     }
-  }
-  void OnDone() override {
-    TakeOver(this);
-    {
-      std::lock_guard<std::mutex> lock(link_->mu);
-      link_->call = nullptr;
-    }
-    delete this;
   }
 
  private:
-  grpc::CallbackServerContext* const ctx_;
-  grpc::ByteBuffer* const response_;
-  const std::shared_ptr<Link> link_;
-};
-
-// A generic call: one request message read, then forwarded (every such RPC is unary).
-class ForwardedGeneric final : public ByteBidiReactor, public Finisher {
- public:
-  ForwardedGeneric(std::shared_ptr<Shared> shared, grpc::GenericCallbackServerContext* ctx)
-      : shared_(std::move(shared)), ctx_(ctx), link_(std::make_shared<Link>()) {}
-
-  void Start() {
-    const std::string& method = ctx_->method();
+  void OnRequested(bool ok) {
+    if (!ok) {  // the server is shutting down
+      delete this;
+      return;
+    }
+    RequestGeneric(lane_);
+    const std::string& method = ctx_.method();
     const std::string prefix = std::string("/") + kInferenceService + "/";
-    std::lock_guard<std::mutex> lock(link_->mu);
-    if (method.compare(0, prefix.size(), prefix) != 0) {
-      HandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!"));
+    if (method == kReflectionMethod) {
+      reflection_ = true;
+      StartRead();
+    } else if (method.compare(0, prefix.size(), prefix) != 0) {
+      StartFinish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!"));
     } else if (shared_->control == nullptr) {
-      HandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, method + ": not served by this server (no control plane)"));
+      StartFinish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, method + ": not served by this server (no control plane)"));
     } else {
-      link_->call = this;
-      HandOff(this);
-      StartRead(&request_);
+      StartRead();
     }
   }
 
-  void OnReadDone(bool ok) override {
-    Reaction reaction(this);
-    {
-      std::lock_guard<std::mutex> lock(link_->mu);
-      if (link_->call == nullptr) return;  // cancelled meanwhile
-      if (!ok) {
-        link_->call = nullptr;
-        HandOff(this);
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request message"));
+  void OnRead(bool ok) {
+    if (reflection_) {
+      if (!ok) {  // the client half-closed (or went away)
+        StartFinish(grpc::Status::OK);
         return;
       }
+      response_ = BufferOf(ReflectionAnswer(Flatten(request_)));
+      if (!shared_->gate.Run([&] { stream_.Write(response_, written_.tag()); })) delete this;
+      return;
     }
-    // Not under the link's mutex: Handle may call `done` at once. The reactor stays valid here
-    // even if cancelled meanwhile: OnDone waits for this reaction to return.
-    Forward(*shared_, CallOf(*ctx_, ctx_->method(), Flatten(request_)), link_);
-  }
-
-  void Complete(ControlReply reply) override {
-    for (auto& [key, value] : reply.trailers) ctx_->AddTrailingMetadata(key, value);
-    if (reply.code == StatusCode::kOk) {
+    if (!ok) {
+      StartFinish(grpc::Status(grpc::StatusCode::CANCELLED, "no request message"));
+      return;
+    }
+    ForwardToControl(*shared_, ctx_, ctx_.method(), Flatten(request_), [this](ControlReply reply) {
+      for (auto& [key, value] : reply.trailers) ctx_.AddTrailingMetadata(key, value);
+      if (reply.code != StatusCode::kOk) {
+        StartFinish(ControlStatus(reply));
+        return;
+      }
       response_ = BufferOf(std::move(reply.response));
-      HandOff(this);
-      StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+      if (!shared_->gate.Run(
+              [&] { stream_.WriteAndFinish(response_, grpc::WriteOptions(), grpc::Status::OK, finished_.tag()); })) {
+        delete this;
+      }
+    });
+  }
+
+  void OnWritten(bool ok) {  // a reflection answer
+    if (ok) {
+      StartRead();
     } else {
-      HandOff(this);
-      Finish(StatusOf(reply));
+      StartFinish(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
     }
-  }
-  void Cancelled() override {
-    HandOff(this);
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-  }
-  void OnCancel() override {
-    Reaction reaction(this);
-    std::lock_guard<std::mutex> lock(link_->mu);
-    if (link_->call != nullptr) {
-      link_->call = nullptr;
-      Cancelled();
-    }
-  }
-  void OnDone() override {
-    TakeOver(this);
-    {
-      std::lock_guard<std::mutex> lock(link_->mu);
-      link_->call = nullptr;
-    }
-    delete this;
   }
 
- private:
+  void OnFinished(bool) { delete this; }
+
+  void StartRead() {
+    if (!shared_->gate.Run([&] { stream_.Read(&request_, read_.tag()); })) delete this;
+  }
+  void StartFinish(const grpc::Status& status) {
+    if (!shared_->gate.Run([&] { stream_.Finish(status, finished_.tag()); })) delete this;
+  }
+
   const std::shared_ptr<Shared> shared_;
-  grpc::GenericCallbackServerContext* const ctx_;
-  const std::shared_ptr<Link> link_;
+  Lane* const lane_;  // on the lane's thread only
+  grpc::GenericServerContext ctx_;
+  grpc::GenericServerAsyncReaderWriter stream_{&ctx_};
+  bool reflection_ = false;
   grpc::ByteBuffer request_, response_;
-};
-
-class ControlService final : public grpc::CallbackGenericService {
- public:
-  explicit ControlService(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
-    auto* call = new ForwardedGeneric(shared_, ctx);
-    call->Start();
-    HandOff(call);
-    return call;
-  }
-
- private:
-  const std::shared_ptr<Shared> shared_;
+  On<GenericCall, &GenericCall::OnRequested> requested_{this};
+  On<GenericCall, &GenericCall::OnRead> read_{this};
+  On<GenericCall, &GenericCall::OnWritten> written_{this};
+  On<GenericCall, &GenericCall::OnFinished> finished_{this};
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::CallbackGenericService> MakeControlService(std::shared_ptr<Shared> shared) {
-  return std::make_unique<ControlService>(std::move(shared));
+void RequestGeneric(Lane* lane) { (new GenericCall(lane))->Request(); }
+
+void ForwardToControl(Shared& shared, const grpc::ServerContextBase& ctx, std::string method, std::string request,
+                      std::function<void(ControlReply)> finish) {
+  shared.control_thread.Post(CallOf(ctx, std::move(method), std::move(request)), std::move(finish));
 }
 
-grpc::ServerUnaryReactor* ForwardUnary(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx,
-                                       std::string method, const grpc::ByteBuffer& request,
-                                       grpc::ByteBuffer* response) {
-  if (shared->control == nullptr) {
-    auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, method + ": not served by this server (no control plane)"));
-    return reactor;
+grpc::Status ControlStatus(const ControlReply& reply) {
+  if (reply.code == StatusCode::kOk) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(reply.code)), ClipMessage(reply.message));
+}
+
+void ControlThread::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void ControlThread::Post(ControlCall call, Finish finish) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      waiting_.emplace_back(std::move(call), std::move(finish));
+      cv_.notify_one();
+      return;
+    }
   }
-  auto* call = new ForwardedUnary(ctx, response);
-  Forward(*shared, CallOf(*ctx, std::move(method), Flatten(request)), call->link());
-  HandOff(call);
-  return call;
+  finish(ControlReply{StatusCode::kUnavailable, "the server is shutting down", {}, {}});
+}
+
+void ControlThread::Loop() {
+  NameThisThread("il-control");
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stopping_ || !waiting_.empty(); });
+    if (stopping_) return;
+    auto [call, finish] = std::move(waiting_.front());
+    waiting_.pop_front();
+    lock.unlock();
+    handler_->Handle(std::move(call), std::move(finish));
+    lock.lock();
+  }
+}
+
+void ControlThread::Stop() {
+  std::deque<std::pair<ControlCall, Finish>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    left.swap(waiting_);
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& [call, finish] : left) finish(ControlReply{StatusCode::kUnavailable, "the server is shutting down", {}, {}});
 }
 
 std::string Flatten(const grpc::ByteBuffer& buffer) {

@@ -1,16 +1,14 @@
-// GrpcFrontend (grpc_frontend.h): options, the server builder, the idle-stream watchdog and
-// Shutdown. The calls themselves are in the files services.h names.
+// GrpcFrontend (grpc_frontend.h): options, the server builder, the lanes that poll it, the
+// idle-stream watchdog and Shutdown. The calls themselves are in the files services.h names.
 //
-// Threads (gRPC 1.51): the inference, health and control RPCs use the callback API, whose
-// reactions run on gRPC's own callback pool — on the distribution builds (epoll poller) the
-// process-wide "callback alternative" completion queue of clamp(cores / 2, 2, 16) threads,
-// which no API sizes. Answers are encoded on the core's executor threads. The reflection
-// service is synchronous: GrpcFrontendOptions::threads > 0 becomes the server's ResourceQuota
-// SetMaxThreads, which in 1.51 bounds that synchronous pool (at most 2 pollers here).
+// Threads: every service is on gRPC's asynchronous API (completion.h). Each lane is one
+// completion queue polled by one thread of ours ("il-grpc-N"), which asks gRPC for calls of
+// every kind on its queue and serves what arrives there: admission, parsing and routing of
+// inference requests, and the health and server RPCs. Answers are encoded and sent on the core's
+// executor threads; control-plane calls wait for their handler on the "il-control" thread.
+// No callback or synchronous method is registered, so gRPC starts no polling threads of its own.
 #include <absl/synchronization/mutex.h>
 #include <grpc/grpc.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
@@ -19,7 +17,9 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "io_sched.h"
 #include "services.h"
@@ -37,10 +37,6 @@ class FrontendImpl final : public GrpcFrontend {
 
   Status Build() {
     const GrpcFrontendOptions& o = shared_->options;
-    inference_ = grpcfe::MakeInferenceService(shared_);
-    health_ = grpcfe::MakeHealthService(shared_);
-    control_ = grpcfe::MakeControlService(shared_);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // once per process
     grpc::ServerBuilder builder;
     const int max_message = static_cast<int>(std::min<uint64_t>(o.max_message_bytes, INT_MAX));
     builder.SetMaxReceiveMessageSize(max_message);
@@ -48,22 +44,33 @@ class FrontendImpl final : public GrpcFrontend {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                static_cast<int>(std::min<uint32_t>(o.max_concurrent_streams, INT_MAX)));
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, o.reuse_port ? 1 : 0);  // else a busy port fails
-    builder.SetSyncServerOption(grpc::ServerBuilder::NUM_CQS, 1);
-    builder.SetSyncServerOption(grpc::ServerBuilder::MIN_POLLERS, 1);
-    builder.SetSyncServerOption(grpc::ServerBuilder::MAX_POLLERS, 2);
-    if (o.threads > 0) {
-      grpc::ResourceQuota quota("inferline-grpc-frontend");
-      quota.SetMaxThreads(std::max(o.threads, 2));
-      builder.SetResourceQuota(quota);
-    }
     builder.AddListeningPort(o.address, Credentials(o), &port_);
-    builder.RegisterService(inference_.get());
-    builder.RegisterService(health_.get());
-    builder.RegisterCallbackGenericService(control_.get());
+    builder.RegisterService(&inference_);
+    builder.RegisterService(&health_);
+    builder.RegisterAsyncGenericService(&generic_);
+    const int lanes = o.threads > 0 ? o.threads : DefaultLanes();
+    for (int i = 0; i < lanes; ++i) {
+      std::unique_ptr<grpcfe::Lane, LaneDeleter> lane(new grpcfe::Lane);
+      lane->shared = shared_;
+      lane->cq = builder.AddCompletionQueue().release();
+      lane->inference = &inference_;
+      lane->health = &health_;
+      lane->generic = &generic_;
+      lanes_.push_back(std::move(lane));
+    }
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port_ == 0) {
       server_.reset();
+      for (auto& lane : lanes_) {
+        lane->cq->Shutdown();
+        DrainLane(lane.get());
+      }
+      lanes_.clear();
       return Unavailable("gRPC: cannot bind " + o.address);
+    }
+    if (shared_->control != nullptr) shared_->control_thread.Start();
+    for (size_t i = 0; i < lanes_.size(); ++i) {
+      pollers_.emplace_back([this, i] { Poll(lanes_[i].get(), static_cast<int>(i)); });
     }
     if (o.stream_idle_timeout_s > 0) watchdog_ = std::thread([this] { Watchdog(); });
     if (shared_->admission.has_lobby()) sweeper_ = std::thread([this] { Sweeper(); });
@@ -102,11 +109,15 @@ class FrontendImpl final : public GrpcFrontend {
     if (sweeper_.joinable()) sweeper_.join();
     if (server_ != nullptr) {
       const auto grace = std::chrono::duration<double>(std::max(grace_s, 0.0));
-      // Stops accepting, cancels what is left at the deadline, returns once every call is done
-      // (our reactors finish at once when cancelled).
+      // Stops accepting, cancels what is left at the deadline and returns once every call is
+      // over; the lanes go on polling meanwhile (answers, cancellations, requests refused).
       server_->Shutdown(std::chrono::system_clock::now() +
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(grace));
     }
+    shared_->control_thread.Stop();  // control calls still waiting: UNAVAILABLE (their calls are over)
+    shared_->gate.Close();           // no operation starts from here on, so the queues can shut down
+    for (auto& lane : lanes_) lane->cq->Shutdown();
+    for (std::thread& t : pollers_) t.join();  // each drains its queue: the calls' last events
     {
       std::lock_guard<std::mutex> wl(watchdog_mu_);
       stop_watchdog_ = true;
@@ -123,6 +134,36 @@ class FrontendImpl final : public GrpcFrontend {
     ssl.pem_key_cert_pairs.push_back({o.tls_key_pem, o.tls_cert_pem});
     return grpc::SslServerCredentials(ssl);
   }
+
+  // One lane per 8 cores, at least 1 and at most 4: a lane's thread serves a call in a few
+  // microseconds, and more threads polling the same sockets hand the poller role to each other.
+  static int DefaultLanes() {
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    return static_cast<int>(std::clamp(cores / 8u, 1u, 4u));
+  }
+
+  // A lane's thread: asks for calls of every kind, then serves its queue's events until the
+  // queue is shut down and drained.
+  static void Poll(grpcfe::Lane* lane, int index) {
+    grpcfe::NameThisThread(("il-grpc-" + std::to_string(index)).c_str());
+    for (int i = 0; i < kInferRequested; ++i) grpcfe::RequestModelInfer(lane);
+    for (int i = 0; i < kOtherRequested; ++i) {
+      grpcfe::RequestModelStreamInfer(lane);
+      grpcfe::RequestServerLive(lane);
+      grpcfe::RequestServerReady(lane);
+      grpcfe::RequestHealthCheck(lane);
+      grpcfe::RequestHealthWatch(lane);
+      grpcfe::RequestGeneric(lane);
+    }
+    DrainLane(lane);
+  }
+  static void DrainLane(grpcfe::Lane* lane) {
+    void* tag = nullptr;
+    bool ok = false;
+    while (lane->cq->Next(&tag, &ok)) static_cast<grpcfe::CqEvent*>(tag)->Complete(ok);
+  }
+  static constexpr int kInferRequested = 128;  // ModelInfer calls each lane has asked gRPC for
+  static constexpr int kOtherRequested = 4;    // and of each other kind
 
   // Ends idle streams (options.stream_idle_timeout_s), checking ten times per idle period.
   void Watchdog() {
@@ -152,8 +193,17 @@ class FrontendImpl final : public GrpcFrontend {
   }
 
   const std::shared_ptr<Shared> shared_;
-  std::unique_ptr<grpc::Service> inference_, health_;       // outlive server_
-  std::unique_ptr<grpc::CallbackGenericService> control_;
+  grpcfe::InferenceService inference_;  // these outlive server_
+  grpcfe::HealthService health_;
+  grpc::AsyncGenericService generic_;
+  struct LaneDeleter {
+    void operator()(grpcfe::Lane* lane) const {
+      delete lane->cq;
+      delete lane;
+    }
+  };
+  std::vector<std::unique_ptr<grpcfe::Lane, LaneDeleter>> lanes_;  // their queues outlive server_
+  std::vector<std::thread> pollers_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::mutex shutdown_mu_;

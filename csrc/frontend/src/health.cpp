@@ -1,10 +1,14 @@
-// grpc.health.v1.Health, natively: Check of "" or the inference service answers from
-// Shared::Ready(); Check of any other name (a model) goes to the control plane (ForwardUnary).
-// Watch sends the status at once and again whenever SetServing changes it (SERVICE_UNKNOWN, once,
-// for other names), one write at a time, and ends OK after NOT_SERVING at Shutdown.
-#include "health.grpc.pb.h"
+// ServerLive, ServerReady and grpc.health.v1.Health, natively, on the asynchronous API
+// (completion.h): ServerLive is always true; ServerReady and health Check of "" or the inference
+// service answer from Shared::Ready(); Check of any other name (a model) goes to the control
+// plane. Watch sends the status at once and again whenever SetServing changes it
+// (SERVICE_UNKNOWN, once, for other names), one write at a time, and ends OK after NOT_SERVING
+// at Shutdown. Each is answered on the lane's thread as soon as it arrives, so no inference
+// work is ever ahead of it.
+#include <mutex>
+#include <optional>
+
 #include "services.h"
-#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -20,19 +24,144 @@ HealthCheckResponse::ServingStatus StatusOf(const Shared& shared, const std::str
   return shared.Ready() ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
 }
 
+// A unary call answered as it arrives: `Answer` fills the response and returns the status, or
+// nothing when the call is answered later (Send, from any thread).
+template <class RequestMsg, class Response, auto Ask, class Derived>
+class InstantCall {
+ public:
+  explicit InstantCall(Lane* lane) : shared_(lane->shared), lane_(lane) {}
+  virtual ~InstantCall() = default;
+
+  void Request() {
+    Lane* lane = lane_;
+    if (!shared_->gate.Run([&] { Ask(lane, &ctx_, &request_, &responder_, requested_.tag()); })) delete this;
+  }
+
+ protected:
+  virtual std::optional<grpc::Status> Answer(Response* response) = 0;
+  const std::shared_ptr<Shared> shared_;
+  Lane* const lane_;  // on the lane's thread only
+  grpc::ServerContext ctx_;
+  RequestMsg request_;
+  grpc::ServerAsyncResponseWriter<Response> responder_{&ctx_};
+
+  // Sends `response` with `status`; the call is deleted once it went out.
+  void Send(const Response& response, const grpc::Status& status) {
+    if (!shared_->gate.Run([&] {
+          if (status.ok()) {
+            responder_.Finish(response, status, finished_.tag());
+          } else {
+            responder_.FinishWithError(status, finished_.tag());
+          }
+        })) {
+      delete this;
+    }
+  }
+
+ private:
+  void OnRequested(bool ok) {
+    if (!ok) {
+      delete this;
+      return;
+    }
+    Derived::RequestNext(lane_);
+    Response response;
+    if (std::optional<grpc::Status> status = Answer(&response)) Send(response, *status);
+  }
+  void OnFinished(bool) { delete this; }
+
+  On<InstantCall, &InstantCall::OnRequested> requested_{this};
+  On<InstantCall, &InstantCall::OnFinished> finished_{this};
+};
+
+void AskLive(Lane* lane, grpc::ServerContext* ctx, inference::ServerLiveRequest* request,
+             grpc::ServerAsyncResponseWriter<inference::ServerLiveResponse>* responder, void* tag) {
+  lane->inference->RequestServerLive(ctx, request, responder, lane->cq, lane->cq, tag);
+}
+void AskReady(Lane* lane, grpc::ServerContext* ctx, inference::ServerReadyRequest* request,
+              grpc::ServerAsyncResponseWriter<inference::ServerReadyResponse>* responder, void* tag) {
+  lane->inference->RequestServerReady(ctx, request, responder, lane->cq, lane->cq, tag);
+}
+void AskCheck(Lane* lane, grpc::ServerContext* ctx, grpc::ByteBuffer* request,
+              grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* responder, void* tag) {
+  lane->health->RequestCheck(ctx, request, responder, lane->cq, lane->cq, tag);
+}
+
+class LiveCall final : public InstantCall<inference::ServerLiveRequest, inference::ServerLiveResponse, AskLive, LiveCall> {
+ public:
+  using InstantCall::InstantCall;
+  static void RequestNext(Lane* lane) { (new LiveCall(lane))->Request(); }
+
+ private:
+  std::optional<grpc::Status> Answer(inference::ServerLiveResponse* response) override {
+    response->set_live(true);
+    return grpc::Status::OK;
+  }
+};
+
+class ReadyCall final
+    : public InstantCall<inference::ServerReadyRequest, inference::ServerReadyResponse, AskReady, ReadyCall> {
+ public:
+  using InstantCall::InstantCall;
+  static void RequestNext(Lane* lane) { (new ReadyCall(lane))->Request(); }
+
+ private:
+  std::optional<grpc::Status> Answer(inference::ServerReadyResponse* response) override {
+    response->set_ready(shared_->Ready());
+    return grpc::Status::OK;
+  }
+};
+
+// Check: of the server, answered here; of another name, by the control plane (the call lives
+// until that reply is sent; a cancelled call's reply goes nowhere).
+class CheckCall final : public InstantCall<grpc::ByteBuffer, grpc::ByteBuffer, AskCheck, CheckCall> {
+ public:
+  using InstantCall::InstantCall;
+  static void RequestNext(Lane* lane) { (new CheckCall(lane))->Request(); }
+
+ private:
+  std::optional<grpc::Status> Answer(grpc::ByteBuffer* response) override {
+    HealthCheckRequest req;
+    if (!req.ParseFromString(Flatten(request_))) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed request message");
+    }
+    if (IsServerService(req.service())) {
+      HealthCheckResponse out;
+      out.set_status(StatusOf(*shared_, req.service()));
+      *response = BufferOf(out.SerializeAsString());
+      return grpc::Status::OK;
+    }
+    static const std::string kMethod = "/grpc.health.v1.Health/Check";
+    if (shared_->control == nullptr) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, kMethod + ": not served by this server (no control plane)");
+    }
+    ForwardToControl(*shared_, ctx_, kMethod, Flatten(request_), [this](ControlReply reply) {
+      for (auto& [key, value] : reply.trailers) ctx_.AddTrailingMetadata(key, value);
+      if (reply.code == StatusCode::kOk) {
+        Send(BufferOf(std::move(reply.response)), grpc::Status::OK);
+      } else {
+        Send(grpc::ByteBuffer(), ControlStatus(reply));
+      }
+    });
+    return std::nullopt;
+  }
+};
+
 }  // namespace
 
-class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
+// Watch: one write outstanding; Notify (SetServing's thread, Shutdown) and the events (the
+// lane's thread) take mu_. Deleted on its done event once no operation is outstanding.
+class WatchCall final {
  public:
-  WatchCall(std::shared_ptr<Shared> shared, std::string service)
-      : shared_(std::move(shared)), service_(std::move(service)) {}
+  explicit WatchCall(Lane* lane) : shared_(lane->shared), lane_(lane) {}
 
-  void Start() {
-    {
-      std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
-      shared_->watchers.insert(this);
+  void Request() {
+    ctx_.AsyncNotifyWhenDone(done_.tag());
+    Lane* lane = lane_;
+    if (!shared_->gate.Run(
+            [&] { lane->health->RequestWatch(&ctx_, &request_, &writer_, lane->cq, lane->cq, requested_.tag()); })) {
+      delete this;
     }
-    Notify(shared_->shutting_down.load());
   }
 
   // Sends the current status if it changed; `end`: then finish (Shutdown).
@@ -43,109 +172,121 @@ class WatchCall final : public grpc::ServerWriteReactor<HealthCheckResponse> {
     if (!writing_) WriteOrEndLocked();
   }
 
-  void OnWriteDone(bool ok) override {
-    Reaction reaction(this);
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (finished_) return;
-    if (!ok) {
-      finished_ = true;
-      HandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+ private:
+  void OnRequested(bool ok) {
+    if (!ok) {  // no call came, and no done event will
+      delete this;
       return;
     }
-    WriteOrEndLocked();
-  }
-
-  void OnCancel() override {
-    Reaction reaction(this);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return;
-    finished_ = true;
-    HandOff(this);
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-  }
-
-  void OnDone() override {
-    TakeOver(this);
+    RequestHealthWatch(lane_);
     {
       std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
-      shared_->watchers.erase(this);
+      shared_->watchers.insert(this);
+      registered_ = true;
     }
-    delete this;
+    Notify(shared_->shutting_down.load());
   }
 
- private:
+  void OnWritten(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    --outstanding_;
+    if (!finished_) {
+      if (!ok) {
+        StartFinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+      } else {
+        WriteOrEndLocked();
+      }
+    }
+    MaybeDeleteLocked(lock);
+  }
+
+  void OnFinished(bool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    MaybeDeleteLocked(lock);
+  }
+
+  void OnDone(bool) {
+    if (registered_) {
+      std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
+      shared_->watchers.erase(this);  // no Notify runs from here on
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;  // answered, or cancelled: nothing more is sent
+    done_seen_ = true;
+    MaybeDeleteLocked(lock);
+  }
+
   // Requires mu_ and no write outstanding.
   void WriteOrEndLocked() {
-    const auto now = StatusOf(*shared_, service_);
+    const auto now = StatusOf(*shared_, request_.service());
     if (!sent_any_ || (now != sent_ && now != HealthCheckResponse::SERVICE_UNKNOWN)) {
       sent_any_ = true;
       sent_ = now;
       response_.set_status(now);
       writing_ = true;
-      HandOff(this);
-      StartWrite(&response_);
+      ++outstanding_;
+      if (!shared_->gate.Run([&] { writer_.Write(response_, written_.tag()); })) {
+        writing_ = false;
+        --outstanding_;
+      }
     } else if (ending_) {
-      finished_ = true;
-      HandOff(this);
-      Finish(grpc::Status::OK);
+      StartFinishLocked(grpc::Status::OK);
     }
+  }
+  void StartFinishLocked(const grpc::Status& status) {
+    finished_ = true;
+    ++outstanding_;
+    if (!shared_->gate.Run([&] { writer_.Finish(status, finish_.tag()); })) --outstanding_;
+  }
+  // The last event deletes the call (after unlocking: `lock` holds this call's mutex).
+  void MaybeDeleteLocked(std::lock_guard<std::mutex>& lock) {
+    (void)lock;
+    if (done_seen_ && outstanding_ == 0) delete_ = true;
   }
 
   const std::shared_ptr<Shared> shared_;
-  const std::string service_;
+  Lane* const lane_;  // on the lane's thread only
+  grpc::ServerContext ctx_;
+  HealthCheckRequest request_;
+  grpc::ServerAsyncWriter<HealthCheckResponse> writer_{&ctx_};
+  bool registered_ = false;  // in Shared::watchers; on the lane's thread
   std::mutex mu_;
   HealthCheckResponse response_;  // the write outstanding; requires mu_
   HealthCheckResponse::ServingStatus sent_ = HealthCheckResponse::UNKNOWN;  // requires mu_
   bool sent_any_ = false, writing_ = false, ending_ = false, finished_ = false;  // require mu_
-};
+  bool done_seen_ = false, delete_ = false;  // require mu_
+  int outstanding_ = 0;                      // write and finish operations; requires mu_
 
-namespace {
-
-using HealthBase = grpc::health::v1::Health::WithRawCallbackMethod_Check<
-    grpc::health::v1::Health::WithCallbackMethod_Watch<grpc::health::v1::Health::Service>>;
-
-class HealthService final : public HealthBase {
  public:
-  explicit HealthService(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
-
-  grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request,
-                                  grpc::ByteBuffer* response) override {
-    HealthCheckRequest req;
-    if (!req.ParseFromString(Flatten(*request))) {
-      auto* reactor = ctx->DefaultReactor();
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed request message"));
-      return reactor;
+  // The events run here and delete the call once it is over.
+  template <void (WatchCall::*Handler)(bool)>
+  static void Run(WatchCall* call, bool ok) {
+    (call->*Handler)(ok);
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(call->mu_);
+      last = call->delete_;
     }
-    if (!IsServerService(req.service())) {
-      return ForwardUnary(shared_, ctx, "/grpc.health.v1.Health/Check", *request, response);
-    }
-    HealthCheckResponse out;
-    out.set_status(StatusOf(*shared_, req.service()));
-    *response = BufferOf(out.SerializeAsString());
-    auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
-  }
-
-  grpc::ServerWriteReactor<HealthCheckResponse>* Watch(grpc::CallbackServerContext*,
-                                                       const HealthCheckRequest* request) override {
-    auto* call = new WatchCall(shared_, request->service());
-    call->Start();
-    HandOff(call);
-    return call;
+    if (last) delete call;
   }
 
  private:
-  const std::shared_ptr<Shared> shared_;
+  void Requested(bool ok) { OnRequested(ok); }
+  void Written(bool ok) { Run<&WatchCall::OnWritten>(this, ok); }
+  void Finished(bool ok) { Run<&WatchCall::OnFinished>(this, ok); }
+  void Done(bool ok) { Run<&WatchCall::OnDone>(this, ok); }
+  On<WatchCall, &WatchCall::Requested> requested_{this};
+  On<WatchCall, &WatchCall::Written> written_{this};
+  On<WatchCall, &WatchCall::Finished> finish_{this};
+  On<WatchCall, &WatchCall::Done> done_{this};
 };
 
-}  // namespace
-
-std::unique_ptr<grpc::Service> MakeHealthService(std::shared_ptr<Shared> shared) {
-  return std::make_unique<HealthService>(std::move(shared));
-}
+void RequestServerLive(Lane* lane) { LiveCall::RequestNext(lane); }
+void RequestServerReady(Lane* lane) { ReadyCall::RequestNext(lane); }
+void RequestHealthCheck(Lane* lane) { CheckCall::RequestNext(lane); }
+void RequestHealthWatch(Lane* lane) { (new WatchCall(lane))->Request(); }
 
 void NotifyWatchers(Shared& shared) {
   std::lock_guard<std::mutex> lock(shared.watchers_mu_);

@@ -1,61 +1,88 @@
-// ModelInfer: an InferJob answered through a unary callback reactor (services.h).
+// ModelInfer: an InferJob answered through an asynchronous unary call (completion.h).
 //
-// The call finishes once: with the job's answer, or at once when the call is cancelled (the
-// client went away, or Shutdown's grace ran out), so that neither waits for the core. In the
-// second case the request is withdrawn (InferRequest::cancelled) and its late answer dropped.
-// The object lives until both the RPC (OnDone) and the core (the job's reference) are done.
+// Events, all on the lane's thread: `requested_` (the call and its request arrived: the job
+// runs), `done_` (the call is over: answered, or cancelled by its client or by Shutdown's grace
+// running out) and `finished_` (the answer went out). The answer is sent from whichever thread
+// produced it (InferJob::Reply). The call is answered at most once: the answer and a
+// cancellation race for `answered_`; a cancelled call's request is withdrawn
+// (InferRequest::cancelled, and the lobby) and its late answer dropped.
+//
+// References (InferJob's count): the RPC's, from creation until `done_` (or a request that never
+// came, at Shutdown); one for `finished_` while the answer is being sent; and the job's own
+// (the lobby's, the core's).
 #include <string>
 
 #include "infer_job.h"
 #include "services.h"
-#include "tsan.h"
 
 namespace inferline::grpcfe {
 
 namespace {
 
-class UnaryCall final : public grpc::ServerUnaryReactor, public InferJob {
+class UnaryCall final : public InferJob {
  public:
-  UnaryCall(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response)
-      : InferJob(std::move(shared), Protocol::kUnary, &cancelled_), ctx_(ctx), response_(response) {}
+  explicit UnaryCall(Lane* lane) : InferJob(lane->shared, Protocol::kUnary, &cancelled_), lane_(lane) {}
 
-  void OnCancel() override {
-    Reaction reaction(this);
-    cancelled_.store(true, std::memory_order_relaxed);
-    LeaveLobby();  // a waiting request leaves at once (no answer: the call is finished here)
-    if (!finished_.exchange(true)) {
-      HandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+  void Request() {
+    ctx_.AsyncNotifyWhenDone(done_.tag());
+    Lane* lane = lane_;
+    if (!shared_->gate.Run([&] {
+          lane->inference->RequestModelInfer(&ctx_, &request_, &responder_, lane->cq, lane->cq, requested_.tag());
+        })) {
+      Unref();
     }
-  }
-  void OnDone() override {
-    TakeOver(this);
-    Unref();  // the RPC's reference
   }
 
  private:
-  void Reply(Answer answer) noexcept override {
-    if (finished_.exchange(true)) return;  // cancelled: already finished
-    if (answer.retry_after_ms >= 0) ctx_->AddTrailingMetadata("retry-after-ms", std::to_string(answer.retry_after_ms));
-    if (answer.status.ok()) response_->Swap(&answer.body);
-    HandOff(this);
-    Finish(answer.status);
+  void OnRequested(bool ok) {
+    if (!ok) {  // the server is shutting down: no call came, and no done event will
+      Unref();
+      return;
+    }
+    RequestModelInfer(lane_);
+    grpc::ByteBuffer raw;
+    raw.Swap(&request_);
+    Run(raw, ctx_.deadline());
   }
 
+  void OnDone(bool) {
+    if (ctx_.IsCancelled()) {
+      cancelled_.store(true, std::memory_order_relaxed);
+      answered_.store(true, std::memory_order_relaxed);  // nothing is sent now
+      LeaveLobby();  // a waiting request leaves at once
+    }
+    Unref();  // the RPC's
+  }
+
+  void OnFinished(bool) { Unref(); }
+
+  void Reply(Answer answer) noexcept override {
+    if (answered_.exchange(true)) return;  // cancelled: nothing to send
+    if (answer.retry_after_ms >= 0) ctx_.AddTrailingMetadata("retry-after-ms", std::to_string(answer.retry_after_ms));
+    Ref();  // finished_'s
+    const bool started = shared_->gate.Run([&] {
+      if (answer.status.ok()) {
+        responder_.Finish(answer.body, grpc::Status::OK, finished_.tag());
+      } else {
+        responder_.FinishWithError(answer.status, finished_.tag());
+      }
+    });
+    if (!started) Unref();
+  }
+
+  Lane* const lane_;  // on the lane's thread only
+  grpc::ServerContext ctx_;
+  grpc::ByteBuffer request_;
+  grpc::ServerAsyncResponseWriter<grpc::ByteBuffer> responder_{&ctx_};
   std::atomic<bool> cancelled_{false};  // InferRequest::cancelled of the job
-  std::atomic<bool> finished_{false};   // Finish called (by the answer or by OnCancel)
-  grpc::CallbackServerContext* const ctx_;
-  grpc::ByteBuffer* const response_;
+  std::atomic<bool> answered_{false};   // the answer was sent, or the call was cancelled
+  On<UnaryCall, &UnaryCall::OnRequested> requested_{this};
+  On<UnaryCall, &UnaryCall::OnDone> done_{this};
+  On<UnaryCall, &UnaryCall::OnFinished> finished_{this};
 };
 
 }  // namespace
 
-grpc::ServerUnaryReactor* StartModelInfer(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx,
-                                          const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  auto* call = new UnaryCall(std::move(shared), ctx, response);
-  call->Run(*request, ctx->deadline());
-  HandOff(call);
-  return call;
-}
+void RequestModelInfer(Lane* lane) { (new UnaryCall(lane))->Request(); }
 
 }  // namespace inferline::grpcfe

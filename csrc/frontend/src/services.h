@@ -1,31 +1,68 @@
-// Private: the pieces the frontend (frontend.cpp) assembles into one grpc::Server, each in its
-// own file: the inference service (inference_service.cpp; ModelInfer in infer_call.cpp,
-// ModelStreamInfer in stream_call.cpp), grpc.health.v1.Health (health.cpp) and the generic
-// service that hands every other call to the ControlHandler (control.cpp).
+// Private: the services the frontend (frontend.cpp) registers with one grpc::Server, all on the
+// asynchronous API (completion.h), and the calls that serve them, each kind in its own file:
+// ModelInfer (infer_call.cpp), ModelStreamInfer (stream_call.cpp), ServerLive/ServerReady and
+// grpc.health.v1.Health (health.cpp), and every other method through the generic service:
+// server reflection (reflection.cpp) and the calls handed to the ControlHandler (control.cpp).
 #pragma once
 
 #include <grpcpp/generic/async_generic_service.h>
-#include <grpcpp/impl/service_type.h>
-#include <grpcpp/support/server_callback.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "health.grpc.pb.h"
+#include "inference.grpc.pb.h"
 #include "shared.h"
 
 namespace inferline::grpcfe {
 
-using ByteBidiReactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+using InferenceSvc = inference::GRPCInferenceService;
 
-std::unique_ptr<grpc::Service> MakeInferenceService(std::shared_ptr<Shared> shared);
-std::unique_ptr<grpc::Service> MakeHealthService(std::shared_ptr<Shared> shared);
-std::unique_ptr<grpc::CallbackGenericService> MakeControlService(std::shared_ptr<Shared> shared);
+// inference.GRPCInferenceService: ModelInfer and ModelStreamInfer raw (byte buffers, so that
+// admission runs before the message is parsed), ServerLive and ServerReady typed, every other
+// method generic (its calls reach the generic service as bytes, and from there the control plane).
+using InferenceControlMethods = InferenceSvc::WithGenericMethod_ModelReady<InferenceSvc::WithGenericMethod_ServerMetadata<
+    InferenceSvc::WithGenericMethod_ModelMetadata<InferenceSvc::WithGenericMethod_ModelConfig<
+        InferenceSvc::WithGenericMethod_ModelStatistics<InferenceSvc::WithGenericMethod_RepositoryIndex<
+            InferenceSvc::WithGenericMethod_RepositoryModelLoad<InferenceSvc::WithGenericMethod_RepositoryModelUnload<
+                InferenceSvc::WithGenericMethod_SystemSharedMemoryStatus<
+                    InferenceSvc::WithGenericMethod_SystemSharedMemoryRegister<
+                        InferenceSvc::WithGenericMethod_SystemSharedMemoryUnregister<
+                            InferenceSvc::WithGenericMethod_CudaSharedMemoryStatus<
+                                InferenceSvc::WithGenericMethod_CudaSharedMemoryRegister<
+                                    InferenceSvc::WithGenericMethod_CudaSharedMemoryUnregister<
+                                        InferenceSvc::WithGenericMethod_TraceSetting<
+                                            InferenceSvc::WithGenericMethod_LogSettings<InferenceSvc::Service>>>>>>>>>>>>>>>>;
+using InferenceService = InferenceSvc::WithAsyncMethod_ServerLive<InferenceSvc::WithAsyncMethod_ServerReady<
+    InferenceSvc::WithRawMethod_ModelInfer<InferenceSvc::WithRawMethod_ModelStreamInfer<InferenceControlMethods>>>>;
 
-// ModelInfer: one InferJob answered through a unary reactor (infer_call.cpp).
-grpc::ServerUnaryReactor* StartModelInfer(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx,
-                                          const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
-// ModelStreamInfer (stream_call.cpp).
-ByteBidiReactor* StartModelStreamInfer(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx);
+// grpc.health.v1.Health: Check raw (a model's name is forwarded as the bytes came), Watch typed.
+using HealthService = grpc::health::v1::Health::WithRawMethod_Check<
+    grpc::health::v1::Health::WithAsyncMethod_Watch<grpc::health::v1::Health::Service>>;
+
+// One completion queue and the services whose calls it asks for. Lives until its queue is
+// drained; a call uses it only on the queue's thread (to ask for the next call of its kind).
+struct Lane {
+  std::shared_ptr<Shared> shared;
+  grpc::ServerCompletionQueue* cq = nullptr;
+  InferenceService* inference = nullptr;
+  HealthService* health = nullptr;
+  grpc::AsyncGenericService* generic = nullptr;
+};
+
+// Each asks gRPC for one call of its kind on the lane's queue; once one arrives, the call asks
+// for the next before it serves its own, so that each lane always has `Lane*Requested` waiting.
+void RequestModelInfer(Lane* lane);        // infer_call.cpp
+void RequestModelStreamInfer(Lane* lane);  // stream_call.cpp
+void RequestServerLive(Lane* lane);        // health.cpp
+void RequestServerReady(Lane* lane);
+void RequestHealthCheck(Lane* lane);
+void RequestHealthWatch(Lane* lane);
+void RequestGeneric(Lane* lane);           // control.cpp
+
 // Ends the open streams idle for options.stream_idle_timeout_s (the watchdog's scan).
 void CheckIdleStreams(Shared& shared);
 
@@ -33,10 +70,19 @@ void CheckIdleStreams(Shared& shared);
 void NotifyWatchers(Shared& shared);
 void EndWatchers(Shared& shared);
 
-// A unary call handed to the ControlHandler (control.cpp): `request` forwarded as it came.
-grpc::ServerUnaryReactor* ForwardUnary(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx,
-                                       std::string method, const grpc::ByteBuffer& request,
-                                       grpc::ByteBuffer* response);
+// Hands a unary call to the control plane (control.cpp), on the frontend's ControlThread:
+// health Check of a model's name, or a generic call once its request is read. `finish(reply)`
+// answers it exactly once, from any thread: the ControlHandler's reply, or UNAVAILABLE when the
+// frontend stops first. The call must stay alive until then.
+void ForwardToControl(Shared& shared, const grpc::ServerContextBase& ctx, std::string method, std::string request,
+                      std::function<void(ControlReply)> finish);
+// The gRPC status a control reply is answered with (its message clipped).
+grpc::Status ControlStatus(const ControlReply& reply);
+
+// Server reflection (grpc.reflection.v1alpha, reflection.cpp): the serialized
+// ServerReflectionResponse to a serialized ServerReflectionRequest. The generic call serves it.
+inline constexpr char kReflectionMethod[] = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+std::string ReflectionAnswer(const std::string& request);
 
 // The bytes of a buffer, in one string.
 std::string Flatten(const grpc::ByteBuffer& buffer);

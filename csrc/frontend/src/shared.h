@@ -7,6 +7,9 @@
 #include <grpcpp/support/status.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -14,9 +17,11 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 
 #include "admission.h"
+#include "completion.h"
 #include "tap_gate.h"
 #include "inferline/grpc_frontend.h"
 
@@ -69,9 +74,33 @@ class FrontendCounters {
 class StreamCall;
 class WatchCall;
 
+// Runs the control plane's work on a thread of its own ("il-control"), so that a ControlHandler
+// that waits (for Python's GIL, say) never holds up a completion queue's thread.
+class ControlThread {
+ public:
+  using Finish = std::function<void(ControlReply)>;
+  explicit ControlThread(ControlHandler* handler) : handler_(handler) {}
+  ~ControlThread() { Stop(); }
+  void Start();
+  // Calls the handler with `call` on the thread, in order; once stopped, answers UNAVAILABLE.
+  void Post(ControlCall call, Finish finish);
+  // Ends the thread once the call in hand returns; the calls still waiting are answered
+  // UNAVAILABLE (at Shutdown they are cancelled already).
+  void Stop();
+
+ private:
+  void Loop();
+  ControlHandler* const handler_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<ControlCall, Finish>> waiting_;  // requires mu_
+  bool stopping_ = false;                               // requires mu_
+  std::thread thread_;
+};
+
 struct Shared {
   Shared(Router* r, Engine* e, const GrpcFrontendOptions& o, ControlHandler* c, RequestTap* t)
-      : router(r), engine(e), control(c), options(o), admission(o.admission), tap(t) {}
+      : router(r), engine(e), control(c), options(o), admission(o.admission), tap(t), control_thread(c) {}
 
   // ServerReady and health Check of "" / the inference service.
   bool Ready() const noexcept { return serving.load() && !shutting_down.load(); }
@@ -85,6 +114,8 @@ struct Shared {
   Admission admission;
   FrontendCounters counters;
   TapGate tap;
+  OpGate gate;  // every gRPC operation starts through it (completion.h)
+  ControlThread control_thread;
   std::atomic<bool> serving{true};
   std::atomic<bool> shutting_down{false};
   std::atomic<uint32_t> open_streams{0};

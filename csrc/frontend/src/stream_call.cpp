@@ -1,18 +1,18 @@
-// ModelStreamInfer: each request an InferJob, answered as it completes (grpc_stream.py's rules).
+// ModelStreamInfer: each request an InferJob, answered as it completes (grpc_stream.py's rules),
+// on an asynchronous bidirectional call (completion.h).
 //
-// Reads start one at a time; each message read becomes a job at once, and the next read starts
+// Reads go one at a time; each message read becomes a job at once, and the next read starts
 // while the work in hand (requests read and not yet written back) stays within kMaxInHand
 // requests and kMaxBytesInHand bytes, so that a client that does not read its answers is held
-// back by HTTP/2 flow control. A reactor has at most one write outstanding: answers queue here
-// and are written one at a time. The stream ends OK once the client half-closed and every
-// answer is written; UNAVAILABLE when idle for options.stream_idle_timeout_s (the frontend's
-// watchdog calls CheckIdle); CANCELLED at once when the call is cancelled (its queued requests
-// are withdrawn through one shared flag and their late answers dropped).
+// back by HTTP/2 flow control. At most one write is outstanding: answers queue here and are
+// written one at a time. The stream ends OK once the client half-closed and every answer is
+// written; UNAVAILABLE when idle for options.stream_idle_timeout_s (the frontend's watchdog calls
+// CheckIdle); when the call is cancelled its queued requests are withdrawn through one shared
+// flag and their late answers dropped.
 //
-// Lifetime: reference counted: the RPC holds one (until OnDone), each job one (until the core
-// answered it), the watchdog one while it checks. mu_ guards the stream state; reactor
-// operations (StartRead/StartWrite/Finish) are called under it, which is safe because gRPC runs
-// reactions on its own threads, never inline.
+// Lifetime: reference counted: the RPC holds one (until the done event), each operation
+// outstanding one (until its event), each job one (until the core answered it), the watchdog
+// one while it checks. mu_ guards the stream state; operations are started under it.
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -20,7 +20,6 @@
 
 #include "infer_job.h"
 #include "services.h"
-#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -41,39 +40,54 @@ std::string Seconds(double s) {  // Python's f"{s:g}"
 
 }  // namespace
 
-class StreamCall final : public ByteBidiReactor {
+class StreamCall final {
  public:
-  StreamCall(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx)
-      : shared_(std::move(shared)), ctx_(ctx), idle_s_(shared_->options.stream_idle_timeout_s) {}
+  explicit StreamCall(Lane* lane)
+      : shared_(lane->shared), lane_(lane), idle_s_(shared_->options.stream_idle_timeout_s) {}
 
-  void Start() {
+  void Request() {
+    ctx_.AsyncNotifyWhenDone(done_.tag());
+    Lane* lane = lane_;
+    if (!shared_->gate.Run([&] {
+          lane->inference->RequestModelStreamInfer(&ctx_, &stream_, lane->cq, lane->cq, requested_.tag());
+        })) {
+      Unref();
+    }
+  }
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // the server is shutting down: no call came, and no done event will
+      Unref();
+      return;
+    }
+    RequestModelStreamInfer(lane_);
     const uint32_t max = shared_->options.max_streams;
     const uint32_t open = shared_->open_streams.fetch_add(1);
+    std::lock_guard<std::mutex> lock(mu_);
     if (open >= max) {
       shared_->open_streams.fetch_sub(1);
-      HandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          "ModelStreamInfer: this worker has " + std::to_string(open) +
-                              " streams open, its limit (--max-streams); retry later, or send unary ModelInfer calls"));
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "ModelStreamInfer: this worker has " + std::to_string(open) +
+                                    " streams open, its limit (--max-streams); retry later, or send unary ModelInfer calls"));
       return;
     }
     counted_ = true;
     if (idle_s_ > 0) {
-      std::lock_guard<std::mutex> lock(shared_->streams_mu_);
+      std::lock_guard<std::mutex> streams(shared_->streams_mu_);
       shared_->streams.insert(this);
     }
-    std::lock_guard<std::mutex> lock(mu_);
     last_active_s_ = NowS();
-    HandOff(this);
-    StartRead(&read_buf_);
+    StartReadLocked();
   }
 
-  void OnReadDone(bool ok) override {
-    Reaction reaction(this);
-    if (!ok) {  // half-closed (or broken)
-      std::lock_guard<std::mutex> lock(mu_);
-      reads_done_ = true;
-      MaybeFinishLocked();
+  void OnRead(bool ok) {
+    if (!ok) {  // half-closed (or broken, or cancelled)
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reads_done_ = true;
+        MaybeFinishLocked();
+      }
+      Unref();  // the read's
       return;
     }
     grpc::ByteBuffer raw;
@@ -86,49 +100,53 @@ class StreamCall final : public ByteBidiReactor {
       last_active_s_ = NowS();
     }
     auto* job = new Job(shared_, this, bytes);
-    job->Run(raw, ctx_->deadline());
+    job->Run(raw, ctx_.deadline());
     job->Unref();  // the reader's reference
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return;
-    if (RoomLocked()) {
-      HandOff(this);
-      StartRead(&read_buf_);
-    } else {
-      read_paused_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) {
+        if (RoomLocked()) {
+          StartReadLocked();
+        } else {
+          read_paused_ = true;
+        }
+      }
     }
+    Unref();  // the read's
   }
 
-  void OnWriteDone(bool ok) override {
-    Reaction reaction(this);
-    std::lock_guard<std::mutex> lock(mu_);
-    --in_hand_;
-    bytes_in_hand_ -= queue_.front().bytes;
-    queue_.pop_front();
-    writing_ = false;
-    last_active_s_ = NowS();
-    if (finished_) return;
-    if (!ok) {  // the stream broke
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
-      return;
+  void OnWrite(bool ok) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --in_hand_;
+      bytes_in_hand_ -= queue_.front().bytes;
+      queue_.pop_front();
+      writing_ = false;
+      last_active_s_ = NowS();
+      if (!finished_) {
+        if (!ok) {  // the stream broke
+          FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+        } else {
+          if (!queue_.empty()) StartWriteLocked();
+          if (read_paused_ && !reads_done_ && RoomLocked()) {
+            read_paused_ = false;
+            StartReadLocked();
+          }
+          MaybeFinishLocked();
+        }
+      }
     }
-    if (!queue_.empty()) StartWriteLocked();
-    if (read_paused_ && !reads_done_ && RoomLocked()) {
-      read_paused_ = false;
-      HandOff(this);
-      StartRead(&read_buf_);
-    }
-    MaybeFinishLocked();
+    Unref();  // the write's
   }
 
-  void OnCancel() override {
-    Reaction reaction(this);
-    cancelled_.store(true, std::memory_order_relaxed);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!finished_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-  }
+  void OnFinished(bool) { Unref(); }
 
-  void OnDone() override {
-    TakeOver(this);
+  void OnDone(bool) {
+    if (ctx_.IsCancelled()) {
+      cancelled_.store(true, std::memory_order_relaxed);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) DropLocked();  // nothing more is sent
+    }
     if (counted_) {
       {
         std::lock_guard<std::mutex> lock(shared_->streams_mu_);
@@ -136,7 +154,7 @@ class StreamCall final : public ByteBidiReactor {
       }
       shared_->open_streams.fetch_sub(1);
     }
-    Unref();  // the RPC's reference
+    Unref();  // the RPC's
   }
 
   // A job's answer (the serialized ModelStreamInferResponse).
@@ -195,39 +213,51 @@ class StreamCall final : public ByteBidiReactor {
     size_t bytes;  // the request's and the answer's, counted in bytes_in_hand_
   };
 
-  ~StreamCall() override = default;
+  ~StreamCall() = default;
 
   // Requires mu_.
   bool RoomLocked() const noexcept {
     return in_hand_ < kMaxInHand && (in_hand_ == 0 || bytes_in_hand_ < kMaxBytesInHand);
   }
+  // Each start below runs while the caller holds another reference (the RPC's, an event's, a
+  // job's or the watchdog's), so a start Shutdown's gate refuses drops its own without freeing.
+  void StartReadLocked() {
+    Ref();
+    if (!shared_->gate.Run([&] { stream_.Read(&read_buf_, read_.tag()); })) refs_.fetch_sub(1);
+  }
   void StartWriteLocked() {
     writing_ = true;
     writing_since_s_ = NowS();
-    HandOff(this);
-    StartWrite(&queue_.front().body);
+    Ref();
+    if (!shared_->gate.Run([&] { stream_.Write(queue_.front().body, write_.tag()); })) refs_.fetch_sub(1);
   }
   void MaybeFinishLocked() {
     if (!finished_ && reads_done_ && in_hand_ == 0) FinishLocked(grpc::Status::OK);
   }
-  // Drops the answers not yet being written (the one being written completes on its own).
-  void FinishLocked(grpc::Status status) {
+  void FinishLocked(const grpc::Status& status) {
+    DropLocked();
+    Ref();
+    if (!shared_->gate.Run([&] { stream_.Finish(status, finish_.tag()); })) refs_.fetch_sub(1);
+  }
+  // No more is sent: the answers not yet being written are dropped (the one being written
+  // completes on its own).
+  void DropLocked() {
     finished_ = true;
     while (queue_.size() > (writing_ ? 1u : 0u)) {
       --in_hand_;
       bytes_in_hand_ -= queue_.back().bytes;
       queue_.pop_back();
     }
-    HandOff(this);
-    Finish(std::move(status));
   }
 
   const std::shared_ptr<Shared> shared_;
-  grpc::CallbackServerContext* const ctx_;
+  Lane* const lane_;  // on the lane's thread only
   const double idle_s_;
+  grpc::ServerContext ctx_;
+  grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{&ctx_};
   std::atomic<int> refs_{1};
   std::atomic<bool> cancelled_{false};  // InferRequest::cancelled of every job of the stream
-  bool counted_ = false;                // in open_streams (set before any reaction runs)
+  bool counted_ = false;                // in open_streams (set on the lane's thread before any read)
   grpc::ByteBuffer read_buf_;           // the read outstanding
   std::mutex mu_;
   std::deque<Pending> queue_;           // answers to write; front is being written; requires mu_
@@ -235,14 +265,14 @@ class StreamCall final : public ByteBidiReactor {
   uint32_t in_hand_ = 0;                // read and not yet written (or dropped); requires mu_
   uint64_t bytes_in_hand_ = 0;          // requires mu_
   double last_active_s_ = 0, writing_since_s_ = 0;  // requires mu_
+  On<StreamCall, &StreamCall::OnRequested> requested_{this};
+  On<StreamCall, &StreamCall::OnRead> read_{this};
+  On<StreamCall, &StreamCall::OnWrite> write_{this};
+  On<StreamCall, &StreamCall::OnFinished> finish_{this};
+  On<StreamCall, &StreamCall::OnDone> done_{this};
 };
 
-ByteBidiReactor* StartModelStreamInfer(std::shared_ptr<Shared> shared, grpc::CallbackServerContext* ctx) {
-  auto* call = new StreamCall(std::move(shared), ctx);
-  call->Start();
-  HandOff(call);
-  return call;
-}
+void RequestModelStreamInfer(Lane* lane) { (new StreamCall(lane))->Request(); }
 
 void CheckIdleStreams(Shared& shared) {
   std::vector<StreamCall*> open;
