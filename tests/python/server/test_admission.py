@@ -251,14 +251,15 @@ def test_the_transport_cap_per_connection_follows_the_frontend():
 
 
 def _frontend_thread_policies() -> dict:
-    """{thread name: set of scheduling policies} for this process's gRPC threads."""
+    """{thread kind: set of scheduling policies} for the native frontend's threads: its lanes
+    ("il-grpc-N", polling gRPC's completion queues) and its lobby's sweeper."""
     policies = collections.defaultdict(set)
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 name = f.read().strip()
-            if name.startswith(("nexting_thread", "il-lobby")):
-                policies[name].add(os.sched_getscheduler(int(tid)))
+            if name.startswith(("il-grpc", "il-lobby")):
+                policies[name.rstrip("-0123456789")].add(os.sched_getscheduler(int(tid)))
         except OSError:  # the thread ended
             pass
     return dict(policies)
@@ -279,7 +280,7 @@ def test_while_it_refuses_the_native_frontends_threads_give_way_to_the_model(tmp
     normal = lambda: all(p == {os.SCHED_OTHER} for p in _frontend_thread_policies().values())  # noqa: E731
     with ServerThread(repo, frontends=[grpc_starter("native")], settings=settings) as srv:
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.ports[0]}")
-        assert _frontend_thread_policies().get("nexting_thread") == {os.SCHED_OTHER}
+        assert _frontend_thread_policies().get("il-grpc") == {os.SCHED_OTHER}
         answers = []
         for _ in range(3):  # one admitted, two wait for a slot (with a deadline) and get it
             g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error),
@@ -296,7 +297,7 @@ def test_while_it_refuses_the_native_frontends_threads_give_way_to_the_model(tmp
             g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error))
         wait_until(lambda: sum(a is not None for a in answers) >= 1, timeout=30)
         if overload_sched == "batch":  # within the second that follows a refusal
-            wait_until(lambda: _frontend_thread_policies() == {"nexting_thread": {os.SCHED_BATCH},
+            wait_until(lambda: _frontend_thread_policies() == {"il-grpc": {os.SCHED_BATCH},
                                                                "il-lobby": {os.SCHED_BATCH}}, timeout=0.8)
         wait_until(lambda: len(answers) == 4, timeout=60)
         refused = [str(a) for a in answers if a is not None]
