@@ -13,6 +13,7 @@
 #include "io_sched.h"
 #include "pytext.h"
 #include "services.h"
+#include "tsan.h"
 
 namespace inferline::grpcfe {
 
@@ -189,7 +190,14 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
 
 grpc::ByteBuffer BufferOf(std::string bytes) {
   auto* owned = new std::string(std::move(bytes));
-  grpc::Slice slice(owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  HandOff(owned);  // gRPC frees it on whichever thread sends it
+  grpc::Slice slice(
+      owned->data(), owned->size(),
+      [](void* p) {
+        TakeOver(p);
+        delete static_cast<std::string*>(p);
+      },
+      owned);
   return grpc::ByteBuffer(&slice, 1);
 }
 

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "tsan.h"
 #include "wire.h"
 
 namespace inferline::grpcfe {
@@ -41,16 +42,30 @@ void AppendVarint(std::string* s, uint64_t v) {
   s->push_back(static_cast<char>(v));
 }
 
-// A slice owning `s` (no copy).
+// A slice owning `s` (no copy). gRPC frees it on whichever thread sends it (HandOff: tsan.h).
 grpc::Slice SliceOf(std::string&& s) {
   auto* owned = new std::string(std::move(s));
-  return grpc::Slice(owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  HandOff(owned);
+  return grpc::Slice(
+      owned->data(), owned->size(),
+      [](void* p) {
+        TakeOver(p);
+        delete static_cast<std::string*>(p);
+      },
+      owned);
 }
 
 // A slice over a tensor's bytes, keeping its owner alive.
 grpc::Slice SliceOf(const Tensor& t) {
   auto* keep = new std::shared_ptr<void>(t.owner);
-  return grpc::Slice(t.data, t.ByteSize(), [](void* p) { delete static_cast<std::shared_ptr<void>*>(p); }, keep);
+  HandOff(keep);
+  return grpc::Slice(
+      t.data, t.ByteSize(),
+      [](void* p) {
+        TakeOver(p);
+        delete static_cast<std::shared_ptr<void>*>(p);
+      },
+      keep);
 }
 
 // The response without its raw contents: names, version, id, parameters, output metadata.
