@@ -16,8 +16,9 @@ they held): when it rises from capacity to overload, the model is sharing its co
     python bench/server/overload_threads.py --syscalls        # and the server's syscalls per call
 
 Threads are grouped by name with trailing digits dropped: `python` holds the model's executor,
-`il-lobby` answers the requests the admission lobby refuses, `nexting_thread` and
-`default-executo` are gRPC's.
+`il-grpc-` are the native frontend's lanes (each polls one gRPC completion queue: reads every call,
+admits and parses it), `il-lobby` answers the requests the admission lobby refuses, and
+`default-executo` and `grpc_global_tim` are gRPC's own.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@
 // between gRPC's threads and the model's are the throughput (measured: a light model at
 // saturation, streaming, p50 15 -> 27 ms when batched).
 //
-// The threads are found by name in /proc/self/task: gRPC's (its callback "nexting" threads,
-// executors, timer, resolver and synchronous-server threads) and the frontend's own (named with
-// NameThisThread). Threads gRPC starts later are caught by re-applying every second.
+// The threads are found by name in /proc/self/task: the frontend's own (its lanes, which read
+// every call, its lobby's sweeper and control thread, named with NameThisThread) and gRPC's
+// (executors, timer and resolver; and the callback and synchronous-server threads of gRPC
+// servers that use them, none in this frontend). Threads gRPC starts later are caught by re-applying every second.
 #pragma once
 
 namespace inferline::grpcfe {

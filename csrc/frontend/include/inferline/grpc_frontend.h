@@ -58,8 +58,12 @@
 // Process-wide effect: Start turns abseil's Mutex deadlock detection off (Debian's abseil, under
 // gRPC, checks every lock for cycles: about 1 us per request).
 //
-// Thread-safety: every method may be called from any thread. Handlers run on gRPC's callback
-// threads and answers are encoded on the core's executor threads. Shutdown (and the destructor,
+// Threads: gRPC's asynchronous API, polled by the frontend's own lanes (`threads`, "il-grpc-N":
+// each one completion queue and one thread, which reads calls, admits, parses and routes
+// requests and answers the health RPCs); answers are encoded and sent on the core's executor
+// threads; ControlHandler::Handle runs on one thread of its own ("il-control").
+//
+// Thread-safety: every method may be called from any thread. Shutdown (and the destructor,
 // which calls Shutdown(0)) must not be called from a ControlHandler or RequestTap callback; the
 // Router and Engine must outlive the frontend.
 #pragma once
@@ -102,9 +106,8 @@ struct AdmissionOptions {
 
 struct GrpcFrontendOptions {
   std::string address = "127.0.0.1:8001";  // host:port ([v6]:port); port 0 = a free one
-  int threads = 0;                          // > 0: ResourceQuota max threads; gRPC 1.51 sizes its
-                                            // callback pool itself (frontend.cpp), so this caps only
-                                            // its synchronous pool (reflection); 0 = gRPC's default
+  int threads = 0;                          // lanes (completion queues, one thread each); 0 = one
+                                            // per 8 cores, 1 to 4
   uint64_t max_message_bytes = 64ull << 20; // larger requests: RESOURCE_EXHAUSTED from gRPC itself
   uint32_t max_concurrent_streams = 1024;   // per HTTP/2 connection; more wait in the client
   bool reuse_port = false;                  // SO_REUSEPORT: a server's workers share its port
@@ -135,7 +138,8 @@ struct ControlReply {
 class ControlHandler {
  public:
   virtual ~ControlHandler() = default;
-  // Called on a gRPC thread; must not block for long. `done` must be called exactly once, from
+  // Called on the frontend's control thread, one call at a time (a call waiting here holds up
+  // only the control calls behind it). `done` must be called exactly once, from
   // any thread, maybe after Handle returns; calling it after the call was cancelled (client gone,
   // Shutdown's grace over) is harmless.
   virtual void Handle(ControlCall call, std::function<void(ControlReply)> done) = 0;
