@@ -4,8 +4,15 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include <google/protobuf/descriptor.pb.h>
+
+#include <cctype>
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <mutex>
+#include <set>
 
 #include "test_grpc_fixture.h"
 
@@ -246,9 +253,8 @@ TEST(GrpcControlTest, HealthWatchFollowsSetServingAndEndsAtShutdown) {
   stopper.join();
 }
 
-// The names of the services server reflection lists (grpc.reflection.v1alpha, hand-encoded:
-// request field 7 list_services; response field 6 {repeated field 1 {field 1 name}}).
-std::vector<std::string> ReflectedServices(const std::shared_ptr<grpc::Channel>& channel) {
+// One reflection request (grpc.reflection.v1alpha, as bytes) and its response's bytes.
+std::string ReflectionExchange(const std::shared_ptr<grpc::Channel>& channel, const std::string& request_bytes) {
   grpc::GenericStub stub(channel);
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
@@ -258,7 +264,7 @@ std::vector<std::string> ReflectedServices(const std::shared_ptr<grpc::Channel>&
   auto step = [&](intptr_t id) { return cq.Next(&tag, &ok) && tag == reinterpret_cast<void*>(id) && ok; };
   call->StartCall(reinterpret_cast<void*>(1));
   EXPECT_TRUE(step(1));
-  grpc::Slice slice(std::string("\x3a\x00", 2));
+  grpc::Slice slice(request_bytes);
   grpc::ByteBuffer request(&slice, 1), response;
   call->Write(request, reinterpret_cast<void*>(2));
   EXPECT_TRUE(step(2));
@@ -274,21 +280,29 @@ std::vector<std::string> ReflectedServices(const std::shared_ptr<grpc::Channel>&
   std::string bytes;
   EXPECT_TRUE(response.Dump(&slices).ok());
   for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  std::vector<std::string> names;
-  google::protobuf::UnknownFieldSet top;
-  EXPECT_TRUE(top.ParseFromString(bytes));
-  for (int i = 0; i < top.field_count(); ++i) {
-    if (top.field(i).number() != 6) continue;
-    google::protobuf::UnknownFieldSet list;
-    EXPECT_TRUE(list.ParseFromString(top.field(i).length_delimited()));
-    for (int j = 0; j < list.field_count(); ++j) {
-      google::protobuf::UnknownFieldSet service;
-      EXPECT_TRUE(service.ParseFromString(list.field(j).length_delimited()));
-      names.push_back(service.field(0).length_delimited());
-    }
-  }
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
+  }
+  return bytes;
+}
+
+// The length-delimited fields `number` of a message's bytes.
+std::vector<std::string> Fields(const std::string& bytes, int number) {
+  google::protobuf::UnknownFieldSet set;
+  EXPECT_TRUE(set.ParseFromString(bytes));
+  std::vector<std::string> out;
+  for (int i = 0; i < set.field_count(); ++i) {
+    if (set.field(i).number() == number) out.push_back(set.field(i).length_delimited());
+  }
+  return out;
+}
+
+// The names of the services server reflection lists (request field 7 list_services; response
+// field 6 {repeated field 1 {field 1 name}}).
+std::vector<std::string> ReflectedServices(const std::shared_ptr<grpc::Channel>& channel) {
+  std::vector<std::string> names;
+  for (const std::string& list : Fields(ReflectionExchange(channel, std::string("\x3a\x00", 2)), 6)) {
+    for (const std::string& service : Fields(list, 1)) names.push_back(Fields(service, 1).at(0));
   }
   return names;
 }
@@ -300,6 +314,135 @@ TEST(GrpcControlTest, ReflectionListsTheThreeServices) {
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                                              "inference.GRPCInferenceService"}));
+}
+
+// file_containing_symbol (field 4): the file that declares it, with what it imports, as
+// FileDescriptorProtos (response field 4 {repeated 1}); an unknown symbol: error_response
+// (field 7 {1 code, 2 message}) NOT_FOUND. The request comes back as original_request (field 2).
+TEST(GrpcControlTest, ReflectionDescribesTheServicesFromTheirDescriptors) {
+  Frontend f;
+  f.Start();
+  for (const std::string symbol : {"inference.GRPCInferenceService", "grpc.health.v1.Health"}) {
+    const std::string request = "\x22" + std::string(1, static_cast<char>(symbol.size())) + symbol;
+    const std::string response = ReflectionExchange(f.channel, request);
+    EXPECT_EQ(Fields(response, 2), std::vector<std::string>{request});
+    std::vector<std::string> files = Fields(response, 4);
+    ASSERT_EQ(files.size(), 1u) << symbol;
+    bool found = false;
+    for (const std::string& bytes : Fields(files[0], 1)) {
+      google::protobuf::FileDescriptorProto file;
+      ASSERT_TRUE(file.ParseFromString(bytes));
+      for (const auto& service : file.service()) {
+        if (file.package() + "." + service.name() != symbol) continue;
+        found = true;
+        std::set<std::string> methods;
+        for (const auto& m : service.method()) methods.insert(m.name());
+        if (symbol == "grpc.health.v1.Health") {
+          EXPECT_EQ(methods, (std::set<std::string>{"Check", "Watch"}));
+        } else {
+          EXPECT_TRUE(methods.count("ModelInfer") && methods.count("ModelStreamInfer") && methods.count("ServerLive"));
+          EXPECT_EQ(methods.size(), 20u);  // KServe v2 with the repository, shared-memory, trace and log calls
+        }
+      }
+    }
+    EXPECT_TRUE(found) << symbol;
+  }
+  const std::string unknown = ReflectionExchange(f.channel, std::string("\x22\x07no.Such", 9));
+  std::vector<std::string> error = Fields(unknown, 7);
+  ASSERT_EQ(error.size(), 1u);
+  google::protobuf::UnknownFieldSet e;
+  ASSERT_TRUE(e.ParseFromString(error[0]));
+  EXPECT_EQ(e.field(0).number(), 1);
+  EXPECT_EQ(e.field(0).varint(), 5u);  // NOT_FOUND
+  EXPECT_TRUE(Fields(unknown, 4).empty());
+}
+
+// The thread names of this process, with trailing digits dropped, and how many of each.
+std::map<std::string, int> ThreadKinds() {
+  std::map<std::string, int> kinds;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(entry.path() / "comm");
+    std::string name;
+    if (!std::getline(comm, name)) continue;
+    while (!name.empty() && std::isdigit(static_cast<unsigned char>(name.back()))) name.pop_back();
+    ++kinds[name];
+  }
+  return kinds;
+}
+
+// Every call is read by the frontend's lanes (one thread per completion queue): gRPC starts no
+// polling threads of its own (its callback API's "nexting" threads, its synchronous server's).
+TEST(GrpcControlTest, ItsOwnLanesReadEveryCallAndGrpcPollsWithNoThreadsOfItsOwn) {
+  Frontend f;
+  f.Load("calc", 1);
+  GrpcFrontendOptions o;
+  o.threads = 3;
+  f.Start(o);
+  ModelInferResponse resp;
+  ASSERT_TRUE(f.Infer(CalcRequest("calc", 2), &resp).ok());  // synchronous client calls: no client threads
+  grpc::ClientContext live_ctx;
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(f.stub->ServerLive(&live_ctx, inference::ServerLiveRequest(), &live).ok());
+  auto health = grpc::health::v1::Health::NewStub(f.channel);
+  grpc::ClientContext check_ctx;
+  HealthCheckResponse check;
+  ASSERT_TRUE(health->Check(&check_ctx, HealthCheckRequest(), &check).ok());
+  std::map<std::string, int> kinds = ThreadKinds();
+  EXPECT_EQ(kinds["il-grpc-"], 3);
+  EXPECT_EQ(kinds.count("nexting_thread"), 0u);
+  EXPECT_EQ(kinds.count("grpcpp_sync_ser"), 0u);
+}
+
+// A control plane that takes its time (Python waiting for its GIL, say) holds up neither
+// inference nor health, even with one lane: the handler runs on the frontend's control thread.
+TEST(GrpcControlTest, AControlHandlerThatWaitsHoldsUpNeitherInferenceNorHealth) {
+  class Waiting final : public ControlHandler {
+   public:
+    void Handle(ControlCall, std::function<void(ControlReply)> done) override {
+      std::unique_lock<std::mutex> lock(mu_);
+      entered_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return released_; });
+      done(ControlReply{StatusCode::kOk, "", inference::ServerMetadataResponse().SerializeAsString(), {}});
+    }
+    bool WaitEntered() {
+      std::unique_lock<std::mutex> lock(mu_);
+      return cv_.wait_for(lock, testing::kWaitTimeout, [this] { return entered_; });
+    }
+    void Release() {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+      cv_.notify_all();
+    }
+
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool entered_ = false, released_ = false;  // require mu_
+  } control;
+  Frontend f;
+  f.Load("calc", 1);
+  GrpcFrontendOptions o;
+  o.threads = 1;
+  f.Start(o, &control);
+  grpc::Status meta_status;
+  std::thread meta([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    inference::ServerMetadataResponse resp;
+    meta_status = f.stub->ServerMetadata(&ctx, inference::ServerMetadataRequest(), &resp);
+  });
+  ASSERT_TRUE(control.WaitEntered());
+  ModelInferResponse resp;
+  grpc::Status st = f.Infer(CalcRequest("calc", 1), &resp, 5000);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  grpc::ClientContext live_ctx;
+  live_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  inference::ServerLiveResponse live;
+  EXPECT_TRUE(f.stub->ServerLive(&live_ctx, inference::ServerLiveRequest(), &live).ok());
+  control.Release();
+  meta.join();
+  EXPECT_TRUE(meta_status.ok()) << meta_status.error_message();
 }
 
 }  // namespace
