@@ -277,11 +277,17 @@ class CountingTap final : public RequestTap {
 
 // Several client threads, unary and streaming, while the serving state, tap shares and stats
 // change and are read: meant for ThreadSanitizer (tests/sanitize.sh).
-TEST(GrpcConcurrencyTest, UnaryCallsAndStreamsAtOnce) {
+// With one lane and with three (completion queues polled by their own threads, each asking for
+// calls of every kind): a call's events stay on its lane while answers come from the executors.
+class GrpcConcurrencyTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(GrpcConcurrencyTest, UnaryCallsAndStreamsAtOnce) {
   CountingTap tap;
   Frontend f;
   f.Load("calc", 1, nullptr, /*max_batch=*/4);
-  f.Start({}, nullptr, &tap);
+  GrpcFrontendOptions o;
+  o.threads = GetParam();
+  f.Start(o, nullptr, &tap);
   f.fe->SetTapShare("calc", 0.5);
   const int kThreads = 3, kCalls = Scaled(150, 6), kStreamed = Scaled(150, 6);
   std::atomic<int> failures{0};
@@ -332,6 +338,9 @@ TEST(GrpcConcurrencyTest, UnaryCallsAndStreamsAtOnce) {
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(f.fe->Stats().admission.in_flight, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Lanes, GrpcConcurrencyTest, ::testing::Values(1, 3),
+                         [](const ::testing::TestParamInfo<int>& info) { return std::to_string(info.param); });
 
 }  // namespace
 }  // namespace inferline::grpctest
