@@ -247,6 +247,14 @@ TEST(GrpcServerTest, BindAndOptionErrors) {
   auto tls = GrpcFrontend::Start(&router, &engine, o, nullptr);
   ASSERT_FALSE(tls.ok());
   EXPECT_EQ(tls.status().code(), StatusCode::kInvalidArgument);
+  o.tls_cert_pem.clear();
+  for (int lanes : {-1, 65}) {
+    o.threads = lanes;
+    auto bad = GrpcFrontend::Start(&router, &engine, o, nullptr);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().message(),
+              "GrpcFrontend: threads (lanes) must be 0 (one per 8 cores) to 64, got " + std::to_string(lanes));
+  }
 }
 
 // A self-signed test certificate for localhost / 127.0.0.1, valid 2000-2999 (test use only).

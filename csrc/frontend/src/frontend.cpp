@@ -30,6 +30,8 @@ namespace {
 
 using grpcfe::Shared;
 
+constexpr int kMaxLanes = 64;
+
 class FrontendImpl final : public GrpcFrontend {
  public:
   explicit FrontendImpl(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
@@ -229,6 +231,10 @@ Expected<std::unique_ptr<GrpcFrontend>> GrpcFrontend::Start(Router* router, Engi
   }
   if (options.address.empty()) return InvalidArgument("GrpcFrontend: address is empty");
   if (options.max_message_bytes == 0) return InvalidArgument("GrpcFrontend: max_message_bytes must be > 0");
+  if (options.threads < 0 || options.threads > kMaxLanes) {
+    return InvalidArgument("GrpcFrontend: threads (lanes) must be 0 (one per 8 cores) to " + std::to_string(kMaxLanes) +
+                           ", got " + std::to_string(options.threads));
+  }
   if (options.max_concurrent_streams == 0) return InvalidArgument("GrpcFrontend: max_concurrent_streams must be > 0");
   const AdmissionOptions& a = options.admission;
   if (a.static_limit == 0 && (a.min_limit == 0 || a.min_limit > a.max_limit || a.initial_limit < a.min_limit ||

@@ -107,7 +107,7 @@ struct AdmissionOptions {
 struct GrpcFrontendOptions {
   std::string address = "127.0.0.1:8001";  // host:port ([v6]:port); port 0 = a free one
   int threads = 0;                          // lanes (completion queues, one thread each); 0 = one
-                                            // per 8 cores, 1 to 4
+                                            // per 8 cores, 1 to 4; at most 64
   uint64_t max_message_bytes = 64ull << 20; // larger requests: RESOURCE_EXHAUSTED from gRPC itself
   uint32_t max_concurrent_streams = 1024;   // per HTTP/2 connection; more wait in the client
   bool reuse_port = false;                  // SO_REUSEPORT: a server's workers share its port
