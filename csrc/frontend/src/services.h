@@ -54,7 +54,8 @@ struct Lane {
 };
 
 // Each asks gRPC for one call of its kind on the lane's queue; once one arrives, the call asks
-// for the next before it serves its own, so that each lane always has `Lane*Requested` waiting.
+// for the next before it serves its own, so that each lane keeps as many waiting as it asked for
+// at start (frontend.cpp: kInferRequested, kOtherRequested).
 void RequestModelInfer(Lane* lane);        // infer_call.cpp
 void RequestModelStreamInfer(Lane* lane);  // stream_call.cpp
 void RequestServerLive(Lane* lane);        // health.cpp
