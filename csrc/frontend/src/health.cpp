@@ -5,6 +5,7 @@
 // (SERVICE_UNKNOWN, once, for other names), one write at a time, and ends OK after NOT_SERVING
 // at Shutdown. Each is answered on the lane's thread as soon as it arrives, so no inference
 // work is ever ahead of it.
+#include <atomic>
 #include <mutex>
 #include <optional>
 
@@ -150,7 +151,9 @@ class CheckCall final : public InstantCall<grpc::ByteBuffer, grpc::ByteBuffer, A
 }  // namespace
 
 // Watch: one write outstanding; Notify (SetServing's thread, Shutdown) and the events (the
-// lane's thread) take mu_. Deleted on its done event once no operation is outstanding.
+// lane's thread) take mu_. Reference counted: the RPC holds one until its done event (which
+// first takes the call out of Shared::watchers, so no Notify reaches it after), and each
+// operation outstanding one.
 class WatchCall final {
  public:
   explicit WatchCall(Lane* lane) : shared_(lane->shared), lane_(lane) {}
@@ -173,6 +176,8 @@ class WatchCall final {
   }
 
  private:
+  ~WatchCall() = default;
+
   void OnRequested(bool ok) {
     if (!ok) {  // no call came, and no done event will
       delete this;
@@ -182,43 +187,42 @@ class WatchCall final {
     {
       std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
       shared_->watchers.insert(this);
-      registered_ = true;
     }
+    registered_ = true;
     Notify(shared_->shutting_down.load());
   }
 
   void OnWritten(bool ok) {
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    --outstanding_;
-    if (!finished_) {
-      if (!ok) {
-        StartFinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
-      } else {
-        WriteOrEndLocked();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!finished_) {
+        if (ok) {
+          WriteOrEndLocked();
+        } else {
+          FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+        }
       }
     }
-    MaybeDeleteLocked(lock);
+    Unref();  // the write's
   }
 
-  void OnFinished(bool) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --outstanding_;
-    MaybeDeleteLocked(lock);
-  }
+  void OnFinished(bool) { Unref(); }
 
   void OnDone(bool) {
     if (registered_) {
       std::lock_guard<std::mutex> lock(shared_->watchers_mu_);
-      shared_->watchers.erase(this);  // no Notify runs from here on
+      shared_->watchers.erase(this);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    finished_ = true;  // answered, or cancelled: nothing more is sent
-    done_seen_ = true;
-    MaybeDeleteLocked(lock);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      finished_ = true;  // answered, or cancelled: nothing more is sent
+    }
+    Unref();  // the RPC's
   }
 
-  // Requires mu_ and no write outstanding.
+  // Requires mu_ and no write outstanding. A start Shutdown's gate refuses drops its reference
+  // without freeing: the caller holds another (the RPC's, or the event's).
   void WriteOrEndLocked() {
     const auto now = StatusOf(*shared_, request_.service());
     if (!sent_any_ || (now != sent_ && now != HealthCheckResponse::SERVICE_UNKNOWN)) {
@@ -226,24 +230,24 @@ class WatchCall final {
       sent_ = now;
       response_.set_status(now);
       writing_ = true;
-      ++outstanding_;
+      refs_.fetch_add(1, std::memory_order_relaxed);
       if (!shared_->gate.Run([&] { writer_.Write(response_, written_.tag()); })) {
         writing_ = false;
-        --outstanding_;
+        refs_.fetch_sub(1, std::memory_order_relaxed);
       }
     } else if (ending_) {
-      StartFinishLocked(grpc::Status::OK);
+      FinishLocked(grpc::Status::OK);
     }
   }
-  void StartFinishLocked(const grpc::Status& status) {
+  void FinishLocked(const grpc::Status& status) {
     finished_ = true;
-    ++outstanding_;
-    if (!shared_->gate.Run([&] { writer_.Finish(status, finish_.tag()); })) --outstanding_;
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    if (!shared_->gate.Run([&] { writer_.Finish(status, finish_.tag()); })) {
+      refs_.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
-  // The last event deletes the call (after unlocking: `lock` holds this call's mutex).
-  void MaybeDeleteLocked(std::lock_guard<std::mutex>& lock) {
-    (void)lock;
-    if (done_seen_ && outstanding_ == 0) delete_ = true;
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
   const std::shared_ptr<Shared> shared_;
@@ -251,36 +255,16 @@ class WatchCall final {
   grpc::ServerContext ctx_;
   HealthCheckRequest request_;
   grpc::ServerAsyncWriter<HealthCheckResponse> writer_{&ctx_};
+  std::atomic<int> refs_{1};
   bool registered_ = false;  // in Shared::watchers; on the lane's thread
   std::mutex mu_;
   HealthCheckResponse response_;  // the write outstanding; requires mu_
   HealthCheckResponse::ServingStatus sent_ = HealthCheckResponse::UNKNOWN;  // requires mu_
   bool sent_any_ = false, writing_ = false, ending_ = false, finished_ = false;  // require mu_
-  bool done_seen_ = false, delete_ = false;  // require mu_
-  int outstanding_ = 0;                      // write and finish operations; requires mu_
-
- public:
-  // The events run here and delete the call once it is over.
-  template <void (WatchCall::*Handler)(bool)>
-  static void Run(WatchCall* call, bool ok) {
-    (call->*Handler)(ok);
-    bool last;
-    {
-      std::lock_guard<std::mutex> lock(call->mu_);
-      last = call->delete_;
-    }
-    if (last) delete call;
-  }
-
- private:
-  void Requested(bool ok) { OnRequested(ok); }
-  void Written(bool ok) { Run<&WatchCall::OnWritten>(this, ok); }
-  void Finished(bool ok) { Run<&WatchCall::OnFinished>(this, ok); }
-  void Done(bool ok) { Run<&WatchCall::OnDone>(this, ok); }
-  On<WatchCall, &WatchCall::Requested> requested_{this};
-  On<WatchCall, &WatchCall::Written> written_{this};
-  On<WatchCall, &WatchCall::Finished> finish_{this};
-  On<WatchCall, &WatchCall::Done> done_{this};
+  On<WatchCall, &WatchCall::OnRequested> requested_{this};
+  On<WatchCall, &WatchCall::OnWritten> written_{this};
+  On<WatchCall, &WatchCall::OnFinished> finish_{this};
+  On<WatchCall, &WatchCall::OnDone> done_{this};
 };
 
 void RequestServerLive(Lane* lane) { LiveCall::RequestNext(lane); }

@@ -223,7 +223,7 @@ def test_autoscaling_follows_real_load(ray_head, repo, pixels):
     print(f"scale-up seen at {peak_at - t0:.1f} s; {len(outcomes)} calls through the gateway, {len(failed)} failed")
     counts = [n for _, n, _ in trace]
     assert 1 <= min(counts) and max(counts) <= 3 and max(counts) >= 2
-    assert failed == [], failed[:3]
+    assert failed == [], [f"{type(e).__name__}: {e}" for e in failed[:3]]  # the status and message
 
 
 def test_unwanted_pool_removed_only_after_grace(ray_head, repo):

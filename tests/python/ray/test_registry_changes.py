@@ -99,7 +99,7 @@ def test_a_new_version_promoted_under_load_drops_no_request(ray_head, tmp_path):
     after = {a[1] for a in answers if isinstance(a[1], bytes) and a[0] > gone}
     print(f"\npromotion under load: {len(answers)} calls, {len(failed)} failed; the v1 pool went "
           f"{gone - promoted:.1f} s after the promotion")
-    assert failed == [], failed[:3]
+    assert failed == [], [f"{type(e).__name__}: {e}" for e in failed[:3]]  # the status and message
     assert len(before) == 1 and len(after) == 1 and before != after  # v1's answer, then v2's only
     assert any("digits-logreg:1" in r.get("removed", []) or "inferline-digits-logreg-v1" in r.get("removed", [])
                for r in reports), reports[-3:]
