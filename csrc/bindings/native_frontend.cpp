@@ -2,10 +2,11 @@
 // with a Python callable as its control plane and an optional request tap for Python to drain.
 // Built with or without gRPC: without it, only _core.NATIVE_FRONTEND (the reason) is defined.
 //
-// GIL rules. gRPC threads take the GIL only to build a control call's arguments and call the
-// Python callable. Everything here that can wait on gRPC or the core (Start, Stats, Shutdown,
-// finishing a control call, the destructor) runs with the GIL released, so a gRPC thread that
-// waits for the GIL never waits on a thread that waits for it.
+// GIL rules. The frontend's control thread ("il-control") takes the GIL only to build a control
+// call's arguments and call the Python callable; its lanes never take it. Everything here that
+// can wait on gRPC or the core (Start, Stats, Shutdown, finishing a control call, the destructor)
+// runs with the GIL released, so the control thread waiting for the GIL never waits on a thread
+// that waits for it.
 //
 // Replies outliving the frontend: a _core.ControlReply may be called after the frontend is gone
 // (Python kept it). Its completion runs under a shared lock of a ReplyGuard while the frontend

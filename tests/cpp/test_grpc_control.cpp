@@ -385,6 +385,14 @@ TEST(GrpcControlTest, ReflectionDescribesTheServicesFromTheirDescriptors) {
   EXPECT_EQ(e.field(0).number(), 1);
   EXPECT_EQ(e.field(0).varint(), 5u);  // NOT_FOUND
   EXPECT_TRUE(Fields(unknown, 4).empty());
+  // A request of no kind this server answers, and bytes that are no message: INVALID_ARGUMENT.
+  for (const std::string request : {std::string(), std::string("\xff", 1)}) {
+    std::vector<std::string> refused = Fields(ReflectionExchange(f.channel, request), 7);
+    ASSERT_EQ(refused.size(), 1u);
+    google::protobuf::UnknownFieldSet r;
+    ASSERT_TRUE(r.ParseFromString(refused[0]));
+    EXPECT_EQ(r.field(0).varint(), 3u);
+  }
 }
 
 // The thread names of this process, with trailing digits dropped, and how many of each.

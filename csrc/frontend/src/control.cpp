@@ -40,7 +40,7 @@ class GenericCall final {
 
   void Request() {
     Lane* lane = lane_;
-    if (!shared_->gate.Run([&] { lane->generic->RequestCall(&ctx_, &stream_, lane->cq, lane->cq, requested_.tag()); })) {
+    if (!shared_->gate.Run([&] { lane->generic->RequestCall(&ctx_, &stream_, lane->cq.get(), lane->cq.get(), requested_.tag()); })) {
       delete this;
     }
   }

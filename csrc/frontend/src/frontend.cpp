@@ -52,9 +52,9 @@ class FrontendImpl final : public GrpcFrontend {
     builder.RegisterAsyncGenericService(&generic_);
     const int lanes = o.threads > 0 ? o.threads : DefaultLanes();
     for (int i = 0; i < lanes; ++i) {
-      std::unique_ptr<grpcfe::Lane, LaneDeleter> lane(new grpcfe::Lane);
+      auto lane = std::make_unique<grpcfe::Lane>();
       lane->shared = shared_;
-      lane->cq = builder.AddCompletionQueue().release();
+      lane->cq = builder.AddCompletionQueue();
       lane->inference = &inference_;
       lane->health = &health_;
       lane->generic = &generic_;
@@ -198,13 +198,7 @@ class FrontendImpl final : public GrpcFrontend {
   grpcfe::InferenceService inference_;  // these outlive server_
   grpcfe::HealthService health_;
   grpc::AsyncGenericService generic_;
-  struct LaneDeleter {
-    void operator()(grpcfe::Lane* lane) const {
-      delete lane->cq;
-      delete lane;
-    }
-  };
-  std::vector<std::unique_ptr<grpcfe::Lane, LaneDeleter>> lanes_;  // their queues outlive server_
+  std::vector<std::unique_ptr<grpcfe::Lane>> lanes_;  // their queues outlive server_
   std::vector<std::thread> pollers_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

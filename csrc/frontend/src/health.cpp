@@ -77,15 +77,15 @@ class InstantCall {
 
 void AskLive(Lane* lane, grpc::ServerContext* ctx, inference::ServerLiveRequest* request,
              grpc::ServerAsyncResponseWriter<inference::ServerLiveResponse>* responder, void* tag) {
-  lane->inference->RequestServerLive(ctx, request, responder, lane->cq, lane->cq, tag);
+  lane->inference->RequestServerLive(ctx, request, responder, lane->cq.get(), lane->cq.get(), tag);
 }
 void AskReady(Lane* lane, grpc::ServerContext* ctx, inference::ServerReadyRequest* request,
               grpc::ServerAsyncResponseWriter<inference::ServerReadyResponse>* responder, void* tag) {
-  lane->inference->RequestServerReady(ctx, request, responder, lane->cq, lane->cq, tag);
+  lane->inference->RequestServerReady(ctx, request, responder, lane->cq.get(), lane->cq.get(), tag);
 }
 void AskCheck(Lane* lane, grpc::ServerContext* ctx, grpc::ByteBuffer* request,
               grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* responder, void* tag) {
-  lane->health->RequestCheck(ctx, request, responder, lane->cq, lane->cq, tag);
+  lane->health->RequestCheck(ctx, request, responder, lane->cq.get(), lane->cq.get(), tag);
 }
 
 class LiveCall final : public InstantCall<inference::ServerLiveRequest, inference::ServerLiveResponse, AskLive, LiveCall> {
@@ -162,7 +162,7 @@ class WatchCall final {
     ctx_.AsyncNotifyWhenDone(done_.tag());
     Lane* lane = lane_;
     if (!shared_->gate.Run(
-            [&] { lane->health->RequestWatch(&ctx_, &request_, &writer_, lane->cq, lane->cq, requested_.tag()); })) {
+            [&] { lane->health->RequestWatch(&ctx_, &request_, &writer_, lane->cq.get(), lane->cq.get(), requested_.tag()); })) {
       delete this;
     }
   }

@@ -27,7 +27,7 @@ class UnaryCall final : public InferJob {
     ctx_.AsyncNotifyWhenDone(done_.tag());
     Lane* lane = lane_;
     if (!shared_->gate.Run([&] {
-          lane->inference->RequestModelInfer(&ctx_, &request_, &responder_, lane->cq, lane->cq, requested_.tag());
+          lane->inference->RequestModelInfer(&ctx_, &request_, &responder_, lane->cq.get(), lane->cq.get(), requested_.tag());
         })) {
       Unref();
     }

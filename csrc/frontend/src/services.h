@@ -5,6 +5,7 @@
 // server reflection (reflection.cpp) and the calls handed to the ControlHandler (control.cpp).
 #pragma once
 
+#include <grpcpp/completion_queue.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
@@ -47,7 +48,7 @@ using HealthService = grpc::health::v1::Health::WithRawMethod_Check<
 // drained; a call uses it only on the queue's thread (to ask for the next call of its kind).
 struct Lane {
   std::shared_ptr<Shared> shared;
-  grpc::ServerCompletionQueue* cq = nullptr;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq;
   InferenceService* inference = nullptr;
   HealthService* health = nullptr;
   grpc::AsyncGenericService* generic = nullptr;

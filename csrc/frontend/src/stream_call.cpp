@@ -49,7 +49,7 @@ class StreamCall final {
     ctx_.AsyncNotifyWhenDone(done_.tag());
     Lane* lane = lane_;
     if (!shared_->gate.Run([&] {
-          lane->inference->RequestModelStreamInfer(&ctx_, &stream_, lane->cq, lane->cq, requested_.tag());
+          lane->inference->RequestModelStreamInfer(&ctx_, &stream_, lane->cq.get(), lane->cq.get(), requested_.tag());
         })) {
       Unref();
     }
