@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -33,11 +34,29 @@ def external_tool(name: str, install: str) -> str:
     return path
 
 
-def interruptible() -> None:
-    """`preexec_fn` for a child a test stops with SIGINT (Ctrl-C): SIGINT back to its default.
+def process_exited(pid: int) -> bool:
+    """True once `pid` has exited (a zombie counts: init, its parent now, reaps it when it gets to it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+_PREPARE_AND_EXEC = (
+    "import os, resource, signal, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "if limit:\n"
+    "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def interruptible(cmd: list, address_space_bytes: int = 0) -> list:
+    """`cmd` (its first item a path) run with SIGINT at its default (and RLIMIT_AS, where given).
     A child inherits an ignored SIGINT, and the test run's may be ignored: a shell starts its
     background jobs (`cmd &`) with SIGINT ignored, and Python then leaves it so, without
-    KeyboardInterrupt."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    KeyboardInterrupt. A small Python process prepares the signal and the limit and execs `cmd`,
+    instead of a `preexec_fn`: that makes Python fork, not vfork, and a fork runs grpcio's at-fork
+    handlers, whose restarted pollers can abort the child (the test process has gRPC clients)."""
+    return [sys.executable, "-c", _PREPARE_AND_EXEC, str(address_space_bytes), *cmd]

@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..server.parent import die_with_parent_from_env
+    die_with_parent_from_env()
     from ..server.app import serve
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
     return serve(ServerSettings.from_env(**overrides))

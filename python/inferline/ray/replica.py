@@ -9,13 +9,13 @@ Lifecycle: __init__ starts the child and returns once it is ready (or raises wit
 last log lines). A keeper thread then heartbeats the endpoint every `report_interval_s`. On
 shutdown the keeper first removes the entry from the directory (the gateway stops choosing this
 replica), then sends SIGTERM; the child refuses new work after its drain window and finishes
-what it holds. The child has PR_SET_PDEATHSIG=SIGKILL set against the keeper thread that started
-it, so a replica process killed outright does not leave an orphan server holding a port.
+what it holds. The child sets PR_SET_PDEATHSIG=SIGKILL against the keeper thread that started it
+(`inferline.server.parent`), so a replica process killed outright does not leave an orphan server
+holding a port.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -34,20 +34,14 @@ from typing import Optional
 
 import ray
 
+from ..server import parent
 from .directory import connect, directory, pool_name
 
-PR_SET_PDEATHSIG = 1
 HEARTBEAT_TTL_S = 3.0
 """Six heartbeats: a replica busy for a moment stays listed (the gateways learn of a dead one sooner,
 from their failed forwards)."""
 PROBE_SILENCE_S = 30.0
 """How long health probes may time out in a row (a saturated child) before the replica is unhealthy."""
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGKILL it when the thread that forked it ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def scrape_load(host: str, metrics_port: int, timeout_s: float = 1.0) -> dict:
@@ -227,8 +221,8 @@ class Replica:
 
     def _start_child(self, cmd: list, ready_timeout_s: float) -> None:
         log = open(os.path.join(self._tmp, "serve.log"), "wb")
-        self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent)
+        env = {**os.environ, parent.ENV: str(os.getpid())}  # the child arms its death signal itself
+        self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
         ready_file = os.path.join(self._tmp, "ready.json")
         deadline = time.monotonic() + ready_timeout_s

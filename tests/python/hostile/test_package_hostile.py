@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from inferline.errors import InvalidArgument
 from inferline.models.package import write_golden
 from inferline.models.service import open_registry, push
+from helpers import interruptible
 from server_fixtures import ServerProcess
 
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.0) / 4.0
@@ -97,12 +97,10 @@ def _refused(repo: str, pkg: str, match: str) -> str:
 
 def _cli_push(repo: str, pkg: str, timeout: float = 30, memory_bytes: int = 0):
     """`python -m inferline models push` as a subprocess: (CompletedProcess, wall seconds)."""
-    def limit():
-        if memory_bytes:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    cmd = [sys.executable, "-m", "inferline", "models", "push", pkg, "--repository", repo]
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "inferline", "models", "push", pkg, "--repository", repo],
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
+    done = subprocess.run(interruptible(cmd, address_space_bytes=memory_bytes), capture_output=True, text=True,
+                          timeout=timeout)
     return done, time.monotonic() - t0
 
 

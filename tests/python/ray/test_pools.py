@@ -32,7 +32,7 @@ from inferline.ray.directory import directory  # noqa: E402
 from inferline.ray.autoscale import desired_replicas  # noqa: E402
 from inferline.ray.deploy import Deployer, PoolOptions, _serve_status, wait_for_replicas, wanted_pools  # noqa: E402,E501
 
-from helpers import interruptible  # noqa: E402
+from helpers import interruptible, process_exited  # noqa: E402
 from server_fixtures import ServerProcess  # noqa: E402
 
 POOL = "digits-logreg:1"
@@ -156,6 +156,7 @@ def test_killed_replica_is_replaced(ray_head):
     took = time.monotonic() - t0
     print(f"\nreplica {victim['replica']} (pid {victim['load']['pid']}) SIGKILLed: replaced in {took:.1f} s")
     assert took < 30
+    wait_until(lambda: process_exited(victim["load"]["child_pid"]), 10, "its inferline serve to die with it")
 
 
 def test_autoscaling_follows_real_load(ray_head, repo, pixels):
@@ -314,7 +315,7 @@ def test_cli_watch_follows_registry_until_interrupted(ray_head, repo):
     path, registry = repo
     cmd = [sys.executable, "-m", "inferline", "ray", "deploy", "--address", ray_head.address, "--repository", path,
            "--replicas", "1", "--grace", "1", "--watch", "--poll-interval", "0.5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    proc = subprocess.Popen(interruptible(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4)
         registry.set_state("digits-mlp", 1, "canary")  # retired by the grace test: wanted again

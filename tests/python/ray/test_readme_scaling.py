@@ -53,9 +53,8 @@ def test_the_scaling_out_commands_work_as_written(ray_head, tmp_path):
     registry.close()
     env = {**os.environ, "RAY_ADDRESS": ray_head.address, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "inferline"]
-    deploy = subprocess.Popen(cli + commands[2].rstrip(" &").split()[1:] + ["--repository", repo],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              preexec_fn=interruptible)
+    deploy = subprocess.Popen(interruptible(cli + commands[2].rstrip(" &").split()[1:] + ["--repository", repo]),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     grpc_port = free_port()
     gateway = subprocess.Popen(cli + commands[3].split()[1:] + ["--repository", repo, "--grpc-port", str(grpc_port),
                                                                "--http-port", str(free_port()), "--metrics-port",

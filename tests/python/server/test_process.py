@@ -20,6 +20,7 @@ import pytest
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 from inferline import _core
+from helpers import process_exited
 from server_fixtures import ServerProcess as Server, free_port, serve_once
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -270,3 +271,51 @@ def test_the_readme_says_how_to_see_which_frontend_is_built():
         block, = [b for b in re.findall(r"```sh\n(.*?)```", f.read(), flags=re.S) if "NATIVE_FRONTEND" in b]
     out = subprocess.run(["bash", "-c", block], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == (_core.NATIVE_FRONTEND or "native gRPC frontend built")
+
+
+# ---- INFERLINE_DIE_WITH_PARENT: the server a Ray replica starts dies with the replica ----------------
+STARTER = """
+import os, subprocess, sys, time
+cmd = [sys.executable, "-m", "inferline", "serve", "--repository", sys.argv[1], "--host", "127.0.0.1",
+       "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--ready-file", sys.argv[2],
+       "--inference-log", "off"]
+child = subprocess.Popen(cmd, env={**os.environ, "INFERLINE_DIE_WITH_PARENT": str(os.getpid())},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_told_to_die_with_its_parent_is_killed_with_it(repo, tmp_path):
+    ready = tmp_path / "ready.json"
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(repo), str(ready)], stdout=subprocess.PIPE,
+                               text=True)
+    server_pid = int(starter.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline and not process_exited(server_pid), "the server never became ready"
+            time.sleep(0.05)
+        with open(f"/proc/{server_pid}/environ", "rb") as f:  # its own workers must not inherit it
+            assert b"INFERLINE_DIE_WITH_PARENT" in f.read()  # (the initial environment: popped later)
+        starter.kill()
+        starter.wait()
+        deadline = time.monotonic() + 10
+        while not process_exited(server_pid):
+            assert time.monotonic() < deadline, "the server outlived the process that started it"
+            time.sleep(0.05)
+    finally:
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
+        if not process_exited(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_a_server_whose_named_parent_is_already_gone_exits_at_once(repo):
+    env = {**os.environ, "INFERLINE_DIE_WITH_PARENT": "1"}  # init: not this server's parent
+    done = subprocess.run([sys.executable, "-m", "inferline", "serve", "--repository", str(repo), "--grpc-port", "0",
+                           "--http-port", "0", "--metrics-port", "0"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "the process that started this server (1) is gone" in done.stderr
