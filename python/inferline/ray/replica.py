@@ -34,7 +34,6 @@ from typing import Optional
 
 import ray
 
-from ..server import parent
 from .directory import connect, directory, pool_name
 
 HEARTBEAT_TTL_S = 3.0
@@ -221,7 +220,7 @@ class Replica:
 
     def _start_child(self, cmd: list, ready_timeout_s: float) -> None:
         log = open(os.path.join(self._tmp, "serve.log"), "wb")
-        env = {**os.environ, parent.ENV: str(os.getpid())}  # the child arms its death signal itself
+        env = {**os.environ, "INFERLINE_DIE_WITH_PARENT": str(os.getpid())}  # the child arms it itself
         self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
         ready_file = os.path.join(self._tmp, "ready.json")
