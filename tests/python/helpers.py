@@ -52,8 +52,8 @@ _PREPARE_AND_EXEC = (
     "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
-def interruptible(cmd: list, address_space_bytes: int = 0) -> list:
-    """`cmd` (its first item a path) run with SIGINT at its default (and RLIMIT_AS, where given).
+def child_command(cmd: list, address_space_bytes: int = 0) -> list:
+    """`cmd` (its first item a path) to run as a child with SIGINT at its default (and RLIMIT_AS, where given).
     A child inherits an ignored SIGINT, and the test run's may be ignored: a shell starts its
     background jobs (`cmd &`) with SIGINT ignored, and Python then leaves it so, without
     KeyboardInterrupt. A small Python process prepares the signal and the limit and execs `cmd`,

@@ -23,7 +23,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from inferline.errors import InvalidArgument
 from inferline.models.package import write_golden
 from inferline.models.service import open_registry, push
-from helpers import interruptible
+from helpers import child_command
 from server_fixtures import ServerProcess
 
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.0) / 4.0
@@ -99,7 +99,7 @@ def _cli_push(repo: str, pkg: str, timeout: float = 30, memory_bytes: int = 0):
     """`python -m inferline models push` as a subprocess: (CompletedProcess, wall seconds)."""
     cmd = [sys.executable, "-m", "inferline", "models", "push", pkg, "--repository", repo]
     t0 = time.monotonic()
-    done = subprocess.run(interruptible(cmd, address_space_bytes=memory_bytes), capture_output=True, text=True,
+    done = subprocess.run(child_command(cmd, address_space_bytes=memory_bytes), capture_output=True, text=True,
                           timeout=timeout)
     return done, time.monotonic() - t0
 

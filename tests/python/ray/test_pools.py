@@ -32,7 +32,7 @@ from inferline.ray.directory import directory  # noqa: E402
 from inferline.ray.autoscale import desired_replicas  # noqa: E402
 from inferline.ray.deploy import Deployer, PoolOptions, _serve_status, wait_for_replicas, wanted_pools  # noqa: E402,E501
 
-from helpers import interruptible, process_exited  # noqa: E402
+from helpers import child_command, process_exited  # noqa: E402
 from server_fixtures import ServerProcess  # noqa: E402
 
 POOL = "digits-logreg:1"
@@ -315,7 +315,7 @@ def test_cli_watch_follows_registry_until_interrupted(ray_head, repo):
     path, registry = repo
     cmd = [sys.executable, "-m", "inferline", "ray", "deploy", "--address", ray_head.address, "--repository", path,
            "--replicas", "1", "--grace", "1", "--watch", "--poll-interval", "0.5"]
-    proc = subprocess.Popen(interruptible(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(child_command(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4)
         registry.set_state("digits-mlp", 1, "canary")  # retired by the grace test: wanted again

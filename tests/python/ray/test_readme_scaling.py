@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from inferline.demo_models import demo_package_path
 from inferline.models.service import open_registry, push
 
-from helpers import interruptible
+from helpers import child_command
 from server_fixtures import free_port
 
 pytestmark = pytest.mark.ray
@@ -53,7 +53,7 @@ def test_the_scaling_out_commands_work_as_written(ray_head, tmp_path):
     registry.close()
     env = {**os.environ, "RAY_ADDRESS": ray_head.address, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "inferline"]
-    deploy = subprocess.Popen(interruptible(cli + commands[2].rstrip(" &").split()[1:] + ["--repository", repo]),
+    deploy = subprocess.Popen(child_command(cli + commands[2].rstrip(" &").split()[1:] + ["--repository", repo]),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     grpc_port = free_port()
     gateway = subprocess.Popen(cli + commands[3].split()[1:] + ["--repository", repo, "--grpc-port", str(grpc_port),
