@@ -15,19 +15,23 @@ import os
 import signal
 import sys
 
+from ..errors import InvalidArgument
+
 ENV = "INFERLINE_DIE_WITH_PARENT"
 PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent_from_env() -> None:
     """Arms the death signal where ENV asks for it; exits at once if that parent is already gone."""
-    wanted = os.environ.pop(ENV, None)  # the server's own children (workers) have another parent
+    wanted = os.environ.pop(ENV, None)  # not passed on: whatever this server starts has another parent
     if not wanted:
         return
+    if not wanted.isdigit() or int(wanted) < 1:
+        raise InvalidArgument(f"{ENV}={wanted!r}: the pid of the process that started this server, a positive integer")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
-    if os.getppid() != int(wanted):
+    if os.getppid() != int(wanted):  # reparented: that parent died before the prctl
         print(f"inferline: the process that started this server ({wanted}) is gone; exiting", file=sys.stderr,
               flush=True)
         sys.exit(1)
