@@ -93,6 +93,13 @@ def syscall_counts(report: str) -> dict:
     return out
 
 
+def tcp_out_segments() -> int:
+    """TCP segments this machine has sent so far (/proc/net/snmp: OutSegs), every process's."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
+
 def cpu_seconds(pid: int) -> float:
     """The process's CPU time so far (utime + stime, every thread, ended ones included)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -139,8 +146,11 @@ def main() -> int:
     ap.add_argument("--perf", action="store_true", help="perf record -g -C 0 during the last run")
     ap.add_argument("--syscalls", action="store_true", help="perf stat of the server's syscalls during the last run")
     ap.add_argument("--server-args", default="", help="more `inferline serve` flags")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="server and load generators share every CPU (bench_overload.py --no-pin); shares are "
+                         "then of one core, and may add up to more than 100%%")
     args = ap.parse_args()
-    if len(os.sched_getaffinity(0)) < 2:
+    if len(os.sched_getaffinity(0)) < 2 and not args.no_pin:
         print("needs 2 CPUs: the server on one, the load generators on another", file=sys.stderr)
         return 2
 
@@ -155,8 +165,10 @@ def main() -> int:
     push(registry, package)
     registry.close()
     payloads, logits = golden_payloads(package, "digits-heavy")
-    proc, port, metrics_port, log_path = start_server("inferline", workdir, package, None, {0}, args.server_args.split())
-    os.sched_setaffinity(0, {1})
+    proc, port, metrics_port, log_path = start_server("inferline", workdir, package, None,
+                                                      None if args.no_pin else {0}, args.server_args.split())
+    if not args.no_pin:
+        os.sched_setaffinity(0, {1})
     try:
         wait_and_check("inferline", port, proc, payloads, logits, log_path)
         capacity, capacity_model = 0.0, ""
@@ -172,7 +184,7 @@ def main() -> int:
         for i in range(args.repeat):
             last = i == args.repeat - 1
             before, t0, rss0 = thread_groups(proc.pid), time.monotonic(), rss_mb(proc.pid)
-            model0 = model_time(metrics_port)
+            model0, segments0 = model_time(metrics_port), tcp_out_segments()
             perf = stat = None
             if last and args.syscalls:
                 stat = count_syscalls(proc.pid, args.seconds - 2)
@@ -182,12 +194,14 @@ def main() -> int:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             good, sent, codes = drive(port, payloads, seconds=args.seconds, timeout=DEADLINE_S, **shape)
             after, elapsed = thread_groups(proc.pid), time.monotonic() - t0
+            segments = (tcp_out_segments() - segments0) / (sent * args.seconds)
             model = per_row(model0, model_time(metrics_port))
             if perf is not None:
                 perf.wait()
                 print(f"perf data: {os.path.join(workdir, 'perf.data')}")
             print(f"{name} run {i + 1}: sent {sent:.0f}/s, OK within {DEADLINE_S * 1000:.0f} ms {good:.0f}/s = "
-                  f"{good / capacity:.3f} x capacity; {model}; RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB; {codes}",
+                  f"{good / capacity:.3f} x capacity; {model}; TCP segments per call {segments:.2f}; "
+                  f"RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB; {codes}",
                   flush=True)
             if stat is not None:
                 counts = syscall_counts(stat.communicate()[1])

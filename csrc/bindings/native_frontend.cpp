@@ -222,6 +222,7 @@ const std::pair<const char*, OptionSetter> kOptionSetters[] = {
   {"admission_lobby_bytes", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_bytes = OptionAs<uint64_t>(k, v); }},
   {"admission_lobby_wait_ms", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.lobby_wait_ms = OptionAs<double>(k, v); }},
   {"overload_batch_sched", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.overload_batch_sched = OptionAs<bool>(k, v); }},
+  {"overload_coalesce", [](GrpcFrontendOptions& o, const std::string& k, py::handle v) { o.admission.overload_coalesce = OptionAs<bool>(k, v); }},
 };
 // clang-format on
 

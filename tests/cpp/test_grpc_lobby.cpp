@@ -7,7 +7,11 @@
 #include <string>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -339,11 +343,11 @@ TEST(GrpcOverloadScheduleTest, TheFrontendsThreadsRunBatchWhileRequestsWaitAndNo
   EXPECT_FALSE(grpcfe::IsFrontendThreadName("il"));
   NamedThread io("il-test-io"), model("model-exec");
   ASSERT_EQ(io.policy(), SCHED_OTHER);
-  grpcfe::OverloadSchedule off(/*enabled=*/false);
+  grpcfe::OverloadSchedule off(/*batch_threads=*/false, /*coalesce_port=*/0);
   off.Tick(0, true);
   EXPECT_EQ(io.policy(), SCHED_OTHER);
   {
-    grpcfe::OverloadSchedule s(/*enabled=*/true);
+    grpcfe::OverloadSchedule s(/*batch_threads=*/true, /*coalesce_port=*/0);
     s.Tick(10.0, false);
     EXPECT_EQ(io.policy(), SCHED_OTHER);
     s.Tick(10.1, true);  // requests wait
@@ -367,6 +371,73 @@ TEST(GrpcOverloadScheduleTest, TheFrontendsThreadsRunBatchWhileRequestsWaitAndNo
     s.Restore();  // shutdown
     EXPECT_EQ(io.policy(), SCHED_OTHER);
   }
+}
+
+// A listener on a free loopback port, one client connected to it and the accepted end.
+struct TcpPair {
+  TcpPair() {
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(listener, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(listener, 4) != 0 ||
+        getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "no loopback listener";
+      return;
+    }
+    port = ntohs(addr.sin_port);
+    client = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(client, reinterpret_cast<sockaddr*>(&addr), len) != 0) ADD_FAILURE() << "no connection";
+    accepted = accept(listener, nullptr, nullptr);
+    for (int fd : {client, accepted}) SetNoDelay(fd, 1);  // as gRPC leaves its connections
+  }
+  ~TcpPair() {
+    for (int fd : {accepted, client, listener}) close(fd);
+  }
+  static void SetNoDelay(int fd, int value) { setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, sizeof value); }
+  static int NoDelay(int fd) {
+    int value = -1;
+    socklen_t len = sizeof value;
+    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, &len);
+    return value != 0;
+  }
+  int listener = -1, client = -1, accepted = -1, port = 0;
+};
+
+TEST(GrpcOverloadScheduleTest, WhileRefusingThePortsConnectionsRunNagleAndOnlyThose) {
+  TcpPair served, other;
+  ASSERT_NE(served.accepted, -1);
+  ASSERT_NE(other.accepted, -1);
+  EXPECT_EQ(grpcfe::SetConnectionsNoDelay(served.port, false), 1) << "the accepted end only";
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 0);
+  EXPECT_EQ(TcpPair::NoDelay(served.client), 1) << "a client of the port has another local port";
+  EXPECT_EQ(TcpPair::NoDelay(other.accepted), 1) << "another port's connection";
+  EXPECT_EQ(grpcfe::SetConnectionsNoDelay(served.port, true), 1);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 1);
+  EXPECT_EQ(grpcfe::SetConnectionsNoDelay(0, false), 0);
+
+  grpcfe::OverloadSchedule s(/*batch_threads=*/false, /*coalesce_port=*/served.port);
+  s.Tick(10.0, false);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 1) << "calm: TCP_NODELAY";
+  s.Tick(10.1, true);
+  EXPECT_TRUE(s.batched());
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 0);
+  TcpPair::SetNoDelay(served.accepted, 1);  // as a connection accepted meanwhile would be
+  s.Tick(10.5, true);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 1) << "not before the reapply";
+  s.Tick(10.1 + grpcfe::OverloadSchedule::kReapplyS, true);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 0);
+  const double last = 10.1 + grpcfe::OverloadSchedule::kReapplyS;
+  s.Tick(last + 0.5, false);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 0) << "calm, but not for long enough";
+  s.Tick(last + grpcfe::OverloadSchedule::kCalmS, false);
+  EXPECT_FALSE(s.batched());
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 1);
+  s.Tick(20.0, true);
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 0);
+  s.Restore();  // shutdown
+  EXPECT_EQ(TcpPair::NoDelay(served.accepted), 1);
 }
 
 TEST(GrpcLobbyTest, AReleaseDuringAReleaseIsQueuedNotNested) {

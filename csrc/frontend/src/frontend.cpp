@@ -184,7 +184,8 @@ class FrontendImpl final : public GrpcFrontend {
   // While requests are refused, the frontend's threads run SCHED_BATCH (io_sched.h).
   void Sweeper() {
     grpcfe::NameThisThread("il-lobby");
-    grpcfe::OverloadSchedule schedule(shared_->options.admission.overload_batch_sched);
+    const AdmissionOptions& o = shared_->options.admission;
+    grpcfe::OverloadSchedule schedule(o.overload_batch_sched, o.overload_coalesce ? port_ : 0);
     grpcfe::Admission& admission = shared_->admission;
     while (admission.WaitToSweep(schedule.batched() ? grpcfe::OverloadSchedule::kCalmS : -1)) {
       grpcfe::Admission::RunReleased(admission.Sweep());

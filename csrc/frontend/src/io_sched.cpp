@@ -5,8 +5,12 @@
 #include <cstring>
 
 #if defined(__linux__)
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -66,12 +70,55 @@ int SetFrontendThreadsBatch(bool batch) noexcept {
 #endif
 }
 
+int SetConnectionsNoDelay(int port, bool nodelay) noexcept {
+#if defined(__linux__)
+  if (port <= 0) return 0;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  const int own = dirfd(dir);
+  int set = 0;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    const int fd = atoi(e->d_name);
+    if (fd == own) continue;
+    char link[32];
+    const ssize_t n = readlinkat(own, e->d_name, link, sizeof link - 1);
+    if (n < 7 || std::strncmp(link, "socket:", 7) != 0) continue;
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;  // closed meanwhile
+    int local = -1;
+    if (addr.ss_family == AF_INET) local = ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6) local = ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+    if (local != port) continue;
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) continue;
+    len = sizeof addr;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;  // the listener
+    const int value = nodelay ? 1 : 0;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, sizeof value) == 0) ++set;
+  }
+  closedir(dir);
+  return set;
+#else
+  (void)port;
+  (void)nodelay;
+  return 0;
+#endif
+}
+
+void OverloadSchedule::Apply(bool overloaded) noexcept {
+  if (batch_) SetFrontendThreadsBatch(overloaded);
+  if (port_ > 0) SetConnectionsNoDelay(port_, !overloaded);
+}
+
 void OverloadSchedule::Tick(double now_s, bool refusing) noexcept {
-  if (!enabled_) return;
+  if (!batch_ && port_ <= 0) return;
   if (refusing) {
     last_refusing_s_ = now_s;
     if (!batched_ || now_s - applied_s_ >= kReapplyS) {
-      SetFrontendThreadsBatch(true);
+      Apply(true);
       batched_ = true;
       applied_s_ = now_s;
     }
@@ -82,7 +129,7 @@ void OverloadSchedule::Tick(double now_s, bool refusing) noexcept {
 
 void OverloadSchedule::Restore() noexcept {
   if (!batched_) return;
-  SetFrontendThreadsBatch(false);
+  Apply(false);
   batched_ = false;
 }
 

@@ -339,6 +339,7 @@ def native_options(settings: ServerSettings) -> dict:
         "admission_target_ms": float(settings.admission_target_ms),
         "admission_lobby": int(settings.admission_lobby),
         "overload_batch_sched": settings.overload_sched == "batch",
+        "overload_coalesce": settings.overload_coalesce == "on",
     }
     if settings.tls:
         with open(settings.tls_cert, encoding="utf-8") as f:

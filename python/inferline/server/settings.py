@@ -99,6 +99,12 @@ class ServerSettings:
                  "requests (overload): 'batch' (Linux SCHED_BATCH: they keep their share of the CPU but no longer "
                  "preempt the model's threads at every arriving call; back to normal a second after the last "
                  "refusal) or 'normal' (default batch)", metavar="{batch,normal}")
+    overload_coalesce: str = _setting(
+        "on", "native gRPC frontend: while it refuses requests (overload), its TCP connections run Nagle's "
+              "algorithm, so that the many small refusals to one client leave in fewer segments (the kernel's "
+              "TCP costs the server's CPU per segment); 'off' keeps TCP_NODELAY throughout. Back to TCP_NODELAY "
+              "a second after the last refusal; a calm server never waits for an acknowledgement. Linux only "
+              "(default on)", metavar="{on,off}")
     shutdown_grace_s: float = _setting(10.0, "after the drain window: seconds in-flight requests may take "
                                              "to finish (default 10)", flag="shutdown-grace")
     gpu_memory_budget: Optional[int] = _setting(
@@ -184,6 +190,8 @@ class ServerSettings:
             raise SettingsError(f"--admission-lobby {self.admission_lobby}: -1 (8 x the limit), 0 (none) or a size")
         if self.overload_sched not in ("batch", "normal"):
             raise SettingsError(f"--overload-sched {self.overload_sched!r}: 'batch' or 'normal'")
+        if self.overload_coalesce not in ("on", "off"):
+            raise SettingsError(f"--overload-coalesce {self.overload_coalesce!r}: 'on' or 'off'")
         if not self.admission_target_ms > 0:
             raise SettingsError(f"--admission-target-ms {self.admission_target_ms}: must be above 0")
         if self.max_message_bytes < 1024:

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -303,6 +304,78 @@ def test_while_it_refuses_the_native_frontends_threads_give_way_to_the_model(tmp
         refused = [str(a) for a in answers if a is not None]
         assert len(refused) == 3 and all("UNAVAILABLE] server overloaded: waited" in r for r in refused), refused
         wait_until(normal, timeout=5)  # a second after the last refusal
+
+
+def _served_nodelay(port: int) -> set:
+    """TCP_NODELAY of this process's connections accepted on `port` (bound to it, with a peer)."""
+    values = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:  # closed meanwhile
+            continue
+        with s:
+            try:
+                if (s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
+                        and s.getsockname()[1] == port):
+                    s.getpeername()  # the listener has none
+                    values.add(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0)
+            except OSError:
+                pass
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("overload_coalesce", ["on", "off"])
+def test_while_it_refuses_the_native_frontends_connections_coalesce_small_answers(tmp_path, overload_coalesce):
+    """--overload-coalesce on (the default): while the native frontend refuses requests, its
+    connections run Nagle's algorithm (TCP_NODELAY off), and TCP_NODELAY again a second after the
+    last refusal; a busy server that admits every waiter keeps TCP_NODELAY, and so does 'off'."""
+    from server_fixtures import require_native_frontend
+
+    require_native_frontend()
+    repo = make_repository(tmp_path, extra=[slow_model_package(tmp_path, iterations=300_000, queue_capacity=8)])
+    settings = ServerSettings(host="127.0.0.1", grpc_port=0, http_port=0, admission_limit=1,
+                              overload_coalesce=overload_coalesce)
+    with ServerThread(repo, frontends=[grpc_starter("native")], settings=settings) as srv:
+        port = srv.ports[0]
+        g = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert g.is_server_live()
+        assert _served_nodelay(port) == {True}, "gRPC's connections start with TCP_NODELAY"
+        answers = []
+        for _ in range(3):  # one admitted, two wait for a slot (with a deadline) and get it
+            g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error),
+                          client_timeout=60)
+        wait_until(lambda: len(answers) == 3, timeout=60)
+        assert answers == [None] * 3, [str(a) for a in answers]
+        assert _served_nodelay(port) == {True}
+
+        answers.clear()
+        for _ in range(4):  # one admitted; three wait without a deadline and are refused after 200 ms
+            g.async_infer("slow", [_slow_input(grpcclient)], lambda result, error: answers.append(error))
+        wait_until(lambda: sum(a is not None for a in answers) >= 1, timeout=30)
+        if overload_coalesce == "on":  # within the second that follows a refusal
+            wait_until(lambda: _served_nodelay(port) == {False}, timeout=0.8)
+        else:
+            assert _served_nodelay(port) == {True}
+        wait_until(lambda: len(answers) == 4, timeout=60)
+        refused = [str(a) for a in answers if a is not None]
+        assert len(refused) == 3 and all("UNAVAILABLE] server overloaded: waited" in r for r in refused), refused
+        wait_until(lambda: _served_nodelay(port) == {True}, timeout=5)  # a second after the last refusal
+        assert g.is_server_live()
+
+
+def test_overload_coalesce_takes_on_or_off_and_says_so_otherwise():
+    from inferline.server.native import native_options
+    from inferline.server.settings import SettingsError
+
+    assert ServerSettings().overload_coalesce == "on"
+    assert native_options(ServerSettings())["overload_coalesce"] is True
+    assert native_options(ServerSettings(overload_coalesce="off"))["overload_coalesce"] is False
+    with pytest.raises(SettingsError, match="--overload-coalesce 'yes': 'on' or 'off'"):
+        ServerSettings(overload_coalesce="yes").check()
 
 
 def test_overload_sched_takes_batch_or_normal_and_says_so_otherwise():

@@ -102,6 +102,11 @@ struct AdmissionOptions {
   // by the thousand do not preempt the model's threads mid-batch; back to SCHED_OTHER once none
   // has been refused for a second (csrc/frontend/src/io_sched.h). Linux only.
   bool overload_batch_sched = true;
+  // And meanwhile its TCP connections run Nagle's algorithm (TCP_NODELAY off): the thousands of
+  // small refusals a second to one client leave in fewer segments, each of which costs the
+  // server's core a loopback or NIC round of the kernel's TCP. Back to TCP_NODELAY with the
+  // threads. Linux only.
+  bool overload_coalesce = true;
 };
 
 struct GrpcFrontendOptions {
