@@ -1,7 +1,7 @@
 """Goodput under overload: inferline next to KServe's model server, same model, same run.
 
     python bench/server/bench_overload.py [--seconds 8] [--quick] [--model digits-heavy|digits-mlp]
-                                          [--kserve-python PATH] [--plot PATH]
+                                          [--kserve-python PATH] [--plot PATH] [--pin]
 
 Both servers answer v2 gRPC ModelInfer for the same model (the same model.onnx, the same
 standardisation from model.json; KServe runs it in onnxruntime with one intra-op and one
@@ -22,6 +22,9 @@ whose capacity is the servers' per-request overhead: the clients here cannot sen
     on the probe port (inferline: its control listener, --metrics-port; KServe: its REST port)
     every 100 ms each (2 s timeout), and the server's RSS (its process tree, /proc VmRSS) is read
     before and at the end of the run.
+The server, the client processes and the prober share the machine, as in the issue's setup (a
+server on a 2-core machine, two client processes); `--pin` puts the server on CPU 0 and the rest on
+the other CPUs, a stricter variant in which every refused call costs the model's own core.
 One line per (server, run), then a table and a plot of goodput / capacity vs the multiple.
 Ratios are against the capacity measured in the same run: the machine is small and noisy.
 
@@ -471,9 +474,10 @@ def main() -> int:
     ap.add_argument("--client", choices=("native", "python"), default=None,
                     help="load generator: native (_core.GrpcLoad, the default where built) or python (grpc.aio)")
     ap.add_argument("--kserve-python", help="python of a virtual environment with kserve and onnxruntime")
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
-                    help="server on CPU 0, clients and prober on the others, so that overload cannot take "
-                         "CPU from the server (default: on with 2 or more CPUs)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
+                    help="server on CPU 0, clients and prober on the others: the stricter one-core variant, where "
+                         "every refusal takes CPU from the model (default: off, as in the issue's setup: server, "
+                         "clients and prober share the machine)")
     ap.add_argument("--plot", default="/tmp/inferline-overload.png", help="where the plot goes")
     ap.add_argument("--server-args", default="", help="more `inferline serve` flags, e.g. '--admission-limit 64'")
     ap.add_argument("--model", choices=("digits-heavy", "digits-mlp"), default="digits-heavy",
@@ -488,7 +492,7 @@ def main() -> int:
     args.seconds = 3.0 if args.quick else args.seconds
     args.capacity_seconds = 3.0 if args.quick else 5.0
     cpus = sorted(os.sched_getaffinity(0))
-    pin = len(cpus) >= 2 if args.pin is None else args.pin and len(cpus) >= 2
+    pin = args.pin and len(cpus) >= 2
     args.server_cpus, args.client_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
     print(f"server CPUs {sorted(args.server_cpus)}, clients and prober CPUs {sorted(args.client_cpus)}" if pin
           else f"no pinning: server, clients and prober share CPUs {cpus}", flush=True)
