@@ -132,3 +132,20 @@ def test_overload_threads_reads_perf_stat_syscall_counts_and_model_time():
     assert ot.syscall_counts(report) == {"sendmsg": 6781, "futex": 10160}
     assert ot.per_row((1.0, 100.0), (1.5, 500.0)) == "model 1.250 ms per row"
     assert ot.per_row((1.0, 100.0), (1.0, 100.0)) == "model: no rows"
+
+
+def test_overload_threads_counts_the_machines_tcp_segments():
+    import socket
+
+    import overload_threads as ot
+
+    before = ot.tcp_out_segments()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer, _ = server.accept()
+            with peer:
+                for _ in range(5):  # each a segment of its own
+                    client.sendall(b"x")
+                    assert peer.recv(1) == b"x"
+    assert ot.tcp_out_segments() - before >= 5
