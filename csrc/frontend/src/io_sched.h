@@ -27,7 +27,8 @@
 // The connections are found in /proc/self/fd: TCP sockets bound to the frontend's port with a
 // peer (the listener has none; this process's own clients of the port have another local port).
 // That costs a few syscalls per descriptor of the process, at each switch and once a second while
-// refusing. A descriptor closed and reused meanwhile is checked again just before it is set.
+// refusing. Each descriptor is checked (port, type, peer) just before it is set, so one that gRPC
+// closes and the process reuses meanwhile is left alone unless it is again one of the port's.
 //
 // The threads are found by name in /proc/self/task: the frontend's own (its lanes, which read
 // every call, its lobby's sweeper and control thread, named with NameThisThread) and gRPC's
