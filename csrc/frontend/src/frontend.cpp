@@ -181,7 +181,8 @@ class FrontendImpl final : public GrpcFrontend {
   }
 
   // Answers the lobby's waiters that can no longer be served (admission.h) until Shutdown.
-  // While requests are refused, the frontend's threads run SCHED_BATCH (io_sched.h).
+  // While requests are refused, the frontend's threads run SCHED_BATCH and its connections
+  // Nagle's algorithm (io_sched.h).
   void Sweeper() {
     grpcfe::NameThisThread("il-lobby");
     const AdmissionOptions& o = shared_->options.admission;

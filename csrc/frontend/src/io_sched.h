@@ -20,9 +20,10 @@
 // 10x capacity, a tenth of a core at 7,000 refusals a second. With Nagle, an answer written while
 // the connection's last segment is unacknowledged joins the next one; clients that keep sending
 // acknowledge at once, so the wait is short (at worst the client's delayed ACK, tens of ms, under
-// overload only). Measured, server on one core at open 10x: goodput 0.84-0.87 of capacity
-// against 0.75-0.78 (bench/server/overload_threads.py). A calm server keeps TCP_NODELAY: there an
-// answer must not wait for an acknowledgement.
+// overload only). Measured, server on one core at open 10x, four runs each: goodput 0.82-0.86
+// of capacity against 0.78-0.85 (bench/server/overload_threads.py; bench/README.md, "Refusals
+// coalesced"). A calm server keeps TCP_NODELAY: there an answer must not wait for an
+// acknowledgement.
 //
 // The connections are found in /proc/self/fd: TCP sockets bound to the frontend's port with a
 // peer (the listener has none; this process's own clients of the port have another local port).
