@@ -367,23 +367,19 @@ def test_while_it_refuses_the_native_frontends_connections_coalesce_small_answer
         assert g.is_server_live()
 
 
-def test_overload_coalesce_takes_on_or_off_and_says_so_otherwise():
+@pytest.mark.parametrize("setting, option, on, off, bad, message", [
+    ("overload_sched", "overload_batch_sched", "batch", "normal", "idle",
+     "--overload-sched 'idle': 'batch' or 'normal'"),
+    ("overload_coalesce", "overload_coalesce", "on", "off", "yes", "--overload-coalesce 'yes': 'on' or 'off'"),
+])
+def test_an_overload_mode_setting_takes_its_two_values_and_says_so_otherwise(setting, option, on, off, bad, message):
+    """--overload-sched batch|normal and --overload-coalesce on|off: on by default, passed to the
+    native frontend as a bool, anything else a clear error."""
     from inferline.server.native import native_options
     from inferline.server.settings import SettingsError
 
-    assert ServerSettings().overload_coalesce == "on"
-    assert native_options(ServerSettings())["overload_coalesce"] is True
-    assert native_options(ServerSettings(overload_coalesce="off"))["overload_coalesce"] is False
-    with pytest.raises(SettingsError, match="--overload-coalesce 'yes': 'on' or 'off'"):
-        ServerSettings(overload_coalesce="yes").check()
-
-
-def test_overload_sched_takes_batch_or_normal_and_says_so_otherwise():
-    from inferline.server.native import native_options
-    from inferline.server.settings import SettingsError
-
-    assert ServerSettings().overload_sched == "batch"
-    assert native_options(ServerSettings())["overload_batch_sched"] is True
-    assert native_options(ServerSettings(overload_sched="normal"))["overload_batch_sched"] is False
-    with pytest.raises(SettingsError, match="--overload-sched 'idle': 'batch' or 'normal'"):
-        ServerSettings(overload_sched="idle").check()
+    assert getattr(ServerSettings(), setting) == on
+    assert native_options(ServerSettings())[option] is True
+    assert native_options(ServerSettings(**{setting: off}))[option] is False
+    with pytest.raises(SettingsError, match=message):
+        ServerSettings(**{setting: bad}).check()
